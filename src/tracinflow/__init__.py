@@ -1,0 +1,3 @@
+"""tracinflow: TracIn influence for image classifiers."""
+
+__version__ = "0.1.0"
