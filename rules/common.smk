@@ -1,0 +1,48 @@
+import re
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from tracinflow.config import (
+    ConfigError,
+    check_dataset_source,
+    load_schema,
+    version_settings,
+)
+
+validate(config, schema="../workflow/schemas/config.schema.yaml")
+
+try:
+    check_dataset_source(config["dataset"])
+    VERSIONS = version_settings(
+        config,
+        load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml")),
+    )
+except ConfigError as error:
+    raise WorkflowError(f"config error: {error}") from None
+
+DATASET = config["dataset"]["name"]
+DATASET_ROOT = config["dataset"]["root"]
+DEMO = config["dataset"]["demo"]
+SPLITS = ["train", "val", "test"]
+
+
+wildcard_constraints:
+    dataset=re.escape(DATASET),
+    split="|".join(SPLITS),
+    version="|".join(re.escape(name) for name in VERSIONS),
+
+
+def get_data_outputs():
+    """Everything the data stages produce for the configured dataset."""
+    return [
+        f"results/data/{DATASET}/manifest.parquet",
+        f"results/data/{DATASET}/rejected.csv",
+        f"results/data/{DATASET}/duplicates.csv",
+        *expand(f"results/data/{DATASET}/cache/{{split}}.npy", split=SPLITS),
+    ]
+
+
+def get_final_outputs():
+    """What `snakemake` with no target builds."""
+    return get_data_outputs()

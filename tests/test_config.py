@@ -1,0 +1,93 @@
+import copy
+
+import pytest
+import yaml
+from conftest import REPO
+
+from tracinflow.config import (
+    ConfigError,
+    check_dataset_source,
+    deep_merge,
+    load_schema,
+    version_settings,
+    with_reference,
+)
+
+SCHEMA = load_schema(REPO / "workflow/schemas/config.schema.yaml")
+
+
+def demo_config():
+    with open(REPO / "config/config.yaml") as handle:
+        return yaml.safe_load(handle)
+
+
+def test_deep_merge_merges_nested_dicts_and_replaces_everything_else():
+    base = {"a": {"b": 1, "c": {"d": 2, "e": 3}}, "list": [1, 2], "x": 1}
+    overrides = {"a": {"c": {"e": 30}, "new": 4}, "list": [9], "x": None}
+    before = copy.deepcopy(base)
+    merged = deep_merge(base, overrides)
+    assert merged == {"a": {"b": 1, "c": {"d": 2, "e": 30}, "new": 4}, "list": [9], "x": None}
+    assert base == before  # inputs untouched
+    merged["a"]["c"]["d"] = 99
+    assert base["a"]["c"]["d"] == 2  # no shared nested objects
+
+
+def test_versions_get_the_global_settings_with_their_overrides():
+    config = demo_config()
+    config["versions"] = {"v1": {}, "v2": {"seed": 7}, "v3": None}
+    resolved = version_settings(config, SCHEMA)
+    assert list(resolved) == ["v1", "v2", "v3"]
+    assert resolved["v1"]["seed"] == config["seed"]
+    assert resolved["v2"]["seed"] == 7
+    assert resolved["v2"]["dataset"] == config["dataset"]
+    assert "versions" not in resolved["v1"]
+
+
+def test_a_bad_override_names_the_version_and_key():
+    config = demo_config()
+    config["versions"] = {"noisy": {"seed": "seven"}}
+    with pytest.raises(ConfigError, match=r"versions\.noisy\.seed: 'seven' is not of type 'integer'"):
+        version_settings(config, SCHEMA)
+    config["versions"] = {"noisy": {"sede": 1}}
+    with pytest.raises(ConfigError, match=r"versions\.noisy.*'sede' was unexpected"):
+        version_settings(config, SCHEMA)
+
+
+def test_dataset_and_split_cannot_be_overridden_per_version():
+    config = demo_config()
+    config["versions"] = {"v1": {"split": {"seed": 1}}}
+    with pytest.raises(ConfigError, match=r"versions\.v1\.split: 'split' is shared by all versions"):
+        version_settings(config, SCHEMA)
+
+
+def test_missing_dataset_folder_names_the_path(tmp_path):
+    dataset = {"root": "no/such/folder", "demo": None}
+    with pytest.raises(ConfigError, match=r"dataset.root: folder 'no/such/folder' does not exist"):
+        check_dataset_source(dataset, workdir=tmp_path)
+    (tmp_path / "no/such/folder").mkdir(parents=True)
+    check_dataset_source(dataset, workdir=tmp_path)
+
+
+def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path):
+    dataset = {"root": "x", "demo": {"source": "fashion_mnist", "raw_dir": "raw"}}
+    with pytest.raises(ConfigError, match="make fetch-demo-data"):
+        check_dataset_source(dataset, workdir=tmp_path)
+    check_dataset_source({"root": "x", "demo": {"source": "digits"}}, workdir=tmp_path)
+
+
+def test_every_schema_key_has_a_description_and_a_default():
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            assert "description" in sub, f"{path}{key} has no description"
+            if path.startswith("dataset.demo.") and key == "source":
+                continue  # the one required key of an optional block
+            assert "default" in sub, f"{path}{key} has no default"
+            walk(sub, f"{path}{key}.")
+
+    walk(SCHEMA, "")
+
+
+def test_config_readme_documents_every_key():
+    readme = (REPO / "config/README.md").read_text()
+    assert readme == with_reference(readme, SCHEMA), "run `make config-docs`"
+    assert "`dataset.demo.images_per_class`" in readme
