@@ -1,0 +1,323 @@
+"""The classifier: a ResNet backbone with a three-Linear head at ``fc``, its checkpoints and inputs.
+
+Every model has the torchvision ResNet attribute layout (``conv1``, ``bn1``, ``relu``, ``maxpool``,
+``layer1``..``layer4``, ``avgpool``, ``fc``), so ImageNet state dicts load by key, :func:`features`
+runs any backbone, and the TracIn layers are always ``fc.0``, ``fc.2`` and ``fc.4`` (with the default
+two hidden layers): ``fc = Sequential(Linear, LeakyReLU, Linear, LeakyReLU, Linear)``.
+
+A network is described by ``arch``, a dict of plain JSON types; :func:`build_model` rebuilds exactly
+that network, and a checkpoint (``{"model": state_dict, "arch": arch, ...}``) is loaded with
+``torch.load(weights_only=True)``: no pickled code is ever executed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from tracinflow.io import atomic_path
+from tracinflow.loss import WeightedSmoothedCrossEntropy
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: torchvision constructors of the ImageNet backbones and the weights ``model.pretrained`` expects.
+TORCHVISION_ARCHS = {
+    "resnet18": (torchvision.models.resnet18, "ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet34": (torchvision.models.resnet34, "ResNet34_Weights.IMAGENET1K_V1"),
+    "resnet50": (torchvision.models.resnet50, "ResNet50_Weights.IMAGENET1K_V1"),
+}
+SMALL_ARCH = "small_resnet"
+ARCHS = (SMALL_ARCH, *TORCHVISION_ARCHS)
+
+
+class SmallResNet(nn.Module):
+    """A narrow 4-stage ResNet for small (e.g. 32x32) images that trains in minutes on a CPU.
+
+    Same attribute names as torchvision's ResNet: a 3x3 stride-1 stem without max pooling, then one
+    BasicBlock per stage at widths ``width * (1, 2, 4, 8)`` with strides (1, 2, 2, 2).
+    """
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity()
+        in_ch = width
+        for i, (out_ch, stride) in enumerate(zip(widths, (1, 2, 2, 2), strict=True)):
+            downsample = None
+            if stride != 1 or in_ch != out_ch:
+                downsample = nn.Sequential(
+                    nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
+                    nn.BatchNorm2d(out_ch),
+                )
+            setattr(
+                self, f"layer{i + 1}", nn.Sequential(BasicBlock(in_ch, out_ch, stride, downsample))
+            )
+            in_ch = out_ch
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Identity()
+        self.num_features = in_ch
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x):
+        return self.fc(features(self, x))
+
+
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The backbone's pooled features (B, d): everything before ``fc``."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    return torch.flatten(model.avgpool(x), 1)
+
+
+def make_head(in_features: int, hidden, negative_slope: float, num_classes: int) -> nn.Sequential:
+    """``Linear, LeakyReLU, ..., Linear``: Linear layers at the even indices (fc.0, fc.2, fc.4)."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, int(h)), nn.LeakyReLU(negative_slope)]
+        width = int(h)
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def head_linear_layers(model: nn.Module) -> list[str]:
+    """Module paths of the head's Linear layers, e.g. ``["fc.0", "fc.2", "fc.4"]``."""
+    return [f"fc.{i}" for i, m in enumerate(model.fc) if isinstance(m, nn.Linear)]
+
+
+def make_arch(
+    name: str,
+    num_classes: int,
+    hidden=(512, 256),
+    negative_slope: float = 0.01,
+    image_size=None,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    width: int = 16,
+    pretrained: str | None = None,
+) -> dict:
+    """The plain-JSON description of a network that :func:`build_model` rebuilds exactly."""
+    if name not in ARCHS:
+        raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    arch = {
+        "name": name,
+        "num_classes": int(num_classes),
+        "head_hidden": [int(h) for h in hidden],
+        "negative_slope": float(negative_slope),
+        "image_size": None if image_size is None else [int(s) for s in image_size],
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "pretrained": None if pretrained is None else str(pretrained),
+    }
+    if name == SMALL_ARCH:
+        arch["width"] = int(width)
+    return arch
+
+
+def build_backbone(arch: dict) -> nn.Module:
+    """The randomly initialised backbone (its ``fc`` still the original classifier or Identity)."""
+    name = arch["name"]
+    if name == SMALL_ARCH:
+        return SmallResNet(width=arch.get("width", 16))
+    if name in TORCHVISION_ARCHS:
+        return TORCHVISION_ARCHS[name][0](weights=None)
+    raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")
+
+
+def build_model(arch: dict) -> nn.Module:
+    """The network described by ``arch``, randomly initialised (uses torch's global RNG)."""
+    model = build_backbone(arch)
+    in_features = model.num_features if isinstance(model, SmallResNet) else model.fc.in_features
+    model.fc = make_head(
+        in_features, arch["head_hidden"], arch["negative_slope"], arch["num_classes"]
+    )
+    model.arch = dict(arch)  # plain attribute (not in the state dict): inputs need mean/std
+    return model
+
+
+def backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [p for name, p in model.named_parameters() if not name.startswith("fc.")]
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return list(model.fc.parameters())
+
+
+# --- pretrained weights -------------------------------------------------------------------------
+
+
+def weights_url(arch_name: str) -> str:
+    """torchvision's download URL of the ImageNet weights for ``arch_name``."""
+    if arch_name not in TORCHVISION_ARCHS:
+        raise ValueError(
+            f"no published ImageNet weights for model.arch {arch_name!r}; "
+            f"pretrained weights exist for {', '.join(TORCHVISION_ARCHS)}"
+        )
+    return torchvision.models.get_weight(TORCHVISION_ARCHS[arch_name][1]).url
+
+
+def _missing_weights_message(arch_name: str, path) -> str:
+    try:
+        where = f"download {weights_url(arch_name)} and save it as {path}"
+    except ValueError as err:
+        where = f"{err}; place a state dict of this backbone at {path}"
+    return (
+        f"pretrained weights for {arch_name} not found: {path}. To use them, {where} "
+        f'(with network access: python -c "from tracinflow.model import download_weights; '
+        f"download_weights('{arch_name}', '{path}')\"), or set model.pretrained: null to train "
+        f"from a random initialisation."
+    )
+
+
+def load_pretrained(model: nn.Module, arch_name: str, path) -> None:
+    """Load a backbone state dict (e.g. torchvision's ImageNet weights) into ``model``, strictly.
+
+    Every backbone key must be present with its exact shape and no extra keys may exist; only the
+    replaced classifier ``fc.*`` is ignored. Anything else raises: never a silent random init.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(_missing_weights_message(arch_name, path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"cannot read pretrained weights {path} as a torch state dict: {err}"
+        ) from err
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a tracinflow checkpoint
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"pretrained weights {path} hold a {type(state).__name__}, not a state dict"
+        )
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape", wrong_shape),
+        ):
+            if items:
+                shown = ", ".join(items[:5]) + (
+                    f", ... ({len(items)} in all)" if len(items) > 5 else ""
+                )
+                parts.append(f"{label} keys: {shown}")
+        raise ValueError(
+            f"pretrained weights {path} do not match model.arch {arch_name!r} "
+            f"({'; '.join(parts)}). Is it the {arch_name} ImageNet state dict?"
+        )
+    result = model.load_state_dict(state, strict=False)
+    assert all(k.startswith("fc.") for k in result.missing_keys) and not result.unexpected_keys
+
+
+def create_model(arch: dict) -> nn.Module:
+    """:func:`build_model`, then the pretrained backbone from ``arch["pretrained"]`` when set."""
+    model = build_model(arch)
+    if arch.get("pretrained"):
+        load_pretrained(model, arch["name"], arch["pretrained"])
+    return model
+
+
+def download_weights(arch_name: str, dest) -> Path:
+    """Fetch torchvision's ImageNet weights for ``arch_name`` into ``dest`` (needs network access).
+
+    On failure the error names the URL and the file to place at ``dest`` by hand.
+    """
+    url = weights_url(arch_name)
+    dest = Path(dest)
+    try:
+        with atomic_path(dest) as tmp:
+            torch.hub.download_url_to_file(url, str(tmp), progress=False)
+            torch.load(tmp, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"could not download the {arch_name} ImageNet weights ({type(err).__name__}: {err}). "
+            f"Fetch {url} on a machine with network access and place it at {dest}."
+        ) from err
+    return dest
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+def save_checkpoint(path, model: nn.Module, arch: dict, **fields) -> None:
+    """Write ``{"model": state_dict, "arch": arch, **fields}`` atomically; fields must be plain."""
+    state = {
+        k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+        for k, v in model.state_dict().items()
+    }
+    with atomic_path(path) as tmp:
+        torch.save({"model": state, "arch": arch, **fields}, tmp)
+
+
+def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model saved in ``path`` from the file alone; returns ``(model in eval mode, dict)``."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = build_model(checkpoint["arch"])
+    model.load_state_dict(checkpoint["model"], strict=True)
+    return model.to(device).eval(), checkpoint
+
+
+def loss_from_checkpoint(checkpoint: dict) -> WeightedSmoothedCrossEntropy:
+    """The exact training loss recorded in a checkpoint's ``"loss"`` field."""
+    spec = checkpoint["loss"]
+    return WeightedSmoothedCrossEntropy(
+        torch.tensor(spec["class_weights"], dtype=torch.float64),
+        int(spec["num_classes"]),
+        float(spec["label_smoothing"]),
+    )
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def to_input(images: torch.Tensor, arch: dict, device=None) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W) on ``device`` (channels_last on CUDA).
+
+    The eval transform: to float, /255, subtract mean, divide by std.
+    """
+    device = torch.device(device) if device is not None else images.device
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+    return normalize(x, arch)
+
+
+def normalize(x: torch.Tensor, arch: dict) -> torch.Tensor:
+    """Normalise a float (B, 3, H, W) batch in [0, 1] with the arch's mean/std."""
+    mean = torch.tensor(arch["mean"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(arch["std"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, nothing elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

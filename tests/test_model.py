@@ -1,0 +1,163 @@
+"""The model: head layout, checkpoint round trip, pretrained weights, input transform."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from tracinflow.model import (
+    ARCHS,
+    build_model,
+    create_model,
+    download_weights,
+    features,
+    head_linear_layers,
+    load_checkpoint,
+    make_arch,
+    save_checkpoint,
+    to_input,
+    weights_url,
+)
+
+FEATURES = {"small_resnet": 64, "resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_head_layout_and_shapes(name):
+    arch = make_arch(name, num_classes=5, hidden=[24, 12], negative_slope=0.2, width=8)
+    torch.manual_seed(0)
+    model = build_model(arch)
+    assert head_linear_layers(model) == ["fc.0", "fc.2", "fc.4"]
+    fc = model.fc
+    assert isinstance(fc, nn.Sequential) and len(fc) == 5
+    assert (fc[0].in_features, fc[0].out_features) == (FEATURES[name], 24)
+    assert (fc[2].in_features, fc[2].out_features) == (24, 12)
+    assert (fc[4].in_features, fc[4].out_features) == (12, 5)
+    for i in (1, 3):
+        assert isinstance(fc[i], nn.LeakyReLU) and fc[i].negative_slope == 0.2
+    named = dict(model.named_modules())
+    assert all(isinstance(named[p], nn.Linear) for p in ("fc.0", "fc.2", "fc.4"))
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert features(model, x).shape == (2, FEATURES[name])
+        assert model(x).shape == (2, 5)
+        assert torch.equal(model(x), model.fc(features(model, x)))
+
+
+def test_arch_is_plain_json_and_rejects_unknown_names():
+    import json
+
+    arch = make_arch("small_resnet", 3, image_size=(32, 32))
+    assert json.loads(json.dumps(arch)) == arch
+    assert arch["head_hidden"] == [512, 256] and arch["negative_slope"] == 0.01
+    with pytest.raises(ValueError, match=r"unknown model\.arch 'vgg'"):
+        make_arch("vgg", 3)
+
+
+def test_checkpoint_round_trip_is_bit_identical(tmp_path):
+    arch = make_arch("small_resnet", 4, hidden=[16, 8], width=8, image_size=(16, 16))
+    torch.manual_seed(1)
+    model = build_model(arch)
+    model.train()
+    with torch.no_grad():  # move the BatchNorm running statistics off their initial values
+        model(torch.randn(8, 3, 16, 16))
+    model.eval()
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, arch, epoch=3, lr_head=2e-4, loss={"label_smoothing": 0.1})
+
+    raw = torch.load(path, weights_only=True)  # plain tensors and containers only
+    assert raw["arch"] == arch and raw["epoch"] == 3 and raw["loss"] == {"label_smoothing": 0.1}
+    loaded, checkpoint = load_checkpoint(path)
+    assert checkpoint["lr_head"] == 2e-4 and not loaded.training
+    for (k1, v1), (k2, v2) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert k1 == k2 and torch.equal(v1, v2), k1
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert not list(tmp_path.glob(".*.tmp")), "atomic write left a temp file"
+
+
+def _fake_weights(tmp_path, name="resnet18"):
+    """A torchvision state dict, as the real ImageNet file has (random values, 1000-class fc)."""
+    torch.manual_seed(7)
+    state = getattr(torchvision.models, name)(weights=None).state_dict()
+    path = tmp_path / f"{name}-imagenet1k-v1.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_pretrained_backbone_is_loaded_and_head_replaced(tmp_path):
+    path, state = _fake_weights(tmp_path)
+    arch = make_arch("resnet18", 3, pretrained=str(path))
+    torch.manual_seed(0)
+    model = create_model(arch)
+    own = model.state_dict()
+    for key, value in state.items():
+        if not key.startswith("fc."):
+            assert torch.equal(own[key], value), key
+    assert model.fc[4].out_features == 3
+
+
+def test_missing_pretrained_file_names_file_and_url(tmp_path):
+    path = tmp_path / "weights" / "resnet50-imagenet1k-v1.pth"
+    arch = make_arch("resnet50", 3, pretrained=str(path))
+    with pytest.raises(FileNotFoundError) as info:
+        create_model(arch)
+    message = str(info.value)
+    assert str(path) in message
+    assert torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url in message
+    assert "model.pretrained: null" in message
+
+
+def test_mismatched_pretrained_file_is_a_clear_error(tmp_path):
+    path, state = _fake_weights(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"do not match model.arch 'resnet34'.*missing keys: layer"
+    ):
+        create_model(make_arch("resnet34", 3, pretrained=str(path)))
+
+    state = dict(state)
+    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    bad = tmp_path / "bad.pth"
+    torch.save(state, bad)
+    with pytest.raises(ValueError, match=r"shape keys: conv1.weight: file \(64, 3, 3, 3\)"):
+        create_model(make_arch("resnet18", 3, pretrained=str(bad)))
+
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="cannot read pretrained weights"):
+        create_model(make_arch("resnet18", 3, pretrained=str(garbage)))
+
+
+def test_download_failure_names_url_and_destination(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    dest = tmp_path / "resources" / "weights" / "resnet50-imagenet1k-v1.pth"
+    with pytest.raises(RuntimeError) as info:
+        download_weights("resnet50", dest)
+    message = str(info.value)
+    assert weights_url("resnet50") in message and str(dest) in message
+    assert not dest.exists() and not list(dest.parent.glob("*"))
+    with pytest.raises(ValueError, match="no published ImageNet weights"):
+        download_weights("small_resnet", dest)
+
+
+def test_to_input_normalises_uint8_nhwc():
+    arch = make_arch("small_resnet", 2)
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 4, 5, 3), np.uint8))
+    x = to_input(images, arch)
+    assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32
+    mean = np.array([0.485, 0.456, 0.406])
+    std = np.array([0.229, 0.224, 0.225])
+    expected = (images.numpy() / 255.0 - mean) / std
+    np.testing.assert_allclose(x.permute(0, 2, 3, 1).numpy(), expected, rtol=1e-5, atol=1e-5)

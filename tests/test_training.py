@@ -1,0 +1,375 @@
+"""Two-stage training: the loss, freezing, resume, early stopping, outputs, the resnet50 path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+
+from tracinflow.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
+from tracinflow.model import (
+    backbone_parameters,
+    create_model,
+    head_parameters,
+    load_checkpoint,
+    loss_from_checkpoint,
+    make_arch,
+)
+from tracinflow.training import augment, evaluate, train_epoch, train_model
+
+CHECKPOINT_FIELDS = {
+    "model",
+    "arch",
+    "epoch",
+    "lr_head",
+    "lr_backbone",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "loss",
+}
+
+
+def color_images(n, size=16, classes=3, seed=0):
+    """Learnable images: class k has colour channel k bright (flip- and crop-invariant)."""
+    rng = np.random.default_rng(seed)
+    labels = np.resize(np.arange(classes), n)
+    rng.shuffle(labels)
+    images = rng.integers(0, 90, (n, size, size, 3)).astype(np.uint8)
+    for k in range(min(classes, 3)):
+        images[labels == k, :, :, k] += 120
+    return images, labels.astype(np.int64)
+
+
+def settings(**training):
+    base = {
+        "seed": 3,
+        "model": {"arch": "small_resnet", "width": 8, "head": {"hidden": [32, 16]}},
+        "training": {
+            "batch_size": 16,
+            "stage1": {"epochs": 2, "lr": 3e-3},
+            "stage2": {
+                "max_epochs": 4,
+                "lr_backbone": 1e-3,
+                "lr_head": 2e-3,
+                "patience": 10,
+                "checkpoint_epochs": [2, 4],
+            },
+            "device": "cpu",
+        },
+    }
+    for key, value in training.items():
+        if isinstance(value, dict):
+            base["training"].setdefault(key, {}).update(value)
+        else:
+            base["training"][key] = value
+    return base
+
+
+def quiet(_line):
+    pass
+
+
+# --- the loss -----------------------------------------------------------------------------------
+
+
+def test_loss_equals_hand_written_formula():
+    rng = np.random.default_rng(0)
+    k, eps = 4, 0.1
+    train_labels = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3])
+    counts = np.bincount(train_labels, minlength=k)
+    w = (1 / counts) * k / (1 / counts).sum()
+    np.testing.assert_allclose(class_weights_from_labels(train_labels, k).numpy(), w)
+    assert np.isclose(w.sum(), k)
+
+    logits = rng.normal(size=(6, k))
+    labels = np.array([0, 1, 2, 3, 1, 0])
+    expected = []
+    for z, y in zip(logits, labels, strict=True):
+        log_p = z - np.log(np.exp(z).sum())
+        target = np.full(k, eps / k)
+        target[y] += 1 - eps
+        expected.append(w[y] * -(target * log_p).sum())
+    expected = np.array(expected)
+
+    loss_fn = WeightedSmoothedCrossEntropy(torch.tensor(w), k, eps)
+    z, y = torch.tensor(logits), torch.tensor(labels)
+    np.testing.assert_allclose(loss_fn(z, y, reduction="none").numpy(), expected, rtol=1e-12)
+    np.testing.assert_allclose(loss_fn(z, y).item(), expected.mean(), rtol=1e-12)
+    # the closed-form error signal is the gradient of the per-sample loss
+    z.requires_grad_(True)
+    loss_fn(z, y, reduction="none").sum().backward()
+    np.testing.assert_allclose(
+        loss_fn.error_signal(z.detach(), y).numpy(), z.grad.numpy(), atol=1e-12
+    )
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+
+def test_augment_is_seeded_and_identity_without_crop_or_flip():
+    images = torch.from_numpy(color_images(6, size=12)[0])
+    a = augment(images, torch.Generator().manual_seed(1), (0.5, 1.0), True)
+    b = augment(images, torch.Generator().manual_seed(1), (0.5, 1.0), True)
+    c = augment(images, torch.Generator().manual_seed(2), (0.5, 1.0), True)
+    assert a.shape == (6, 3, 12, 12) and torch.equal(a, b) and not torch.equal(a, c)
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    same = augment(images, torch.Generator().manual_seed(1), (1.0, 1.0), False, ratio=(1.0, 1.0))
+    torch.testing.assert_close(same, images.permute(0, 3, 1, 2).float() / 255, atol=1e-5, rtol=0)
+    flipped = augment(images, torch.Generator(), (1.0, 1.0), True, ratio=(1.0, 1.0))
+    for i in range(6):
+        plain = images[i].permute(2, 0, 1).float() / 255
+        assert torch.allclose(flipped[i], plain, atol=1e-5) or torch.allclose(
+            flipped[i], plain.flip(-1), atol=1e-5
+        )
+
+
+# --- stage 1 freezing ---------------------------------------------------------------------------
+
+
+class Kill(Exception):
+    pass
+
+
+def kill_at(stage, epoch):
+    def callback(s, e):
+        if (s, e) == (stage, epoch):
+            raise Kill(f"killed after stage {s} epoch {e}")
+
+    return callback
+
+
+def test_stage1_leaves_backbone_weights_and_buffers_bit_identical(tmp_path):
+    images, labels = color_images(40)
+    s = settings()
+    with pytest.raises(Kill):
+        train_model(
+            images,
+            labels,
+            images[:8],
+            labels[:8],
+            3,
+            s,
+            tmp_path,
+            log=quiet,
+            epoch_callback=kill_at(1, 2),
+        )
+    after = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    assert after["progress"]["stage"] == 2 and after["progress"]["epoch"] == 0
+
+    arch = make_arch("small_resnet", 3, hidden=[32, 16], width=8, image_size=(16, 16))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s["seed"])
+        initial = create_model(arch).state_dict()
+    backbone_keys = [k for k in initial if not k.startswith("fc.")]
+    assert any("running_mean" in k for k in backbone_keys)
+    for key in backbone_keys:
+        assert torch.equal(after["model"][key], initial[key]), key
+    assert not torch.equal(after["model"]["fc.0.weight"], initial["fc.0.weight"])
+
+
+def test_head_only_epoch_direct():
+    """train_epoch(head_only=True): gradients reach only the head; BN statistics do not move."""
+    images, labels = color_images(32)
+    arch = make_arch("small_resnet", 3, hidden=[32, 16], width=8, image_size=(16, 16))
+    torch.manual_seed(0)
+    model = create_model(arch)
+    for p in backbone_parameters(model):
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss_fn = WeightedSmoothedCrossEntropy(None, 3, 0.1)
+    optimizer = torch.optim.AdamW(head_parameters(model), lr=1e-2)
+    aug = {"enabled": True, "crop_scale": [0.8, 1.0], "horizontal_flip": True}
+    gen = torch.Generator().manual_seed(0)
+    train_epoch(model, loss_fn, optimizer, images, labels, 8, gen, aug, torch.device("cpu"), True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]) != key.startswith("fc."), key
+
+
+# --- resume -------------------------------------------------------------------------------------
+
+
+def _tensors_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    images, labels = color_images(40)
+    val_images, val_labels = color_images(12, seed=1)
+    s = settings()
+    args = (images, labels, val_images, val_labels, 3, s)
+    full = train_model(*args, tmp_path / "full", log=quiet)
+
+    resumed_dir = tmp_path / "resumed"
+    lines = []
+    for stage, epoch in ((1, 1), (1, 2), (2, 1), (2, 3)):
+        with pytest.raises(Kill):
+            train_model(*args, resumed_dir, log=quiet, epoch_callback=kill_at(stage, epoch))
+        assert (resumed_dir / "train_state.pt").exists()
+    resumed = train_model(*args, resumed_dir, log=lines.append)
+    assert any("resuming from train_state.pt: stage 2, epoch 3 done" in line for line in lines)
+    assert not (resumed_dir / "train_state.pt").exists()
+    assert resumed == full
+
+    for name in ("epoch_002.pt", "epoch_004.pt", "best.pt"):
+        a = torch.load(tmp_path / "full" / name, weights_only=True)
+        b = torch.load(resumed_dir / name, weights_only=True)
+        assert _tensors_equal(a.pop("model"), b.pop("model")), name
+        assert a == b, name
+    h_full = pd.read_csv(tmp_path / "full" / "history.csv").drop(columns="seconds")
+    h_resumed = pd.read_csv(resumed_dir / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(h_full, h_resumed)
+    assert (tmp_path / "full" / "checkpoints.json").read_text() == (
+        resumed_dir / "checkpoints.json"
+    ).read_text()
+
+
+def test_same_seed_same_checkpoints_and_stale_state_ignored(tmp_path):
+    images, labels = color_images(24)
+    s = settings(stage1={"epochs": 1}, stage2={"max_epochs": 1, "checkpoint_epochs": [1]})
+    train_model(images, labels, images[:8], labels[:8], 3, s, tmp_path / "a", log=quiet)
+    # a state file written under other settings must not be resumed
+    other = settings(
+        stage1={"epochs": 1, "lr": 0.5}, stage2={"max_epochs": 1, "checkpoint_epochs": [1]}
+    )
+    with pytest.raises(Kill):
+        train_model(
+            images, labels, images[:8], labels[:8], 3, other, tmp_path / "b", log=quiet,
+            epoch_callback=kill_at(1, 1),
+        )  # fmt: skip
+    lines = []
+    train_model(images, labels, images[:8], labels[:8], 3, s, tmp_path / "b", log=lines.append)
+    assert any("ignoring train_state.pt" in line for line in lines)
+    a = torch.load(tmp_path / "a" / "epoch_001.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "epoch_001.pt", weights_only=True)
+    assert _tensors_equal(a["model"], b["model"])
+
+
+# --- early stopping -----------------------------------------------------------------------------
+
+
+def test_early_stopping_never_ends_before_last_checkpoint_epoch(tmp_path):
+    images, labels = color_images(48)
+    val_images, val_labels = color_images(24, seed=5)
+    val_labels = (val_labels + 1) % 3  # the better the model learns, the worse the val loss
+    s = settings(
+        stage1={"epochs": 1},
+        stage2={"max_epochs": 12, "patience": 1, "checkpoint_epochs": [2, 6]},
+    )
+    summary = train_model(images, labels, val_images, val_labels, 3, s, tmp_path, log=quiet)
+    history = pd.read_csv(tmp_path / "history.csv")
+    stage2 = history[history["stage"] == 2]
+    assert stage2["val_loss"].iloc[1] > stage2["val_loss"].iloc[0]  # val loss rises early
+    assert summary["stopped_early"] and summary["epochs_stage2"] == 6
+    assert stage2["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    listed = json.loads((tmp_path / "checkpoints.json").read_text())
+    assert [c["epoch"] for c in listed] == [2, 6]
+    assert (tmp_path / "epoch_002.pt").exists() and (tmp_path / "epoch_006.pt").exists()
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == summary["best_epoch"] == stage2.set_index("epoch")["val_loss"].idxmin()
+
+
+def test_checkpoint_epochs_beyond_max_epochs_rejected(tmp_path):
+    images, labels = color_images(8)
+    s = settings(stage2={"max_epochs": 3, "checkpoint_epochs": [2, 5]})
+    with pytest.raises(ValueError, match="checkpoint_epochs"):
+        train_model(images, labels, images, labels, 3, s, tmp_path, log=quiet)
+
+
+# --- a real run ---------------------------------------------------------------------------------
+
+
+def test_tiny_training_learns_and_writes_every_output(tmp_path):
+    images, labels = color_images(96, classes=3)
+    val_images, val_labels = color_images(30, classes=3, seed=9)
+    s = settings(stage1={"epochs": 2}, stage2={"max_epochs": 4, "checkpoint_epochs": [2, 4]})
+    lines = []
+    summary = train_model(images, labels, val_images, val_labels, 3, s, tmp_path, log=lines.append)
+
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history.columns) == [
+        "stage",
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "val_loss",
+        "val_accuracy",
+        "lr_head",
+        "lr_backbone",
+        "seconds",
+    ]
+    assert history["stage"].tolist() == [1, 1, 2, 2, 2, 2]
+    assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert history["val_accuracy"].iloc[-1] >= 0.8
+    assert history.loc[history["stage"] == 1, "lr_backbone"].eq(0).all()
+    assert history.loc[history["stage"] == 2, "lr_backbone"].eq(1e-3).all()
+
+    listed = json.loads((tmp_path / "checkpoints.json").read_text())
+    assert [(c["epoch"], c["file"]) for c in listed] == [(2, "epoch_002.pt"), (4, "epoch_004.pt")]
+    for entry in listed:
+        assert entry["lr_head"] == 2e-3 and entry["lr_backbone"] == 1e-3
+        checkpoint = torch.load(tmp_path / entry["file"], weights_only=True)
+        assert CHECKPOINT_FIELDS <= set(checkpoint)
+        assert checkpoint["epoch"] == entry["epoch"] and checkpoint["val_loss"] == entry["val_loss"]
+        assert checkpoint["arch"]["image_size"] == [16, 16]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert CHECKPOINT_FIELDS <= set(best)
+    assert best["val_loss"] == history.loc[history["stage"] == 2, "val_loss"].min()
+
+    # the loss is rebuilt from the checkpoint alone and reproduces the logged val loss
+    model, checkpoint = load_checkpoint(tmp_path / "epoch_004.pt")
+    loss_fn = loss_from_checkpoint(checkpoint)
+    expected_w = class_weights_from_labels(labels, 3).tolist()
+    assert checkpoint["loss"]["class_weights"] == expected_w == summary["loss"]["class_weights"]
+    assert checkpoint["loss"]["label_smoothing"] == 0.1
+    val_loss, val_acc = evaluate(model, loss_fn, val_images, val_labels, 7, torch.device("cpu"))
+    assert val_loss == pytest.approx(checkpoint["val_loss"], rel=1e-5)
+    assert val_acc == checkpoint["val_accuracy"]
+
+    png = (tmp_path / "training_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert not (tmp_path / "train_state.pt").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert any(line.startswith("stage 2 epoch 4/4: train loss") and "ETA" in line for line in lines)
+    assert any("device cpu, precision float32" in line for line in lines)
+
+
+# --- the animals10 configuration: resnet50 from a pretrained file -------------------------------
+
+
+def test_resnet50_with_pretrained_file_runs_a_training_step(tmp_path):
+    torch.manual_seed(11)
+    weights = torchvision.models.resnet50(weights=None).state_dict()
+    path = tmp_path / "resnet50-imagenet1k-v1.pth"
+    torch.save(weights, path)
+    arch = make_arch("resnet50", 10, image_size=(224, 224), pretrained=str(path))
+    model = create_model(arch)
+    assert torch.equal(
+        model.state_dict()["layer4.2.bn3.running_var"], weights["layer4.2.bn3.running_var"]
+    )
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    labels = np.array([3, 7])
+    loss_fn = WeightedSmoothedCrossEntropy(class_weights_from_labels(labels, 10), 10, 0.1)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": backbone_parameters(model), "lr": 1e-5, "name": "backbone"},
+            {"params": head_parameters(model), "lr": 2e-4, "name": "head"},
+        ],
+        weight_decay=0.01,
+    )
+    before = model.conv1.weight.detach().clone()
+    aug = {"enabled": True, "crop_scale": [0.8, 1.0], "horizontal_flip": True}
+    loss, _ = train_epoch(
+        model, loss_fn, optimizer, images, labels, 2, torch.Generator().manual_seed(0), aug,
+        torch.device("cpu"), head_only=False,
+    )  # fmt: skip
+    assert np.isfinite(loss)
+    assert not torch.equal(model.conv1.weight, before)
+    val_loss, _ = evaluate(model, loss_fn, images, labels, 2, torch.device("cpu"))
+    assert np.isfinite(val_loss)
