@@ -13,11 +13,11 @@ from tracinflow.config import (
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 try:
-    check_dataset_source(config["dataset"])
     VERSIONS = version_settings(
         config,
         load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml")),
     )
+    check_dataset_source(config["dataset"])
 except ConfigError as error:
     raise WorkflowError(f"config error: {error}") from None
 

@@ -34,7 +34,9 @@ def make_plain_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> P
     for c, (name, count) in enumerate(sorted(per_class.items())):
         for i in range(count):
             size = (20 + (i % 5) * 3, 16 + (i % 3) * 4)
-            save(pattern_image(seed * 100000 + c * 1000 + i, size), root / name / f"img_{i:03d}.png")
+            save(
+                pattern_image(seed * 100000 + c * 1000 + i, size), root / name / f"img_{i:03d}.png"
+            )
     return root
 
 

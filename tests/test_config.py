@@ -46,7 +46,9 @@ def test_versions_get_the_global_settings_with_their_overrides():
 def test_a_bad_override_names_the_version_and_key():
     config = demo_config()
     config["versions"] = {"noisy": {"seed": "seven"}}
-    with pytest.raises(ConfigError, match=r"versions\.noisy\.seed: 'seven' is not of type 'integer'"):
+    with pytest.raises(
+        ConfigError, match=r"versions\.noisy\.seed: 'seven' is not of type 'integer'"
+    ):
         version_settings(config, SCHEMA)
     config["versions"] = {"noisy": {"sede": 1}}
     with pytest.raises(ConfigError, match=r"versions\.noisy.*'sede' was unexpected"):
@@ -56,7 +58,9 @@ def test_a_bad_override_names_the_version_and_key():
 def test_dataset_and_split_cannot_be_overridden_per_version():
     config = demo_config()
     config["versions"] = {"v1": {"split": {"seed": 1}}}
-    with pytest.raises(ConfigError, match=r"versions\.v1\.split: 'split' is shared by all versions"):
+    with pytest.raises(
+        ConfigError, match=r"versions\.v1\.split: 'split' is shared by all versions"
+    ):
         version_settings(config, SCHEMA)
 
 
@@ -76,15 +80,21 @@ def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path):
 
 
 def test_every_schema_key_has_a_description_and_a_default():
+    seen = []
+
     def walk(node, path):
         for key, sub in node.get("properties", {}).items():
+            seen.append(f"{path}{key}")
             assert "description" in sub, f"{path}{key} has no description"
             if path.startswith("dataset.demo.") and key == "source":
                 continue  # the one required key of an optional block
             assert "default" in sub, f"{path}{key} has no default"
             walk(sub, f"{path}{key}.")
+            for branch in sub.get("anyOf", []):
+                walk(branch, f"{path}{key}.")
 
     walk(SCHEMA, "")
+    assert "dataset.demo.images_per_class" in seen  # the walk reaches optional blocks
 
 
 def test_config_readme_documents_every_key():

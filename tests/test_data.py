@@ -147,9 +147,10 @@ def test_cache_matches_a_direct_pil_decode_and_resize(messy_folder, tmp_path):
     manifest = split_images(images, FRACTIONS, seed=0)
     for split in ("train", "test"):
         out = tmp_path / f"{split}.npy"
-        assert build_cache(manifest, messy_folder, split, 12, out, workers=2) == (
-            manifest["split"] == split
-        ).sum()
+        assert (
+            build_cache(manifest, messy_folder, split, 12, out, workers=2)
+            == (manifest["split"] == split).sum()
+        )
         cache = np.load(out, mmap_mode="r")
         rows = split_rows(manifest, split)
         assert cache.shape == (len(rows), 12, 12, 3) and cache.dtype == np.uint8

@@ -117,7 +117,7 @@ def schema_reference(schema: dict) -> str:
     so config/README.md cannot drift from what the workflow accepts."""
 
     def kind(node) -> str:
-        types = node.get("type", "")
+        types = node.get("type") or [branch.get("type") for branch in node.get("anyOf", [])]
         text = " or ".join(types) if isinstance(types, list) else types
         if "enum" in node:
             text += " (" + " \\| ".join(str(v) for v in node["enum"]) + ")"
@@ -135,6 +135,8 @@ def schema_reference(schema: dict) -> str:
             description = " ".join(sub.get("description", "").split())
             lines.append(f"| `{prefix}{key}` | {kind(sub)} | {default(sub)} | {description} |")
             walk(sub, f"{prefix}{key}.")
+            for branch in sub.get("anyOf", []):
+                walk(branch, f"{prefix}{key}.")
 
     walk(schema, "")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,130 @@
+"""Real snakemake runs of the data stages in a scratch working directory."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import BAD_FILES, REPO, make_fake_fashion_mnist, make_messy_folder
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def run_snakemake(workdir: Path, *args, check=True):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    result = subprocess.run(
+        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    (workdir / "config").mkdir(parents=True, exist_ok=True)
+    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
+
+
+def planned_jobs(output: str) -> dict:
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def demo_config(raw_dir: Path, per_class: int) -> dict:
+    with open(REPO / "config/config.yaml") as handle:
+        config = yaml.safe_load(handle)
+    config["dataset"]["demo"]["raw_dir"] = str(raw_dir)
+    config["dataset"]["demo"]["images_per_class"] = per_class
+    return config
+
+
+def test_demo_config_dry_run_then_real_run(tmp_path):
+    raw = make_fake_fashion_mnist(tmp_path / "raw", per_class=8)
+    write_config(tmp_path, demo_config(raw, per_class=5))
+    dry = run_snakemake(tmp_path, "-n", "--cores", "1")
+    assert planned_jobs(dry.stdout) == {
+        "make_demo_dataset": 1,
+        "build_manifest": 1,
+        "split_dataset": 1,
+        "cache_images": 3,
+        "all": 1,
+    }
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
+
+    run_snakemake(tmp_path, "--cores", "2")
+    data = tmp_path / "results/data/fashion_mnist_demo"
+    manifest = pd.read_parquet(data / "manifest.parquet")
+    assert len(manifest) == 50
+    assert "T-shirt/top" in set(manifest["class"])  # display names from dataset.class_names
+    assert manifest.groupby("class")["split"].value_counts().unstack().to_dict("list") == {
+        "test": [1] * 10, "train": [3] * 10, "val": [1] * 10,
+    }  # fmt: skip
+    for split, count in {"train": 30, "val": 10, "test": 10}.items():
+        assert np.load(data / f"cache/{split}.npy", mmap_mode="r").shape == (count, 32, 32, 3)
+    log = (tmp_path / "logs/cache_images/fashion_mnist_demo_train.log").read_text()
+    assert "cache train: 30/30 images (100%)" in log
+
+    again = run_snakemake(tmp_path, "-n", "--cores", "1")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_user_folder_with_bad_files_runs_through(tmp_path):
+    root = make_messy_folder(tmp_path / "my images", per_class=10)
+    config = {
+        "dataset": {"name": "mine", "root": str(root), "demo": None, "image_size": 16},
+        "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+    }
+    write_config(tmp_path, config)
+    run_snakemake(tmp_path, "--cores", "2")
+    data = tmp_path / "results/data/mine"
+    rejected = pd.read_csv(data / "rejected.csv")
+    assert set(rejected["path"]) == set(BAD_FILES)
+    duplicates = pd.read_csv(data / "duplicates.csv")
+    assert len(duplicates) == 2
+    manifest = pd.read_parquet(data / "manifest.parquet")
+    assert manifest.groupby("sha256")["split"].nunique().max() == 1
+    total = sum(
+        np.load(data / f"cache/{s}.npy", mmap_mode="r").shape[0] for s in ("train", "val", "test")
+    )
+    assert total == len(manifest)
+
+    # a split setting reruns the split and the caches, not the scan
+    config["split"]["seed"] = 7
+    write_config(tmp_path, config)
+    dry = run_snakemake(tmp_path, "-n", "--cores", "1")
+    assert planned_jobs(dry.stdout) == {"split_dataset": 1, "cache_images": 3, "all": 1}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"split": {"seed": "seven"}}, "'seven' is not of type 'integer'"),
+        ({"datset": {}}, "'datset' was unexpected"),
+        (
+            {"dataset": {"demo": None, "root": "nowhere"}},
+            "dataset.root: folder 'nowhere' does not exist",
+        ),
+        (
+            {"dataset": {"demo": {"source": "digits"}}, "versions": {"v1": {"seed": 1.5}}},
+            "versions.v1.seed: 1.5 is not of type 'integer'",
+        ),
+    ],
+)
+def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path, config, message):
+    write_config(tmp_path, config)
+    result = run_snakemake(tmp_path, "-n", "--cores", "1", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
