@@ -43,6 +43,31 @@ def get_data_outputs():
     ]
 
 
+def get_training_settings(wildcards):
+    """The settings train_model reads: a change to them (and only them) retrains the version."""
+    settings = VERSIONS[wildcards.version]
+    return {key: settings[key] for key in ("seed", "model", "training")}
+
+
+def get_pretrained_weights(wildcards):
+    """The backbone weights file when the version starts from one (a missing file is scheduled for
+    download_weights, which names the file to place there when the network is unreachable).
+    """
+    pretrained = VERSIONS[wildcards.version]["model"]["pretrained"]
+    return [pretrained] if pretrained else []
+
+
+def get_version_outputs(version):
+    """Everything one version produces."""
+    return [
+        f"results/{version}/model/checkpoints.json",
+        f"results/{version}/metrics.json",
+        f"results/{version}/mispredictions/false_predictions.csv",
+    ]
+
+
 def get_final_outputs():
     """What `snakemake` with no target builds."""
-    return get_data_outputs()
+    return get_data_outputs() + [
+        path for version in VERSIONS for path in get_version_outputs(version)
+    ]

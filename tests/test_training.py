@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -343,11 +344,21 @@ def test_tiny_training_learns_and_writes_every_output(tmp_path):
 
 
 def test_resnet50_with_pretrained_file_runs_a_training_step(tmp_path):
+    """The model of config/animals10.yaml, with a stand-in for its ImageNet weights file."""
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config/animals10.yaml").read_text())
+    model_cfg, stage2 = config["model"], config["training"]["stage2"]
+    assert model_cfg["arch"] == "resnet50" and config["dataset"]["image_size"] == 224
     torch.manual_seed(11)
     weights = torchvision.models.resnet50(weights=None).state_dict()
-    path = tmp_path / "resnet50-imagenet1k-v1.pth"
+    path = tmp_path / Path(model_cfg["pretrained"]).name
     torch.save(weights, path)
-    arch = make_arch("resnet50", 10, image_size=(224, 224), pretrained=str(path))
+    arch = make_arch(
+        model_cfg["arch"], len(config["dataset"]["class_names"]),
+        hidden=model_cfg["head"]["hidden"], negative_slope=model_cfg["head"]["negative_slope"],
+        image_size=(224, 224), pretrained=str(path),
+    )  # fmt: skip
     model = create_model(arch)
     assert torch.equal(
         model.state_dict()["layer4.2.bn3.running_var"], weights["layer4.2.bn3.running_var"]
@@ -358,8 +369,8 @@ def test_resnet50_with_pretrained_file_runs_a_training_step(tmp_path):
     loss_fn = WeightedSmoothedCrossEntropy(class_weights_from_labels(labels, 10), 10, 0.1)
     optimizer = torch.optim.AdamW(
         [
-            {"params": backbone_parameters(model), "lr": 1e-5, "name": "backbone"},
-            {"params": head_parameters(model), "lr": 2e-4, "name": "head"},
+            {"params": backbone_parameters(model), "lr": stage2["lr_backbone"], "name": "backbone"},
+            {"params": head_parameters(model), "lr": stage2["lr_head"], "name": "head"},
         ],
         weight_decay=0.01,
     )
