@@ -57,12 +57,52 @@ def get_pretrained_weights(wildcards):
     return [pretrained] if pretrained else []
 
 
+def checkpoint_epochs(version):
+    return VERSIONS[version]["training"]["stage2"]["checkpoint_epochs"]
+
+
+def influence_setting(version, key):
+    return VERSIONS[version]["influence"][key]
+
+
+def get_factor_dirs(version, split):
+    """The factor folders of every checkpoint of a version for one split, in epoch order."""
+    return [
+        f"results/{version}/factors/epoch_{epoch:03d}/{split}"
+        for epoch in sorted(checkpoint_epochs(version))
+    ]
+
+
+def get_shard_factors(wildcards):
+    return {
+        "test": get_factor_dirs(wildcards.version, "test"),
+        "train": get_factor_dirs(wildcards.version, "train"),
+    }
+
+
+def get_train_factors(wildcards):
+    return get_factor_dirs(wildcards.version, "train")
+
+
+def get_shards(wildcards):
+    """Every (test tile, train tile) shard of a version; counts come from config, so the whole
+    fan-out is known when the workflow is parsed."""
+    tiles = influence_setting(wildcards.version, "shards")
+    return [
+        f"results/{wildcards.version}/influence/shards/t{t}_r{r}.parquet"
+        for t in range(tiles["test"])
+        for r in range(tiles["train"])
+    ]
+
+
 def get_version_outputs(version):
     """Everything one version produces."""
     return [
         f"results/{version}/model/checkpoints.json",
         f"results/{version}/metrics.json",
         f"results/{version}/mispredictions/false_predictions.csv",
+        f"results/{version}/influence/top_k_influences.parquet",
+        f"results/{version}/influence/self_influence.parquet",
     ]
 
 

@@ -68,6 +68,10 @@ def test_demo_config_dry_run_then_real_run(tmp_path):
         "cache_images": 3,
         "train_model": 1,
         "predict": 1,
+        "extract_factors": 6,  # 3 checkpoints x (train, test)
+        "influence_shard": 1,
+        "merge_topk": 1,
+        "self_influence": 1,
         "all": 1,
     }
     assert not (tmp_path / "results").exists()  # a dry run writes nothing

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -9,7 +10,8 @@ import yaml
 from conftest import REPO, make_plain_folder
 from test_workflow_data import planned_jobs, run_snakemake, write_config
 
-from tracinflow.model import load_checkpoint
+from tracinflow.data import split_rows
+from tracinflow.model import load_checkpoint, loss_from_checkpoint, to_input
 
 pytestmark = pytest.mark.workflow
 
@@ -25,7 +27,11 @@ def tiny_config() -> dict:
             "stage2": {"max_epochs": 3, "lr_backbone": 1e-3, "lr_head": 1e-3,
                        "checkpoint_epochs": [2, 3], "patience": 1},
         },
-        "versions": {"v1": {}, "v2": {"seed": 1}},
+        "influence": {"top_k": 5},
+        "versions": {
+            "v1": {},
+            "v2": {"seed": 1, "influence": {"layers": "head", "shards": {"test": 2, "train": 3}}},
+        },
     }  # fmt: skip
 
 
@@ -65,6 +71,58 @@ def test_training_and_predictions_write_every_contracted_file(tmp_path):
         ]  # fmt: skip
         assert "stage 2 epoch 3/3" in (tmp_path / f"logs/train_model/{version}.log").read_text()
     assert "Nothing to be done" in run_snakemake(tmp_path, "-n", "--cores", "1").stdout
+    for version, layers in (("v1", ["fc.4"]), ("v2", ["fc.0", "fc.2", "fc.4"])):
+        check_topk_against_brute_force(tmp_path, version, layers, [2, 3], k=5)
+
+
+def per_sample_gradients(model, loss_fn, images, labels, arch, layers):
+    """Flattened (weight, bias) gradients of the hooked layers, one row per sample, by autograd."""
+    params = [p for name in layers for p in model.get_submodule(name).parameters()]
+    rows = []
+    for image, label in zip(images, labels, strict=True):
+        x = to_input(torch.from_numpy(np.array(image[None])), arch).double()
+        loss = loss_fn(model(x), torch.tensor([label]), reduction="none").sum()
+        rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    return torch.stack(rows)
+
+
+def check_topk_against_brute_force(workdir, version, layers, epochs, k):
+    """The proponents and opponents in top_k_influences.parquet equal sum_ckpt lr * <g_test, g_train>
+    recomputed from the checkpoint files by per-sample autograd in float64."""
+    out = workdir / "results" / version
+    manifest = pd.read_parquet(workdir / "results/data/digits/manifest.parquet")
+    caches = {s: np.load(workdir / f"results/data/digits/cache/{s}.npy") for s in ("train", "test")}
+    rows = {s: split_rows(manifest, s) for s in ("train", "test")}
+    scores = 0
+    for epoch in epochs:
+        model, checkpoint = load_checkpoint(out / f"model/epoch_{epoch:03d}.pt")
+        model = model.double()
+        loss_fn = loss_from_checkpoint(checkpoint)
+        grads = {
+            s: per_sample_gradients(
+                model, loss_fn, caches[s], rows[s]["label"].to_numpy(), model.arch, layers
+            )
+            for s in ("train", "test")
+        }
+        scores = scores + checkpoint["lr_head"] * (grads["test"] @ grads["train"].T)
+    scores = scores.numpy()
+    topk = pd.read_parquet(out / "influence/top_k_influences.parquet")
+    train_pos = {idx: i for i, idx in enumerate(rows["train"]["idx"])}
+    scale = np.abs(scores).max()
+    for t, test_idx in enumerate(rows["test"]["idx"]):
+        mine = topk[topk["test_idx"] == test_idx]
+        for kind, best in (
+            ("proponent", np.sort(scores[t])[::-1]),
+            ("opponent", np.sort(scores[t])),
+        ):
+            listed = mine[mine["kind"] == kind].sort_values("rank")
+            assert len(listed) == k
+            # the listed scores are the k best, in order, and each equals its brute-force value
+            np.testing.assert_allclose(listed["influence"], best[:k], rtol=0, atol=1e-4 * scale)
+            exact = [scores[t, train_pos[i]] for i in listed["train_idx"]]
+            np.testing.assert_allclose(listed["influence"], exact, rtol=0, atol=1e-4 * scale)
+    self_inf = pd.read_parquet(out / "influence/self_influence.parquet")
+    assert len(self_inf) == len(rows["train"]) and self_inf["rank"].min() == 1
 
 
 def test_animals10_config_dry_runs(tmp_path):

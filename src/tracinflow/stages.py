@@ -72,3 +72,124 @@ def predict_version(
     io.write_csv(outputs["false_train"], false_predictions(predictions["train"], manifest, names))
     plot_confusion_matrix(np.asarray(summary["confusion_matrix"]), names, outputs["confusion"])
     return summary
+
+
+HEAD_LAYERS = ("fc.0", "fc.2", "fc.4")
+
+
+def hooked_layers(setting) -> list[str]:
+    """``influence.layers``: a list of module paths, or ``head`` for the head's three Linear layers."""
+    return list(HEAD_LAYERS) if setting == "head" else list(setting)
+
+
+class CacheBatches:
+    """Normalised batches of the memory-mapped cache, in row order, with labels and dataset idx;
+    sized, so progress lines can say how many batches are left."""
+
+    def __init__(self, images, labels, idx, arch, batch_size: int, device):
+        self.images, self.labels, self.idx = images, labels, idx
+        self.arch, self.batch_size, self.device = arch, batch_size, device
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self):
+        import torch
+
+        from tracinflow.model import to_input
+
+        for start in range(0, len(self.labels), self.batch_size):
+            stop = start + self.batch_size
+            batch = torch.from_numpy(np.array(self.images[start:stop]))  # a writable copy
+            yield (
+                to_input(batch, self.arch, self.device),
+                torch.as_tensor(self.labels[start:stop], device=self.device),
+                torch.as_tensor(self.idx[start:stop]),
+            )
+
+
+def extract_version_factors(
+    checkpoint_path, manifest_path, cache_path, split, out_dir, *, layers, target, batch_size,
+    threads, log,
+):  # fmt: skip
+    """Ghost factors of one checkpoint on one split (the loss rebuilt from the checkpoint alone)."""
+    import torch
+
+    from tracinflow.factors import extract_to_dir, log_progress
+
+    torch.set_num_threads(threads)
+    device = select_device("auto")
+    model, checkpoint = load_checkpoint(checkpoint_path, device=device)
+    loss_fn = loss_from_checkpoint(checkpoint).to(device)
+    rows = split_rows(pd.read_parquet(manifest_path), split)
+    labels, idx = rows["label"].to_numpy(np.int64), rows["idx"].to_numpy(np.int64)
+    log(
+        f"factors of {checkpoint_path} (epoch {checkpoint['epoch']}, lr {checkpoint['lr_head']:g}) "
+        f"on {split}: {len(rows)} images, layers {layers}, target "
+        f"{target if split == 'test' else 'label'}, device {device}"
+    )
+    return extract_to_dir(
+        model,
+        CacheBatches(load_cache(cache_path), labels, idx, model.arch, batch_size, device),
+        loss_fn,
+        out_dir,
+        epoch=int(checkpoint["epoch"]),
+        lr=float(checkpoint["lr_head"]),  # the head's parameter group holds every hooked layer
+        layers=layers,
+        target=target if split == "test" else "label",
+        device=device,
+        num_samples=len(rows),
+        progress=log_progress(prefix=f"factors {split}: "),
+    )
+
+
+def influence_shard(test_dirs, train_dirs, tile, tiles, out_path, *, k, memory_mb, threads, log):
+    """Top-k candidates of one (test tile, train tile) shard, summed over every checkpoint."""
+    import torch
+
+    from tracinflow.factors import log_progress
+    from tracinflow.influence import shard_topk, write_shard
+
+    torch.set_num_threads(threads)
+    log(f"shard test tile {tile[0]}/{tiles[0]}, train tile {tile[1]}/{tiles[1]}, k {k}")
+    frame = shard_topk(
+        test_dirs,
+        train_dirs,
+        k,
+        test_tile=(tile[0], tiles[0]),
+        train_tile=(tile[1], tiles[1]),
+        memory_bytes=memory_mb * 2**20,
+        progress=log_progress(prefix="shard: "),
+    )
+    write_shard(frame, out_path)
+    return frame
+
+
+def merge_version_topk(shard_paths, k, manifest_path, predictions: dict, outputs: dict, log):
+    """Exact per-test-row top-k over all shards, plus a CSV with paths, labels and predictions."""
+    from tracinflow.influence import merge_topk
+
+    merged = merge_topk([pd.read_parquet(path) for path in shard_paths], k)
+    io.write_parquet(outputs["parquet"], merged)
+    manifest = pd.read_parquet(manifest_path).set_index("idx")
+    names = class_names_of(manifest.reset_index())
+    readable = merged.copy()
+    for side, split in (("test", "test"), ("train", "train")):
+        pred = pd.read_parquet(predictions[split]).set_index("idx")["pred"]
+        key = readable[f"{side}_idx"]
+        readable[f"{side}_path"] = manifest.loc[key, "path"].to_numpy()
+        readable[f"{side}_true"] = [names[i] for i in manifest.loc[key, "label"]]
+        readable[f"{side}_pred"] = [names[i] for i in pred.loc[key]]
+    io.write_csv(outputs["csv"], readable)
+    log(f"merged {len(shard_paths)} shards: {merged['test_idx'].nunique()} test images, k {k}")
+    return merged
+
+
+def version_self_influence(train_dirs, out_path, log):
+    """Self-influence of every training image, with each checkpoint's term alongside."""
+    from tracinflow.influence import self_influence
+
+    frame = self_influence(train_dirs, per_checkpoint=True)
+    io.write_parquet(out_path, frame)
+    log(f"self-influence of {len(frame)} training images")
+    return frame
