@@ -6,7 +6,8 @@ import sys
 import time
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``."""
     seconds = round(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
@@ -43,7 +44,7 @@ class Progress:
         left = (self.total - self.done) / rate if rate > 0 else 0.0
         return (
             f"{self.label}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), "
-            f"{rate:.1f} {self.unit}/s, elapsed {_duration(elapsed)}, ETA {_duration(left)}"
+            f"{rate:.1f} {self.unit}/s, elapsed {format_duration(elapsed)}, ETA {format_duration(left)}"
         )
 
 

@@ -13,7 +13,6 @@ history, early-stopping counters); it is deleted once the run has finished and w
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tracinflow.config import deep_merge
 from tracinflow.io import atomic_path, write_csv, write_json
 from tracinflow.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
 from tracinflow.model import (
@@ -41,6 +41,7 @@ from tracinflow.model import (
     save_checkpoint,
     to_input,
 )
+from tracinflow.progress import format_duration
 
 DEFAULT_SETTINGS = {
     "seed": 0,
@@ -87,19 +88,9 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def resolve_settings(settings: dict) -> dict:
     """``settings`` laid over :data:`DEFAULT_SETTINGS`, checked for values training cannot use."""
-    s = _merge(DEFAULT_SETTINGS, settings)
+    s = deep_merge(DEFAULT_SETTINGS, settings or {})
     t = s["training"]
     s1, s2 = t["stage1"], t["stage2"]
     if int(t["batch_size"]) < 1:
@@ -391,15 +382,6 @@ def _write_history(history: list[dict], out_dir: Path) -> pd.DataFrame:
     return frame
 
 
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 # --- the two stages -----------------------------------------------------------------------------
 
 
@@ -559,7 +541,7 @@ def train_model(
         log(
             f"stage {stage} epoch {epoch}/{total}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
             f"val loss {val_loss:.4f} acc {val_acc:.4f} | {row['seconds']:.1f}s | "
-            f"ETA {'<= ' if stage == 2 else ''}{_duration(eta)}"
+            f"ETA {'<= ' if stage == 2 else ''}{format_duration(eta)}"
         )
         return row
 
@@ -587,7 +569,7 @@ def train_model(
                 epoch_callback(1, epoch)
         rows = [r for r in history if r["stage"] == 1]
         log(
-            f"stage 1 done: {len(rows)} epochs in {_duration(sum(r['seconds'] for r in rows))}, "
+            f"stage 1 done: {len(rows)} epochs in {format_duration(sum(r['seconds'] for r in rows))}, "
             f"val loss {rows[-1]['val_loss']:.4f} acc {rows[-1]['val_accuracy']:.4f}"
         )
         optimizer_state = None
@@ -655,7 +637,7 @@ def train_model(
     frame = _write_history(history, out_dir)
     plot_training_curves(frame, out_dir / "training_curves.png")
     log(
-        f"stage 2 done: {len(rows)} of {total} epochs in {_duration(sum(r['seconds'] for r in rows))}; "
+        f"stage 2 done: {len(rows)} of {total} epochs in {format_duration(sum(r['seconds'] for r in rows))}; "
         f"best epoch {progress['best_epoch']} (val loss {progress['best_val_loss']:.4f}); "
         f"checkpoints {[c['epoch'] for c in progress['checkpoints']]}"
     )
