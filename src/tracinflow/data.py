@@ -226,6 +226,11 @@ def split_images(images: pd.DataFrame, fractions: dict, seed: int) -> pd.DataFra
     return manifest[MANIFEST_COLUMNS].reset_index(drop=True)
 
 
+def class_names_of(manifest: pd.DataFrame) -> list[str]:
+    """Display names by label (the manifest's ``class`` of each ``label``)."""
+    return manifest.drop_duplicates("label").sort_values("label")["class"].astype(str).tolist()
+
+
 def split_rows(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
     """The manifest rows of one split in cache order (by idx): row i of cache/{split}.npy."""
     if split not in SPLITS:

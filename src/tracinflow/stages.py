@@ -10,15 +10,10 @@ import numpy as np
 import pandas as pd
 
 from tracinflow import io
-from tracinflow.data import load_cache, split_rows
+from tracinflow.data import class_names_of, load_cache, split_rows
 from tracinflow.model import load_checkpoint, loss_from_checkpoint
 from tracinflow.predict import false_predictions, metrics, plot_confusion_matrix, predict_split
 from tracinflow.training import select_device, train_model
-
-
-def class_names_of(manifest: pd.DataFrame) -> list[str]:
-    """Display names by label."""
-    return manifest.drop_duplicates("label").sort_values("label")["class"].tolist()
 
 
 def train_version(manifest_path, caches: dict, settings: dict, out_dir, threads: int, log) -> dict:
