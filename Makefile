@@ -8,7 +8,7 @@ CORES ?= all
 # Idle OpenMP threads spin by default; with concurrent jobs on few cores that costs 10x.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test install fetch-demo-data lint format config-docs clean-results
+.PHONY: demo test install fetch-demo-data lint format config-docs rulegraph clean-results
 
 demo: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
@@ -42,6 +42,13 @@ format: $(STAMP)
 # Regenerates the key reference in config/README.md from the schema.
 config-docs: $(STAMP)
 	$(BIN)/python -m tracinflow.config workflow/schemas/config.schema.yaml config/README.md
+
+# The rule graph of the demo config as a picture (needs graphviz: apt-get install graphviz).
+rulegraph: $(STAMP)
+	@command -v dot >/dev/null || { echo "graphviz's dot is missing: apt-get install graphviz"; exit 1; }
+	mkdir -p docs
+	$(BIN)/snakemake --rulegraph | dot -Tsvg > docs/rulegraph.svg.tmp
+	mv docs/rulegraph.svg.tmp docs/rulegraph.svg
 
 clean-results:
 	rm -rf results logs/*.log logs/*/ .snakemake

@@ -13,6 +13,8 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/influence.smk"
+include: "rules/reports.smk"
+include: "rules/versions.smk"
 
 
 rule all:

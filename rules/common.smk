@@ -25,6 +25,9 @@ DATASET = config["dataset"]["name"]
 DATASET_ROOT = config["dataset"]["root"]
 DEMO = config["dataset"]["demo"]
 SPLITS = ["train", "val", "test"]
+# gpu=1 on the rules that run a model when the cluster has GPUs; the profile maps the resource to a
+# partition and `--gpus` (gpu=0 adds nothing to a job's submission).
+GPU = 1 if config["cluster"]["gpu"] else 0
 
 
 wildcard_constraints:
@@ -65,6 +68,10 @@ def influence_setting(version, key):
     return VERSIONS[version]["influence"][key]
 
 
+def report_setting(version, key):
+    return VERSIONS[version]["reports"][key]
+
+
 def get_factor_dirs(version, split):
     """The factor folders of every checkpoint of a version for one split, in epoch order."""
     return [
@@ -96,13 +103,15 @@ def get_shards(wildcards):
 
 
 def get_version_outputs(version):
-    """Everything one version produces."""
+    """Everything one version produces (the rest of its files are inputs of these)."""
+    reports = f"results/{version}/reports"
     return [
-        f"results/{version}/model/checkpoints.json",
-        f"results/{version}/metrics.json",
-        f"results/{version}/mispredictions/false_predictions.csv",
-        f"results/{version}/influence/top_k_influences.parquet",
-        f"results/{version}/influence/self_influence.parquet",
+        f"results/{version}/model/training_curves.png",
+        f"results/{version}/confusion_matrix.png",
+        f"results/{version}/influence/top_k_influences.csv",
+        f"{reports}/influence_report.txt",
+        f"{reports}/dashboards/influence_distributions.png",
+        f"{reports}/galleries",
     ]
 
 

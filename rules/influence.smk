@@ -16,8 +16,9 @@ rule extract_factors:
         "../workflow/envs/tracinflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=60,
+        gpu=GPU,
     params:
         checkpoint=lambda wildcards: f"results/{wildcards.version}/model/epoch_{wildcards.epoch}.pt",
         layers=lambda wildcards: influence_setting(wildcards.version, "layers"),
@@ -43,8 +44,9 @@ rule influence_shard:
         "../workflow/envs/tracinflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=60,
+        gpu=GPU,
     params:
         k=lambda wildcards: influence_setting(wildcards.version, "top_k"),
         memory_mb=lambda wildcards: influence_setting(wildcards.version, "memory_mb"),
@@ -69,7 +71,7 @@ rule merge_topk:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=30,
     params:
         k=lambda wildcards: influence_setting(wildcards.version, "top_k"),
@@ -90,7 +92,7 @@ rule self_influence:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=30,
     script:
         "../workflow/scripts/self_influence.py"

@@ -22,8 +22,9 @@ rule train_model:
         "../workflow/envs/tracinflow.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=720,
+        gpu=GPU,
     params:
         settings=get_training_settings,
     script:
@@ -58,8 +59,9 @@ rule predict:
         "../workflow/envs/tracinflow.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
         runtime=60,
+        gpu=GPU,
     params:
         batch_size=lambda wildcards: VERSIONS[wildcards.version]["training"][
             "batch_size"

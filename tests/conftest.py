@@ -118,3 +118,24 @@ def make_fake_fashion_mnist(raw_dir: Path, per_class: int = 6, seed: int = 0) ->
 @pytest.fixture
 def messy_folder(tmp_path) -> Path:
     return make_messy_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory):
+    """The tiny two-version config run for real, once per test session: first a targeted build of
+    v1's report on the fresh tree (its output kept for the tests), then everything."""
+    from types import SimpleNamespace
+
+    from snakemake_runs import run_snakemake, tiny_config, write_config
+
+    workdir = tmp_path_factory.mktemp("tiny-workflow")
+    write_config(workdir, tiny_config())
+    targeted = run_snakemake(workdir, "--cores", "2", "results/v1/reports/influence_report.txt")
+    after_targeted = sorted(path.name for path in (workdir / "results").iterdir())
+    run_snakemake(workdir, "--cores", "2")
+    return SimpleNamespace(
+        workdir=workdir,
+        config=tiny_config(),
+        targeted_output=targeted.stdout + targeted.stderr,
+        results_after_targeted=after_targeted,
+    )

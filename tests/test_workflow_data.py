@@ -1,9 +1,5 @@
 """Real snakemake runs of the data stages in a scratch working directory."""
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,29 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import BAD_FILES, REPO, make_fake_fashion_mnist, make_messy_folder
+from snakemake_runs import planned_jobs, run_snakemake, write_config
 
 pytestmark = pytest.mark.workflow
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-
-
-def run_snakemake(workdir: Path, *args, check=True):
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    result = subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
-def write_config(workdir: Path, config: dict) -> None:
-    (workdir / "config").mkdir(parents=True, exist_ok=True)
-    (workdir / "config/config.yaml").write_text(yaml.safe_dump(config))
 
 
 def data_targets(name: str) -> list[str]:
@@ -41,12 +17,6 @@ def data_targets(name: str) -> list[str]:
     data = f"results/data/{name}"
     caches = [f"{data}/cache/{split}.npy" for split in ("train", "val", "test")]
     return [f"{data}/rejected.csv", f"{data}/duplicates.csv", *caches]
-
-
-def planned_jobs(output: str) -> dict:
-    """The 'Job stats' table of a dry run as {rule: count}."""
-    table = output.split("Job stats:")[1].split("total")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
 
 
 def demo_config(raw_dir: Path, per_class: int) -> dict:
@@ -72,6 +42,9 @@ def test_demo_config_dry_run_then_real_run(tmp_path):
         "influence_shard": 1,
         "merge_topk": 1,
         "self_influence": 1,
+        "report_tables": 1,
+        "report_plots": 1,
+        "report_galleries": 1,
         "all": 1,
     }
     assert not (tmp_path / "results").exists()  # a dry run writes nothing

@@ -1,4 +1,5 @@
-"""Real snakemake runs of training and prediction on a tiny config, and a dry run of animals10."""
+"""Training, prediction and influence of the tiny two-version run checked file by file (top-k against
+brute-force autograd), and a dry run of animals10."""
 
 import json
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, make_plain_folder
-from test_workflow_data import planned_jobs, run_snakemake, write_config
+from snakemake_runs import planned_jobs, run_snakemake, write_config
 
 from tracinflow.data import split_rows
 from tracinflow.model import load_checkpoint, loss_from_checkpoint, to_input
@@ -16,31 +17,10 @@ from tracinflow.model import load_checkpoint, loss_from_checkpoint, to_input
 pytestmark = pytest.mark.workflow
 
 
-def tiny_config() -> dict:
-    return {
-        "dataset": {"name": "digits", "root": "results/datasets/digits",
-                    "demo": {"source": "digits", "images_per_class": 12}, "image_size": 16},
-        "model": {"arch": "small_resnet", "width": 4, "head": {"hidden": [16, 8]}},
-        "training": {
-            "batch_size": 32,
-            "stage1": {"epochs": 1},
-            "stage2": {"max_epochs": 3, "lr_backbone": 1e-3, "lr_head": 1e-3,
-                       "checkpoint_epochs": [2, 3], "patience": 1},
-        },
-        "influence": {"top_k": 5},
-        "versions": {
-            "v1": {},
-            "v2": {"seed": 1, "influence": {"layers": "head", "shards": {"test": 2, "train": 3}}},
-        },
-    }  # fmt: skip
-
-
-def test_training_and_predictions_write_every_contracted_file(tmp_path):
-    write_config(tmp_path, tiny_config())
-    assert planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "1").stdout)["train_model"] == 2
-    run_snakemake(tmp_path, "--cores", "2")
+def test_training_and_predictions_write_every_contracted_file(tiny_workflow):
+    workdir = tiny_workflow.workdir
     for version in ("v1", "v2"):
-        out = tmp_path / "results" / version
+        out = workdir / "results" / version
         listed = json.loads((out / "model/checkpoints.json").read_text())
         assert [c["epoch"] for c in listed] == [2, 3]
         model, checkpoint = load_checkpoint(out / "model/epoch_003.pt")
@@ -69,10 +49,9 @@ def test_training_and_predictions_write_every_contracted_file(tmp_path):
         assert list(wrong.columns) == [
             "index", "true_label", "predicted_label", "confidence", "image_path",
         ]  # fmt: skip
-        assert "stage 2 epoch 3/3" in (tmp_path / f"logs/train_model/{version}.log").read_text()
-    assert "Nothing to be done" in run_snakemake(tmp_path, "-n", "--cores", "1").stdout
+        assert "stage 2 epoch 3/3" in (workdir / f"logs/train_model/{version}.log").read_text()
     for version, layers in (("v1", ["fc.4"]), ("v2", ["fc.0", "fc.2", "fc.4"])):
-        check_topk_against_brute_force(tmp_path, version, layers, [2, 3], k=5)
+        check_topk_against_brute_force(workdir, version, layers, [2, 3], k=5)
 
 
 def per_sample_gradients(model, loss_fn, images, labels, arch, layers):

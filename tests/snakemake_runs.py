@@ -1,0 +1,93 @@
+"""Running the real workflow in a scratch working directory, and reading what a dry run plans."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import REPO
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+
+def run_snakemake(workdir: Path, *args, check=True):
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    result = subprocess.run(
+        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:
+    path = workdir / "config" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def planned_jobs(output: str) -> dict:
+    """The 'Job stats' table of a run or dry run as {rule: count}."""
+    table = output.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def planned_job_blocks(output: str) -> list[dict]:
+    """Each job a dry run lists, as {"rule": name, "<field>": value} from its indented lines
+    (input, output, wildcards, resources, ...)."""
+    jobs = []
+    for line in output.splitlines():
+        started = re.match(r"^(?:local)?rule (\w+):$", line)
+        if started:
+            jobs.append({"rule": started[1]})
+        elif jobs and (field := re.match(r"^    (\w+): (.*)$", line)):
+            jobs[-1][field[1]] = field[2]
+    return jobs
+
+
+def planned_versions(output: str) -> set[str]:
+    """The {version} wildcard values of the jobs a dry run plans."""
+    found = set()
+    for job in planned_job_blocks(output):
+        match = re.search(r"\bversion=([^,\s]+)", job.get("wildcards", ""))
+        if match:
+            found.add(match[1])
+    return found
+
+
+def resources_of(job: dict) -> dict:
+    """A planned job's ``resources:`` line as {name: value-string}."""
+    pairs = (item.split("=", 1) for item in job.get("resources", "").split(", ") if "=" in item)
+    return dict(pairs)
+
+
+def tiny_config() -> dict:
+    """Two versions of a model small enough to train in seconds on scikit-learn's digits; v2 hooks
+    the whole head, uses another seed and an uneven shard grid."""
+    return {
+        "dataset": {"name": "digits", "root": "results/datasets/digits",
+                    "demo": {"source": "digits", "images_per_class": 12}, "image_size": 16},
+        "model": {"arch": "small_resnet", "width": 4, "head": {"hidden": [16, 8]}},
+        "training": {
+            "batch_size": 32,
+            "stage1": {"epochs": 1},
+            "stage2": {"max_epochs": 3, "lr_backbone": 1e-3, "lr_head": 1e-3,
+                       "checkpoint_epochs": [2, 3], "patience": 1},
+        },
+        "influence": {"top_k": 5, "shards": {"test": 2, "train": 2}},
+        "reports": {"galleries": {"mispredictions": 3, "suspects": 6, "thumbnail_px": 48}},
+        "versions": {
+            "v1": {},
+            "v2": {"seed": 1, "influence": {"layers": "head", "shards": {"train": 3}}},
+        },
+    }  # fmt: skip

@@ -1,0 +1,156 @@
+"""The DAG at work, in real snakemake runs of the tiny two-version config: the dry-run plan, reruns
+of exactly the stale jobs after a setting changes, targeted builds, the SLURM profile's resources
+and the HTML report."""
+
+import copy
+
+import pytest
+from conftest import REPO
+from snakemake_runs import (
+    planned_job_blocks,
+    planned_jobs,
+    planned_versions,
+    resources_of,
+    run_snakemake,
+    tiny_config,
+    write_config,
+)
+
+pytestmark = pytest.mark.workflow
+
+REPORT_RULES = {"report_tables", "report_plots", "report_galleries"}
+
+
+def test_dry_run_shows_every_job_of_both_versions_before_anything_ran(tmp_path):
+    write_config(tmp_path, tiny_config())
+    dry = run_snakemake(tmp_path, "-n", "--cores", "1")
+    assert planned_jobs(dry.stdout) == {
+        "make_demo_dataset": 1,
+        "build_manifest": 1,
+        "split_dataset": 1,
+        "cache_images": 3,
+        "train_model": 2,
+        "predict": 2,
+        "extract_factors": 8,  # 2 versions x 2 checkpoints x (train, test)
+        "influence_shard": 10,  # v1: 2 x 2 tiles, v2: 2 x 3
+        "merge_topk": 2,
+        "self_influence": 2,
+        "report_tables": 2,
+        "report_plots": 2,
+        "report_galleries": 2,
+        "all": 1,
+    }
+    assert planned_versions(dry.stdout) == {"v1", "v2"}
+    assert not (tmp_path / "results").exists()
+
+
+def test_named_version_target_plans_that_version_alone(tmp_path):
+    write_config(tmp_path, tiny_config())
+    listed = run_snakemake(tmp_path, "--list-target-rules").stdout.split()
+    assert {"all", "version_v1", "version_v2"} <= set(listed)
+    dry = run_snakemake(tmp_path, "-n", "--cores", "1", "version_v2")
+    assert planned_versions(dry.stdout) == {"v2"}
+    jobs = planned_jobs(dry.stdout)
+    assert jobs["train_model"] == 1 and jobs["influence_shard"] == 6
+    assert REPORT_RULES <= set(jobs)
+
+
+def test_targeted_report_build_on_a_fresh_tree_runs_only_that_versions_chain(tiny_workflow):
+    jobs = planned_jobs(tiny_workflow.targeted_output)
+    assert jobs == {
+        "make_demo_dataset": 1,
+        "build_manifest": 1,
+        "split_dataset": 1,
+        "cache_images": 3,
+        "train_model": 1,
+        "predict": 1,
+        "extract_factors": 4,
+        "influence_shard": 4,
+        "merge_topk": 1,
+        "self_influence": 1,
+        "report_tables": 1,
+    }
+    assert "v2" not in tiny_workflow.results_after_targeted
+    assert "v1" in tiny_workflow.results_after_targeted
+
+
+def plan_after_change(workflow, change) -> str:
+    """Dry run of the finished tiny tree with a changed config (written beside the original)."""
+    config = copy.deepcopy(workflow.config)
+    change(config)
+    changed = write_config(workflow.workdir, config, name="changed.yaml")
+    return run_snakemake(
+        workflow.workdir, "-n", "--cores", "1", "--configfile", str(changed)
+    ).stdout
+
+
+def test_finished_tree_plans_nothing(tiny_workflow):
+    dry = run_snakemake(tiny_workflow.workdir, "-n", "--cores", "1")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_one_versions_seed_reruns_that_version_alone(tiny_workflow):
+    dry = plan_after_change(tiny_workflow, lambda c: c["versions"]["v2"].update(seed=7))
+    assert planned_versions(dry) == {"v2"}
+    jobs = planned_jobs(dry)
+    assert jobs["train_model"] == 1 and jobs["extract_factors"] == 4
+    assert jobs["influence_shard"] == 6 and REPORT_RULES <= set(jobs)
+    assert "Params have changed since last execution" in dry
+
+
+def test_top_k_reruns_shards_merge_and_reports_not_training_or_factors(tiny_workflow):
+    dry = plan_after_change(tiny_workflow, lambda c: c["influence"].update(top_k=4))
+    assert set(planned_jobs(dry)) == {"influence_shard", "merge_topk", "all"} | REPORT_RULES
+    assert planned_versions(dry) == {"v1", "v2"}
+
+
+def test_report_settings_rerun_only_reports(tiny_workflow):
+    dry = plan_after_change(tiny_workflow, lambda c: c["reports"].update(ranking="loss"))
+    assert set(planned_jobs(dry)) == {"all"} | REPORT_RULES
+    dry = plan_after_change(
+        tiny_workflow, lambda c: c["versions"]["v1"].update(reports={"galleries": {"suspects": 4}})
+    )
+    assert planned_jobs(dry) == {"report_plots": 1, "report_galleries": 1, "all": 1}
+    assert planned_versions(dry) == {"v1"}
+
+
+def test_slurm_profile_dry_run_resolves_gpu_and_partitions(tmp_path):
+    config = tiny_config()
+    config["cluster"] = {"gpu": True}
+    write_config(tmp_path, config)
+    dry = run_snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles/slurm"))
+    jobs = planned_job_blocks(dry.stdout)
+    assert {job["rule"] for job in jobs} >= {"train_model", "influence_shard", "report_tables"}
+    for job in jobs:
+        resources = resources_of(job)
+        if job["rule"] in {"train_model", "predict", "extract_factors", "influence_shard"}:
+            assert resources["gpu"] == "1", job
+            assert resources["slurm_partition"] == "EDIT-your-gpu-partition", job
+        elif job["rule"] != "all":
+            assert resources.get("gpu", "0") == "0", job
+            assert resources["slurm_partition"] == "EDIT-your-cpu-partition", job
+        if job["rule"] == "train_model":
+            assert resources["runtime"] == "720" and resources["mem_mb"] == "8000"
+        if job["rule"] != "all":
+            assert resources["slurm_account"] == "EDIT-your-account"
+
+
+def test_without_cluster_gpu_no_rule_asks_for_one(tmp_path):
+    write_config(tmp_path, tiny_config())
+    dry = run_snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles/slurm"))
+    assert all(resources_of(job).get("gpu", "0") == "0" for job in planned_job_blocks(dry.stdout))
+
+
+def test_local_profile_resolves(tmp_path):
+    write_config(tmp_path, tiny_config())
+    dry = run_snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles/local"))
+    assert planned_jobs(dry.stdout)["train_model"] == 2
+
+
+def test_html_report_after_a_run(tiny_workflow):
+    report = tiny_workflow.workdir / "report.html"
+    run_snakemake(tiny_workflow.workdir, "--report", str(report))
+    html = report.read_text(errors="replace")
+    assert len(html) > 10_000
+    for name in ("v1", "v2", "influence_report.txt", "training_curves.png", "suspects.png"):
+        assert name in html, name
