@@ -651,3 +651,31 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
     text = written["influence_report.txt"].read_text()
     assert "ranked by combined" in text
     assert (NO_MISPREDICTIONS in text) is not mispredicted
+
+
+def test_suspicion_scores_of_every_ranking():
+    from tracinflow.reports import RANKINGS, suspicion_scores
+
+    idx = np.array([3, 1, 2])
+    self_influence = pd.DataFrame(
+        {"train_idx": [1, 2, 3], "self_influence": [5.0, 1.0, 3.0],
+         "self_influence_epoch_002": [4.0, 0.5, 0.5], "self_influence_epoch_010": [1.0, 0.5, 2.5]}
+    )  # fmt: skip
+    error = pd.DataFrame({"train_idx": [3, 2, 1], "self_influence": [0.3, 0.2, 0.1]})
+    train_pred = pd.DataFrame({"idx": [2, 3, 1], "loss": [9.0, 1.0, 2.0]})
+    expected = {
+        "self_influence": [3.0, 5.0, 1.0],
+        "self_influence_last": [2.5, 1.0, 0.5],  # epoch 10, not epoch 2
+        "error_self_influence": [0.3, 0.1, 0.2],
+        "loss": [1.0, 2.0, 9.0],
+        # percentile ranks (self, loss): idx 3 (2, 1), idx 1 (3, 2), idx 2 (1, 3); / (2 * 3)
+        "combined": [3 / 6, 5 / 6, 4 / 6],
+    }
+    assert set(expected) == set(RANKINGS)
+    for ranking, values in expected.items():
+        scores = suspicion_scores(ranking, idx, self_influence, train_pred, error)
+        np.testing.assert_allclose(scores, values, err_msg=ranking)
+    with pytest.raises(ValueError, match="needs the error-signal"):
+        suspicion_scores("error_self_influence", idx, self_influence, train_pred)
+    with pytest.raises(KeyError, match=r"missing from self_influence, e\.g\. \[7\]"):
+        suspicion_scores("self_influence", [7], self_influence, train_pred)

@@ -20,9 +20,11 @@ from tracinflow import io
 from tracinflow.data import class_names_of
 
 KINDS = ("proponent", "opponent")
-RANKINGS = ("self_influence", "loss", "combined")
+RANKINGS = ("self_influence", "self_influence_last", "error_self_influence", "loss", "combined")
 RANKING_MEANINGS = {
-    "self_influence": "TracIn self-influence, largest first",
+    "self_influence": "TracIn self-influence summed over checkpoints, largest first",
+    "self_influence_last": "TracIn self-influence at the last checkpoint, largest first",
+    "error_self_influence": "error-signal-only self-influence |e|^2 summed over checkpoints",
     "loss": "training loss at the best checkpoint, largest first",
     "combined": "mean percentile rank of self-influence and loss, largest first",
 }
@@ -190,6 +192,65 @@ def _appearance_counts(cross: pd.DataFrame, train_idx: np.ndarray) -> dict[str, 
     }
 
 
+def _last_checkpoint_column(self_influence: pd.DataFrame) -> str:
+    columns = sorted(c for c in self_influence.columns if c.startswith("self_influence_epoch_"))
+    if not columns:
+        raise ValueError(
+            "ranking self_influence_last needs the per-checkpoint columns "
+            "self_influence_epoch_EEE in self_influence.parquet"
+        )
+    return columns[-1]
+
+
+def suspicion_scores(
+    ranking: str,
+    train_idx,
+    self_influence: pd.DataFrame,
+    train_pred: pd.DataFrame,
+    error_self_influence: pd.DataFrame | None = None,
+) -> np.ndarray:
+    """The suspicion score of each ``train_idx`` (higher = more likely mislabeled) under ``ranking``:
+
+    - ``"self_influence"``: TracIn self-influence summed over checkpoints;
+    - ``"self_influence_last"``: the last checkpoint's self-influence term alone;
+    - ``"error_self_influence"``: ``sum lr |e|^2``, the error signal without the activations
+      (``error_self_influence``: a frame in self_influence.parquet's format);
+    - ``"loss"``: the per-sample training loss at the best checkpoint (``train_pred``);
+    - ``"combined"``: the mean of the percentile ranks of self-influence and loss,
+      ``(r_self + r_loss) / (2 N)`` with ascending ranks (ties share their average rank), so the
+      score lies in (0, 1] and neither quantity's scale matters.
+
+    One used image missing from a table is an error, never dropped.
+    """
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    train_idx = np.asarray(train_idx, dtype=np.int64)
+
+    def column(frame, key, name, what):
+        return frame[name].to_numpy(np.float64)[_positions(frame[key], train_idx, what)]
+
+    if ranking == "error_self_influence":
+        if error_self_influence is None:
+            raise ValueError("ranking error_self_influence needs the error-signal self-influence")
+        return column(error_self_influence, "train_idx", "self_influence", "error self-influence")
+    if ranking == "self_influence_last":
+        last = _last_checkpoint_column(self_influence)
+        return column(self_influence, "train_idx", last, "self_influence")
+    scores = column(self_influence, "train_idx", "self_influence", "self_influence")
+    if ranking == "self_influence":
+        return scores
+    loss = column(train_pred, "idx", "loss", "the train predictions")
+    if ranking == "loss":
+        return loss
+    # Rank sums are whole or half numbers, so equal sums stay exactly equal before dividing and the
+    # tie-break by train idx is not decided by rounding.
+    rank_sum = (
+        pd.Series(scores).rank(method="average").to_numpy()
+        + pd.Series(loss).rank(method="average").to_numpy()
+    )
+    return rank_sum / (2 * len(train_idx))
+
+
 def mislabeled_inspection(
     self_influence: pd.DataFrame,
     train_pred: pd.DataFrame,
@@ -197,57 +258,34 @@ def mislabeled_inspection(
     manifest: pd.DataFrame,
     class_names,
     ranking: str = "self_influence",
+    error_self_influence: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every training image, most suspicious first: the candidates to check for a wrong label.
 
-    ``ranking`` picks the suspicion score (higher = more suspicious):
-
-    - ``"self_influence"``: the TracIn self-influence (images the model had to work hardest on);
-    - ``"loss"``: the per-sample training loss at the best checkpoint;
-    - ``"combined"``: the mean of the two percentile ranks, ``(r_self + r_loss) / (2 N)``, where
-      ``r`` is the ascending rank among the N training images (ties share their average rank), so
-      the score lies in (0, 1] and neither quantity's scale matters.
-
-    Ties break by the lower train idx. Columns: ``rank, train_idx, ranking, suspicion,
-    self_influence, self_influence_rank, loss, loss_rank`` (ranks: 1 = largest), ``true_label,
-    predicted_label, confidence``, the number of times the image is an opponent / a proponent of a
-    mispredicted test image in ``cross`` and how many of those rows have ``same_error``, and
-    ``image_path`` (the manifest path). The training images are the manifest's train split together
-    with every image in ``self_influence`` and ``train_pred``; one missing from any of the three is an
-    error, never dropped.
+    ``ranking`` picks the suspicion score (see :func:`suspicion_scores`). The training images are
+    the rows of ``train_pred`` and ``self_influence`` (the images the version trained on, with the
+    labels it trained with; the manifest's train split minus any dropped by cleaning); one missing
+    from either table, or from the manifest, is an error, never dropped. Ties break by the lower train idx.
+    Columns: ``rank, train_idx, ranking, suspicion, self_influence, self_influence_rank, loss,
+    loss_rank`` (ranks: 1 = largest), ``true_label`` (the training label), ``predicted_label,
+    confidence``, the number of times the image is an opponent / a proponent of a mispredicted test
+    image in ``cross`` and how many of those rows have ``same_error``, and ``image_path`` (the
+    manifest path).
     """
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
-    train_rows = manifest[manifest["split"] == "train"]
     train_idx = np.unique(
         np.concatenate(
-            [
-                train_rows["idx"].to_numpy(np.int64),
-                self_influence["train_idx"].to_numpy(np.int64),
-                train_pred["idx"].to_numpy(np.int64),
-            ]
+            [train_pred["idx"].to_numpy(np.int64), self_influence["train_idx"].to_numpy(np.int64)]
         )
     )
-    scores = self_influence["self_influence"].to_numpy(np.float64)[
-        _positions(self_influence["train_idx"], train_idx, "self_influence")
-    ]
+    suspicion = suspicion_scores(
+        ranking, train_idx, self_influence, train_pred, error_self_influence
+    )
+    scores = suspicion_scores("self_influence", train_idx, self_influence, train_pred)
     pred_rows = _positions(train_pred["idx"], train_idx, "the train predictions")
     loss = train_pred["loss"].to_numpy(np.float64)[pred_rows]
-    paths = train_rows["path"].to_numpy()[
-        _positions(train_rows["idx"], train_idx, "the manifest's train split")
-    ]
-    if ranking == "self_influence":
-        suspicion = scores
-    elif ranking == "loss":
-        suspicion = loss
-    else:
-        # Rank sums are whole or half numbers, so equal sums stay exactly equal before dividing and
-        # the tie-break by train idx is not decided by rounding.
-        rank_sum = (
-            pd.Series(scores).rank(method="average").to_numpy()
-            + pd.Series(loss).rank(method="average").to_numpy()
-        )
-        suspicion = rank_sum / (2 * len(train_idx))
+    paths = manifest["path"].to_numpy()[_positions(manifest["idx"], train_idx, "the manifest")]
     names = _names(class_names)
     counts = _appearance_counts(cross, train_idx)
     frame = pd.DataFrame(
@@ -566,6 +604,7 @@ def write_version_reports(
     predictions: dict,
     topk_path,
     self_influence_path,
+    error_self_influence_path=None,
     checkpoints_path,
     metrics_path,
     out_dir,
@@ -592,11 +631,18 @@ def write_version_reports(
     test_pred = pd.read_parquet(predictions["test"])
     topk = pd.read_parquet(topk_path)
     scores = pd.read_parquet(self_influence_path)
+    error_scores = (
+        pd.read_parquet(error_self_influence_path)
+        if error_self_influence_path is not None
+        else None
+    )
     checkpoints = json.loads(Path(checkpoints_path).read_text())
     summary = json.loads(Path(metrics_path).read_text())
 
     cross = misprediction_cross_analysis(topk, test_pred, train_pred, names)
-    inspection = mislabeled_inspection(scores, train_pred, cross, manifest, names, ranking)
+    inspection = mislabeled_inspection(
+        scores, train_pred, cross, manifest, names, ranking, error_scores
+    )
     influential = influential_samples(topk, train_pred, manifest, names)
     by_class = class_influence(topk, test_pred, train_pred, names)
     if k is None:
