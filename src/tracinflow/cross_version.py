@@ -1,0 +1,899 @@
+"""Comparison of several versions (seeds, label noise, cleaned training sets) on one test set.
+
+Every version is trained on its own training set and evaluated on the same, untouched test images,
+so their results line up image by image. The pure functions here build the comparison tables from
+each version's loaded results (``{version name: data}`` dictionaries, versions in the dictionary's
+order); :func:`write_cross_version` reads the files of every version and writes the tables, a
+registry of what each version was, two plots and a markdown summary, each file atomically.
+
+Influence signs follow :mod:`tracinflow.influence`: positive = proponent (helped the test loss go
+down), negative = opponent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tracinflow import io
+from tracinflow.data import class_names_of
+
+DPI = 120
+MAX_SUMMARY_ROWS = 20
+INFLUENCE_KINDS = ("all", "proponent", "opponent")
+INFLUENCER_KINDS = ("helpful", "harmful")
+ALL_VERSIONS = "all"  # the version name of the summed-over-versions confused pairs
+
+PERFORMANCE_COLUMNS = [
+    "version",
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "test_loss",
+    "test_images",
+    "test_mispredictions",
+    "train_images",
+    "flipped",
+    "dropped",
+]
+PERSISTENT_COLUMNS = [
+    "test_idx",
+    "image_path",
+    "true_label",
+    "versions_wrong",
+    "n_versions",
+    "predictions",
+]
+INFLUENCER_COLUMNS = [
+    "train_idx",
+    "kind",
+    "versions",
+    "version_list",
+    "mean_influence_sum",
+    "image_path",
+    "class",
+]
+CANDIDATE_COLUMNS = [
+    "train_idx",
+    "versions",
+    "version_list",
+    "best_rank",
+    "mean_rank",
+    "image_path",
+    "true_label",
+]
+STATISTICS_COLUMNS = ["version", "kind", "count", "mean", "median", "min", "max", "std"]
+PAIR_COLUMNS = ["version", "true_class", "predicted_class", "count"]
+
+FILES = {
+    "performance": "performance.csv",
+    "persistent": "persistent_mispredictions.csv",
+    "influencers": "consistent_influencers.csv",
+    "candidates": "shared_mislabel_candidates.csv",
+    "statistics": "influence_statistics.csv",
+    "pairs": "confused_pairs.csv",
+    "cleaning": "cleaning.csv",
+    "registry": "version_registry.json",
+    "performance_plot": "performance.png",
+    "statistics_plot": "influence_statistics.png",
+    "summary": "summary.md",
+}
+# Each version's inputs, relative to its results folder.
+VERSION_FILES = {
+    "metrics": "metrics.json",
+    "test_predictions": "predictions/test.parquet",
+    "topk": "influence/top_k_influences.parquet",
+    "inspection": "reports/mislabeled_inspection_report.csv",
+    "train_set": "train_set.parquet",
+    "checkpoints": "model/checkpoints.json",
+    "best_model": "model/best.pt",
+}
+VERSION_SEPARATOR = "; "
+
+
+# --------------------------------------------------------------------------------------------------
+# checks and lookups
+
+
+def _require_columns(frame: pd.DataFrame, columns, what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing} (needs {list(columns)})")
+
+
+def _check_versions(data: Mapping, what: str) -> list[str]:
+    if not data:
+        raise ValueError(f"{what}: no versions given")
+    return [str(v) for v in data]
+
+
+def _check_min_versions(min_versions: int, n_versions: int) -> None:
+    if int(min_versions) != min_versions or min_versions < 1:
+        raise ValueError(f"min_versions must be a positive integer, got {min_versions}")
+    if min_versions > n_versions:
+        raise ValueError(
+            f"min_versions ({min_versions}) is more than the number of versions ({n_versions})"
+        )
+
+
+def _check_top(top: int) -> None:
+    if int(top) != top or top < 1:
+        raise ValueError(f"top must be a positive integer, got {top}")
+
+
+def _manifest_lookup(manifest: pd.DataFrame, idx, what: str) -> pd.DataFrame:
+    """The manifest rows (``path``, ``class``) of every ``idx``; a clear error for any missing."""
+    by_idx = manifest.set_index("idx")
+    idx = np.asarray(idx, dtype=np.int64)
+    positions = by_idx.index.get_indexer(idx)
+    if (positions < 0).any():
+        absent = np.unique(idx[positions < 0])
+        raise KeyError(f"{len(absent)} {what} idx not in the manifest, e.g. {absent[:5].tolist()}")
+    return by_idx.iloc[positions]
+
+
+def _join_versions(versions) -> str:
+    return VERSION_SEPARATOR.join(str(v) for v in versions)
+
+
+def _metric(metrics: dict, split: str, name: str) -> float:
+    value = metrics.get(split, {}).get(name)
+    return float("nan") if value is None else float(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
+
+
+def _train_set_counts(train_set: pd.DataFrame, what: str) -> dict[str, int]:
+    """Images used for training, flipped labels among them, and dropped images."""
+    _require_columns(train_set, ["idx", "label", "noisy", "dropped"], what)
+    dropped = train_set["dropped"].to_numpy(bool)
+    noisy = train_set["noisy"].to_numpy(bool)
+    return {
+        "train_images": int((~dropped).sum()),
+        # A dropped image's wrong label never reached training: only the used ones count.
+        "flipped": int((noisy & ~dropped).sum()),
+        "dropped": int(dropped.sum()),
+    }
+
+
+def performance_table(
+    metrics: Mapping[str, dict],
+    predictions: Mapping[str, pd.DataFrame],
+    train_sets: Mapping[str, pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """One row per version (``PERFORMANCE_COLUMNS``), in the order of ``metrics``.
+
+    Accuracy and loss on val and test come from each version's ``metrics.json``; ``test_images`` and
+    ``test_mispredictions`` (pred != label) from its test predictions. ``train_images`` (rows not
+    dropped), ``flipped`` (noisy labels among them) and ``dropped`` come from its training set when
+    ``train_sets`` is given, else they are missing (``<NA>``).
+    """
+    versions = _check_versions(metrics, "performance_table")
+    rows = []
+    for version in versions:
+        if version not in predictions:
+            raise KeyError(f"no test predictions for version {version!r}")
+        test = predictions[version]
+        _require_columns(test, ["idx", "label", "pred"], f"{version} test predictions")
+        summary = metrics[version]
+        counts = {"train_images": pd.NA, "flipped": pd.NA, "dropped": pd.NA}
+        if train_sets is not None:
+            if version not in train_sets:
+                raise KeyError(f"no training set for version {version!r}")
+            counts = _train_set_counts(train_sets[version], f"{version} training set")
+        rows.append(
+            {
+                "version": version,
+                "val_accuracy": _metric(summary, "val", "accuracy"),
+                "val_loss": _metric(summary, "val", "loss"),
+                "test_accuracy": _metric(summary, "test", "accuracy"),
+                "test_loss": _metric(summary, "test", "loss"),
+                "test_images": len(test),
+                "test_mispredictions": int((test["pred"] != test["label"]).sum()),
+                **counts,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=PERFORMANCE_COLUMNS)
+    for column in ("train_images", "flipped", "dropped"):
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def persistent_mispredictions(
+    predictions: Mapping[str, pd.DataFrame],
+    manifest: pd.DataFrame,
+    class_names,
+    min_versions: int,
+) -> pd.DataFrame:
+    """Test images mispredicted by at least ``min_versions`` of the versions (``PERSISTENT_COLUMNS``).
+
+    ``versions_wrong`` counts the versions that got the image wrong, ``n_versions`` is how many were
+    compared, ``predictions`` lists every version's predicted class (``"v1:Cat; v2:Dog"``),
+    ``true_label`` the test label's class name, ``image_path`` the manifest path. Most versions wrong
+    first, ties by test idx. Every version must hold the same test idx set (the test set is never
+    changed between versions); ``min_versions`` above the number of versions is an error.
+    """
+    versions = _check_versions(predictions, "persistent_mispredictions")
+    _check_min_versions(min_versions, len(versions))
+    names = np.asarray([str(c) for c in class_names], dtype=object)
+    reference_idx = None
+    labels = None
+    wrong_count = None
+    predicted: list[np.ndarray] = []
+    for version in versions:
+        frame = predictions[version]
+        _require_columns(frame, ["idx", "label", "pred"], f"{version} test predictions")
+        frame = frame.sort_values("idx", kind="stable")
+        idx = frame["idx"].to_numpy(np.int64)
+        if reference_idx is None:
+            reference_idx, labels = idx, frame["label"].to_numpy(np.int64)
+            wrong_count = np.zeros(len(idx), dtype=np.int64)
+        elif not np.array_equal(idx, reference_idx):
+            raise ValueError(
+                f"version {version!r} has other test images than {versions[0]!r}: "
+                "every version must be evaluated on the same test set"
+            )
+        pred = frame["pred"].to_numpy(np.int64)
+        wrong_count += pred != labels
+        predicted.append(names[pred])
+
+    keep = wrong_count >= min_versions
+    rows = _manifest_lookup(manifest, reference_idx[keep], "test")
+    listed = [
+        _join_versions(f"{v}:{p}" for v, p in zip(versions, per_image, strict=True))
+        for per_image in zip(*(p[keep] for p in predicted), strict=True)
+    ]
+    out = pd.DataFrame(
+        {
+            "test_idx": reference_idx[keep],
+            "image_path": rows["path"].to_numpy(),
+            "true_label": names[labels[keep]],
+            "versions_wrong": wrong_count[keep],
+            "n_versions": np.full(int(keep.sum()), len(versions), dtype=np.int64),
+            "predictions": np.asarray(listed, dtype=object),
+        },
+        columns=PERSISTENT_COLUMNS,
+    )
+    return out.sort_values(
+        ["versions_wrong", "test_idx"], ascending=[False, True], kind="stable"
+    ).reset_index(drop=True)
+
+
+def _influence_sums(topk: pd.DataFrame, what: str) -> pd.Series:
+    """Summed influence of every training image over all top-k rows, indexed by train_idx."""
+    _require_columns(topk, ["train_idx", "influence"], what)
+    return topk.groupby("train_idx", sort=True)["influence"].sum().astype(np.float64)
+
+
+def consistent_influencers(
+    topk: Mapping[str, pd.DataFrame],
+    manifest: pd.DataFrame,
+    class_names,
+    top: int = 50,
+    min_versions: int = 2,
+) -> pd.DataFrame:
+    """Training images among every version's strongest influencers in several versions.
+
+    Per version, each training image's influence is summed over all rows of the top-k table (all
+    test images, both kinds). Its ``top`` largest positive sums are the most helpful images, its
+    ``top`` most negative sums the most harmful (ties by lower train_idx). A training image listed
+    as helpful (or harmful) by at least ``min_versions`` versions is reported
+    (``INFLUENCER_COLUMNS``): ``versions`` counts them, ``version_list`` names them,
+    ``mean_influence_sum`` is the mean of its sums over them, ``class`` and ``image_path`` come from
+    the manifest. Helpful first, then harmful; most versions, then largest magnitude first.
+    """
+    versions = _check_versions(topk, "consistent_influencers")
+    _check_top(top)
+    _check_min_versions(min_versions, len(versions))
+    listed = []
+    for version in versions:
+        sums = _influence_sums(topk[version], f"{version} top-k influences")
+        frame = pd.DataFrame({"train_idx": sums.index.to_numpy(np.int64), "sum": sums.to_numpy()})
+        helpful = frame[frame["sum"] > 0].sort_values(
+            ["sum", "train_idx"], ascending=[False, True], kind="stable"
+        )
+        harmful = frame[frame["sum"] < 0].sort_values(
+            ["sum", "train_idx"], ascending=[True, True], kind="stable"
+        )
+        for kind, part in (("helpful", helpful), ("harmful", harmful)):
+            listed.append(part.head(top).assign(kind=kind, version=version))
+    listed = pd.concat(listed, ignore_index=True)
+    grouped = listed.groupby(["kind", "train_idx"], sort=False).agg(
+        versions=("version", "size"),
+        version_list=("version", _join_versions),
+        mean_influence_sum=("sum", "mean"),
+    )
+    grouped = grouped[grouped["versions"] >= min_versions].reset_index()
+    names = np.asarray([str(c) for c in class_names], dtype=object)
+    rows = _manifest_lookup(manifest, grouped["train_idx"], "training")
+    grouped["image_path"] = rows["path"].to_numpy()
+    grouped["class"] = names[rows["label"].to_numpy(np.int64)]
+    grouped["versions"] = grouped["versions"].astype(np.int64)
+    order = np.lexsort(
+        (
+            grouped["train_idx"].to_numpy(),
+            -grouped["mean_influence_sum"].abs().to_numpy(),
+            -grouped["versions"].to_numpy(),
+            (grouped["kind"] == "harmful").to_numpy(),
+        )
+    )
+    return grouped.iloc[order][INFLUENCER_COLUMNS].reset_index(drop=True)
+
+
+def shared_mislabel_candidates(
+    inspections: Mapping[str, pd.DataFrame],
+    manifest: pd.DataFrame,
+    top: int = 50,
+    min_versions: int = 2,
+) -> pd.DataFrame:
+    """Training images among the ``top`` suspects (inspection rank <= top) of several versions.
+
+    ``CANDIDATE_COLUMNS``: ``versions`` counts the versions that list the image, ``version_list``
+    names them, ``best_rank`` and ``mean_rank`` summarise its ranks there (1 = most suspect),
+    ``image_path`` and ``true_label`` are the manifest's path and class (the dataset's label, not a
+    version's possibly flipped one). Most versions first, then lowest mean rank, best rank, idx.
+    """
+    versions = _check_versions(inspections, "shared_mislabel_candidates")
+    _check_top(top)
+    _check_min_versions(min_versions, len(versions))
+    listed = []
+    for version in versions:
+        frame = inspections[version]
+        _require_columns(frame, ["rank", "train_idx"], f"{version} inspection report")
+        part = frame.loc[frame["rank"] <= top, ["train_idx", "rank"]]
+        listed.append(part.assign(version=version))
+    listed = pd.concat(listed, ignore_index=True)
+    grouped = (
+        listed.groupby("train_idx", sort=True)
+        .agg(
+            versions=("version", "size"),
+            version_list=("version", _join_versions),
+            best_rank=("rank", "min"),
+            mean_rank=("rank", "mean"),
+        )
+        .reset_index()
+    )
+    grouped = grouped[grouped["versions"] >= min_versions].reset_index(drop=True)
+    rows = _manifest_lookup(manifest, grouped["train_idx"], "training")
+    grouped["image_path"] = rows["path"].to_numpy()
+    grouped["true_label"] = rows["class"].astype(str).to_numpy()
+    grouped["versions"] = grouped["versions"].astype(np.int64)
+    grouped["best_rank"] = grouped["best_rank"].astype(np.int64)
+    grouped["mean_rank"] = grouped["mean_rank"].astype(np.float64)
+    grouped = grouped.sort_values(
+        ["versions", "mean_rank", "best_rank", "train_idx"],
+        ascending=[False, True, True, True],
+        kind="stable",
+    )
+    return grouped[CANDIDATE_COLUMNS].reset_index(drop=True)
+
+
+def influence_statistics(topk: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """Count, mean, median, min, max and std of the top-k influence values per version and kind.
+
+    Kinds ``all`` (every row), ``proponent`` and ``opponent``; ``std`` is the population standard
+    deviation (numpy's default, ddof 0). A kind without rows has count 0 and missing statistics.
+    """
+    versions = _check_versions(topk, "influence_statistics")
+    rows = []
+    for version in versions:
+        frame = topk[version]
+        _require_columns(frame, ["kind", "influence"], f"{version} top-k influences")
+        values = frame["influence"].to_numpy(np.float64)
+        kind = frame["kind"].astype(str).to_numpy()
+        for name in INFLUENCE_KINDS:
+            part = values if name == "all" else values[kind == name]
+            stats = {key: float("nan") for key in ("mean", "median", "min", "max", "std")}
+            if part.size:
+                stats = {
+                    "mean": float(np.mean(part)),
+                    "median": float(np.median(part)),
+                    "min": float(np.min(part)),
+                    "max": float(np.max(part)),
+                    "std": float(np.std(part)),
+                }
+            rows.append({"version": version, "kind": name, "count": int(part.size), **stats})
+    return pd.DataFrame(rows, columns=STATISTICS_COLUMNS)
+
+
+def confused_pairs(metrics: Mapping[str, dict], class_names, top: int = 10) -> pd.DataFrame:
+    """The most confused (true, predicted) class pairs of the test confusion matrices.
+
+    ``PAIR_COLUMNS``. The rows of version ``"all"`` (counts summed over the versions) come first,
+    then each version's; each block holds its ``top`` largest off-diagonal counts (zero counts
+    never), largest first, ties by true then predicted class order.
+    """
+    versions = _check_versions(metrics, "confused_pairs")
+    _check_top(top)
+    names = np.asarray([str(c) for c in class_names], dtype=object)
+    k = len(names)
+    matrices = {}
+    for version in versions:
+        if "confusion_matrix" not in metrics[version]:
+            raise ValueError(f"metrics of version {version!r} hold no confusion_matrix")
+        cm = np.asarray(metrics[version]["confusion_matrix"], dtype=np.int64)
+        if cm.shape != (k, k):
+            raise ValueError(
+                f"confusion matrix of version {version!r} has shape {cm.shape}, "
+                f"expected ({k}, {k}) for {k} classes"
+            )
+        matrices[version] = cm
+
+    def block(version: str, cm: np.ndarray) -> pd.DataFrame:
+        true, predicted = np.nonzero((cm > 0) & ~np.eye(k, dtype=bool))  # row-major: class order
+        counts = cm[true, predicted]
+        order = np.argsort(-counts, kind="stable")[:top]
+        return pd.DataFrame(
+            {
+                "version": version,
+                "true_class": names[true[order]],
+                "predicted_class": names[predicted[order]],
+                "count": counts[order].astype(np.int64),
+            },
+            columns=PAIR_COLUMNS,
+        )
+
+    blocks = [block(ALL_VERSIONS, sum(matrices.values()))]
+    blocks += [block(version, cm) for version, cm in matrices.items()]
+    return pd.concat(blocks, ignore_index=True)
+
+
+def train_set_fingerprint(train_set: pd.DataFrame) -> str:
+    """sha256 (hex) of the (idx, label) pairs of the rows used for training, sorted by idx.
+
+    The pairs are hashed as little-endian int64, idx then label per row; row order and dropped rows
+    don't matter, any relabelled or dropped used row changes it.
+    """
+    _require_columns(train_set, ["idx", "label", "dropped"], "training set")
+    used = train_set.loc[~train_set["dropped"].to_numpy(bool)]
+    pairs = np.column_stack(
+        [used["idx"].to_numpy(np.int64), used["label"].to_numpy(np.int64)]
+    ).reshape(-1, 2)
+    pairs = pairs[np.argsort(pairs[:, 0], kind="stable")]
+    return hashlib.sha256(np.ascontiguousarray(pairs, dtype="<i8").tobytes()).hexdigest()
+
+
+def _jsonable(value):
+    """``value`` with numpy scalars, paths and tuples made plain; NaN becomes null."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def version_registry(
+    settings: Mapping[str, dict],
+    train_sets: Mapping[str, pd.DataFrame],
+    metrics: Mapping[str, dict],
+    checkpoints: Mapping[str, list],
+    trained_at: Mapping[str, str],
+) -> dict:
+    """What every version was: ``{version: {settings, train_set, metrics, checkpoints, trained_at}}``.
+
+    ``train_set`` holds the :func:`train_set_fingerprint` and the counts (``images`` used for
+    training, ``flipped`` labels among them, ``dropped``); ``metrics`` the val and test accuracy
+    and loss; ``checkpoints`` each saved epoch with its learning rates (and val loss when known);
+    ``trained_at`` the time given (ISO 8601 UTC). Plain JSON values only (NaN becomes null).
+    """
+    versions = _check_versions(settings, "version_registry")
+    registry = {}
+    for version in versions:
+        for what, data in (
+            ("training set", train_sets),
+            ("metrics", metrics),
+            ("checkpoints", checkpoints),
+        ):
+            if version not in data:
+                raise KeyError(f"no {what} for version {version!r}")
+        counts = _train_set_counts(train_sets[version], f"{version} training set")
+        registry[version] = _jsonable(
+            {
+                "settings": settings[version],
+                "train_set": {
+                    "fingerprint": train_set_fingerprint(train_sets[version]),
+                    "images": counts["train_images"],
+                    "flipped": counts["flipped"],
+                    "dropped": counts["dropped"],
+                },
+                "metrics": {
+                    f"{split}_{name}": _metric(metrics[version], split, name)
+                    for split in ("val", "test")
+                    for name in ("accuracy", "loss")
+                },
+                "checkpoints": [
+                    {
+                        key: value
+                        for key, value in entry.items()
+                        if key in ("epoch", "val_loss") or key.startswith("lr")
+                    }
+                    for entry in checkpoints[version]
+                ],
+                "trained_at": trained_at.get(version),
+            }
+        )
+    return registry
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
+
+
+def plot_performance(performance: pd.DataFrame, path) -> None:
+    """Grouped bars of val and test accuracy per version, each bar annotated; a PNG, atomically."""
+    from matplotlib.figure import Figure
+
+    versions = performance["version"].astype(str).tolist()
+    x = np.arange(len(versions))
+    width = 0.38
+    fig = Figure(figsize=(max(5.0, 1.1 * len(versions) + 2.5), 4.5), layout="constrained")
+    ax = fig.subplots()
+    for offset, column, label, colour in (
+        (-width / 2, "val_accuracy", "val", "#1f77b4"),
+        (width / 2, "test_accuracy", "test", "#ff7f0e"),
+    ):
+        values = performance[column].to_numpy(np.float64)
+        bars = ax.bar(x + offset, np.nan_to_num(values), width, label=label, color=colour)
+        ax.bar_label(
+            bars, labels=["" if np.isnan(v) else f"{v:.3f}" for v in values], padding=2, fontsize=8
+        )
+    ax.set_xticks(x, versions, rotation=30 if len(versions) > 4 else 0, ha="right")
+    ax.set_ylim(0, 1.2)  # room above a perfect score for its label and the legend
+    ax.set_xlabel("version")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Val and test accuracy per version")
+    ax.legend(loc="upper center", ncols=2)
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+
+
+def plot_influence_statistics(statistics: pd.DataFrame, path) -> None:
+    """One panel per kind: per version the min-max range, mean +- std box, mean and median marks."""
+    from matplotlib.figure import Figure
+
+    kinds = [k for k in INFLUENCE_KINDS if k in set(statistics["kind"])] or ["all"]
+    versions = list(dict.fromkeys(statistics["version"].astype(str)))
+    fig = Figure(
+        figsize=(max(7.0, 3.2 * len(kinds) + 0.3 * len(versions) * len(kinds)), 4.5),
+        layout="constrained",
+    )
+    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    x = np.arange(len(versions))
+    for ax, kind in zip(axes, kinds, strict=True):
+        part = statistics[statistics["kind"] == kind]
+        part = part.set_axis(part["version"].astype(str), axis=0).reindex(versions)
+        low, high = part["min"].to_numpy(np.float64), part["max"].to_numpy(np.float64)
+        mean, std = part["mean"].to_numpy(np.float64), part["std"].to_numpy(np.float64)
+        median = part["median"].to_numpy(np.float64)
+        ax.vlines(x, low, high, color="grey", linewidth=1, label="min to max")
+        ax.bar(x, 2 * std, 0.5, bottom=mean - std, color="#1f77b4", alpha=0.35, label="mean ± std")
+        ax.plot(x, mean, "o", color="#1f77b4", label="mean")
+        ax.plot(x, median, "_", color="black", markersize=16, markeredgewidth=2, label="median")
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_xticks(x, versions, rotation=30 if len(versions) > 3 else 0, ha="right")
+        ax.set_xlabel("version")
+        ax.set_ylabel("influence")
+        ax.set_title(f"{kind} top-k influences")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Top-k influence per version")
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+
+
+# --------------------------------------------------------------------------------------------------
+# summary
+
+
+def _markdown_cell(value) -> str:
+    if value is None or (
+        not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)
+    ):
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.4g}"
+    # A pipe would end the cell early, a newline the row.
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """The frame as a GitHub markdown table: a header, a rule, one line per row (floats to 4
+    significant digits, missing values empty, numeric columns right-aligned)."""
+    columns = [str(c) for c in frame.columns]
+    align = [
+        "---:"
+        if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        else "---"
+        for c in frame.columns
+    ]
+    lines = [
+        "| " + " | ".join(_markdown_cell(c) for c in columns) + " |",
+        "| " + " | ".join(align) + " |",
+    ]
+    for row in frame.itertuples(index=False, name=None):
+        lines.append("| " + " | ".join(_markdown_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _capped_table(frame: pd.DataFrame, file_name: str, max_rows: int) -> str:
+    if frame.empty:
+        return "None."
+    text = markdown_table(frame.head(max_rows))
+    if len(frame) > max_rows:
+        text += f"\n\n({len(frame) - max_rows} more in {file_name})"
+    return text
+
+
+def _overview(performance: pd.DataFrame, persistent: pd.DataFrame, min_versions: int) -> str:
+    n = len(performance)
+    test_images = performance["test_images"].max() if n else 0
+    parts = [f"{n} version{'s' if n != 1 else ''} compared on the same {test_images} test images."]
+    accuracy = performance["test_accuracy"].to_numpy(np.float64)
+    if n and not np.isnan(accuracy).all():
+        best = np.nanmax(accuracy)
+        winners = performance.loc[accuracy == best, "version"].astype(str).tolist()
+        parts.append(
+            f"Best by test accuracy: {', '.join(winners)} ({best:.4g})."
+            if len(winners) == 1
+            else f"Best by test accuracy (tied): {', '.join(winners)} ({best:.4g})."
+        )
+    parts.append(
+        f"{len(persistent)} test image{'s were' if len(persistent) != 1 else ' was'} "
+        f"mispredicted by at least {min_versions} of the {n} version{'s' if n != 1 else ''}."
+    )
+    return " ".join(parts)
+
+
+CLEANING_COLUMNS = [
+    "version",
+    "source",
+    "ranking",
+    "action",
+    "acted_on",
+    "planted_flips_in_source",
+    "flips_removed",
+    "flips_left",
+    "source_test_accuracy",
+    "test_accuracy",
+]
+
+
+def cleaning_summary(
+    settings: Mapping[str, dict], train_sets: Mapping[str, pd.DataFrame], metrics: Mapping
+) -> pd.DataFrame:
+    """One row per version that cleans another's training set: how many images it acted on, how
+    many of those carried a planted label flip (``flips_removed``: dropped, or relabelled back to the
+    original label), how many flips remain in what it trains on, and both test accuracies."""
+    rows = []
+    for name, setting in settings.items():
+        clean = setting.get("clean")
+        if not clean:
+            continue
+        source = clean["from"]
+        before = train_sets[source].set_index("idx")
+        after = train_sets[name].set_index("idx").loc[before.index]
+        used_before = ~before["dropped"].to_numpy(bool)
+        acted = used_before & (
+            after["dropped"].to_numpy(bool)
+            | (after["label"].to_numpy() != before["label"].to_numpy())
+        )
+        flipped_before = before["noisy"].to_numpy(bool) & used_before
+        flipped_after = after["noisy"].to_numpy(bool) & ~after["dropped"].to_numpy(bool)
+        rows.append(
+            {
+                "version": name,
+                "source": source,
+                "ranking": clean.get("ranking"),
+                "action": clean.get("action", "drop"),
+                "acted_on": int(acted.sum()),
+                "planted_flips_in_source": int(flipped_before.sum()),
+                "flips_removed": int((flipped_before & ~flipped_after).sum()),
+                "flips_left": int(flipped_after.sum()),
+                "source_test_accuracy": metrics[source]["test"]["accuracy"],
+                "test_accuracy": metrics[name]["test"]["accuracy"],
+            }
+        )
+    return pd.DataFrame(rows, columns=CLEANING_COLUMNS)
+
+
+def summary_markdown(
+    *,
+    performance: pd.DataFrame,
+    persistent: pd.DataFrame,
+    influencers: pd.DataFrame,
+    candidates: pd.DataFrame,
+    statistics: pd.DataFrame,
+    pairs: pd.DataFrame,
+    min_versions: int,
+    top: int,
+    cleaning: pd.DataFrame | None = None,
+    max_rows: int = MAX_SUMMARY_ROWS,
+) -> str:
+    """``summary.md``: an overview paragraph, every table (at most ``max_rows`` rows each, with a
+    note of how many more the CSV holds) and the two plots, linked by their file names (the summary
+    lies beside them)."""
+    sections = [
+        "# Cross-version comparison",
+        _overview(performance, persistent, min_versions),
+        "## Performance",
+        _capped_table(performance, FILES["performance"], max_rows),
+        f"![Val and test accuracy per version]({FILES['performance_plot']})",
+        *(
+            [
+                "## Cleaning",
+                "Versions trained on another version's training set minus (or relabelled at) its "
+                "top mislabel suspects: how many planted label flips the cleaning removed, and the "
+                "test accuracy before and after (same test set).",
+                _capped_table(cleaning, FILES["cleaning"], max_rows),
+            ]
+            if cleaning is not None and len(cleaning)
+            else []
+        ),
+        "## Persistent mispredictions",
+        f"Test images mispredicted by at least {min_versions} versions; `predictions` lists every "
+        "version's predicted class.",
+        _capped_table(persistent, FILES["persistent"], max_rows),
+        "## Consistent influencers",
+        f"Training images among the {top} most helpful (largest summed top-k influence) or most "
+        f"harmful (most negative) of at least {min_versions} versions.",
+        _capped_table(influencers, FILES["influencers"], max_rows),
+        "## Shared mislabel candidates",
+        f"Training images among the {top} top suspects of the mislabel inspection of at least "
+        f"{min_versions} versions.",
+        _capped_table(candidates, FILES["candidates"], max_rows),
+        "## Influence statistics",
+        _capped_table(statistics, FILES["statistics"], max_rows),
+        f"![Top-k influence per version]({FILES['statistics_plot']})",
+        "## Most confused class pairs",
+        f'Off-diagonal test confusion counts; version "{ALL_VERSIONS}" sums over the versions.',
+        _capped_table(pairs, FILES["pairs"], max_rows),
+        "## Versions",
+        f"Settings, training-set fingerprints, checkpoints and training times: "
+        f"`{FILES['registry']}`.",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# files
+
+
+def _version_paths(name: str, directory: Path) -> dict[str, Path]:
+    paths = {key: directory / relative for key, relative in VERSION_FILES.items()}
+    for path in paths.values():
+        if not path.is_file():
+            raise FileNotFoundError(f"version {name!r}: missing input file {path}")
+    return paths
+
+
+def _trained_at(path: Path) -> str:
+    # The best model is written once training finishes: its modification time is when.
+    stamp = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
+    return stamp.isoformat(timespec="seconds")
+
+
+def write_cross_version(
+    *,
+    versions: Mapping[str, dict],
+    manifest_path,
+    out_dir,
+    min_versions: int,
+    top: int = 50,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """Read every version's results and write the comparison into ``out_dir``, each file atomically.
+
+    ``versions`` maps each name to ``{"settings": dict, "dir": results/<name>}``; every file of
+    ``VERSION_FILES`` must exist in each folder (checked before anything is written; a missing one
+    is a ``FileNotFoundError`` naming it and the version). ``min_versions`` above the number of
+    versions is lowered to it with a logged note (one version: 1). Writes every file of ``FILES``,
+    logs one line per file, and returns ``{file name: path}``.
+    """
+    if not versions:
+        raise ValueError("write_cross_version: no versions given")
+    names = [str(v) for v in versions]
+    paths = {}
+    for name, entry in versions.items():
+        missing = {"settings", "dir"} - set(entry)
+        if missing:
+            raise ValueError(
+                f"version {name!r}: needs keys settings and dir, lacks {sorted(missing)}"
+            )
+        paths[str(name)] = _version_paths(str(name), Path(entry["dir"]))
+    if min_versions > len(names):
+        log(
+            f"cross-version: min_versions {min_versions} is more than the {len(names)} "
+            f"version(s) given; using {len(names)}"
+        )
+        min_versions = len(names)
+
+    manifest = pd.read_parquet(manifest_path)
+    class_names = class_names_of(manifest)
+    metrics, predictions, topk, inspections, train_sets, checkpoints, trained_at = (
+        {} for _ in range(7)
+    )
+    for name in names:
+        files = paths[name]
+        metrics[name] = json.loads(files["metrics"].read_text())
+        predictions[name] = pd.read_parquet(files["test_predictions"])
+        topk[name] = pd.read_parquet(files["topk"])
+        inspections[name] = pd.read_csv(files["inspection"])
+        train_sets[name] = pd.read_parquet(files["train_set"])
+        checkpoints[name] = json.loads(files["checkpoints"].read_text())
+        trained_at[name] = _trained_at(files["best_model"])
+
+    performance = performance_table(metrics, predictions, train_sets)
+    persistent = persistent_mispredictions(predictions, manifest, class_names, min_versions)
+    influencers = consistent_influencers(topk, manifest, class_names, top, min_versions)
+    candidates = shared_mislabel_candidates(inspections, manifest, top, min_versions)
+    statistics = influence_statistics(topk)
+    pairs = confused_pairs(metrics, class_names)
+    settings = {name: versions[name]["settings"] for name in names}
+    cleaning = cleaning_summary(settings, train_sets, metrics)
+    registry = version_registry(
+        {name: versions[name]["settings"] for name in names},
+        train_sets,
+        metrics,
+        checkpoints,
+        trained_at,
+    )
+
+    out_dir = Path(out_dir)
+    written: dict[str, Path] = {}
+
+    def done(key: str, what: str) -> None:
+        path = out_dir / FILES[key]
+        log(f"cross-version: wrote {path} ({what})")
+        written[FILES[key]] = path
+
+    for key, frame in (
+        ("performance", performance),
+        ("persistent", persistent),
+        ("influencers", influencers),
+        ("candidates", candidates),
+        ("statistics", statistics),
+        ("pairs", pairs),
+        ("cleaning", cleaning),
+    ):
+        io.write_csv(out_dir / FILES[key], frame)
+        done(key, f"{len(frame)} rows")
+    io.write_json(out_dir / FILES["registry"], registry)
+    done("registry", f"{len(registry)} versions")
+    plot_performance(performance, out_dir / FILES["performance_plot"])
+    done("performance_plot", "plot")
+    plot_influence_statistics(statistics, out_dir / FILES["statistics_plot"])
+    done("statistics_plot", "plot")
+    text = summary_markdown(
+        performance=performance,
+        persistent=persistent,
+        influencers=influencers,
+        candidates=candidates,
+        statistics=statistics,
+        pairs=pairs,
+        min_versions=min_versions,
+        top=top,
+        cleaning=cleaning,
+    )
+    io.write_text(out_dir / FILES["summary"], text)
+    done("summary", f"{text.count(chr(10))} lines")
+    return written
