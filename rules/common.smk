@@ -6,6 +6,7 @@ from snakemake.utils import validate
 from tracinflow.config import (
     ConfigError,
     check_dataset_source,
+    check_version_links,
     load_schema,
     version_settings,
 )
@@ -17,6 +18,7 @@ try:
         config,
         load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml")),
     )
+    check_version_links(VERSIONS)
     check_dataset_source(config["dataset"])
 except ConfigError as error:
     raise WorkflowError(f"config error: {error}") from None
@@ -72,6 +74,45 @@ def report_setting(version, key):
     return VERSIONS[version]["reports"][key]
 
 
+def clean_setting(version):
+    """The version's `clean` settings with the ranking resolved (null: the source version's
+    reports.ranking), or None."""
+    clean = VERSIONS[version]["clean"]
+    if not clean:
+        return None
+    ranking = clean["ranking"] or VERSIONS[clean["from"]]["reports"]["ranking"]
+    return {**clean, "ranking": ranking}
+
+
+def has_planted_noise(version):
+    """Whether the version's training set carries planted label flips (its own or, when it cleans
+    another version's training set, that version's)."""
+    settings = VERSIONS[version]
+    if settings["label_noise"] and settings["label_noise"]["rate"] > 0:
+        return True
+    return bool(settings["clean"]) and has_planted_noise(settings["clean"]["from"])
+
+
+def get_train_set_inputs(wildcards):
+    """The manifest, and the other versions' outputs a training set is built from: the reference
+    model's predictions for confusing noise, the source version's training set, self-influence and
+    predictions for cleaning."""
+    settings = VERSIONS[wildcards.version]
+    inputs = {"manifest": f"results/data/{DATASET}/manifest.parquet"}
+    noise = settings["label_noise"]
+    if noise and noise["mode"] == "confusing":
+        inputs["reference"] = f"results/{noise['reference']}/predictions/train.parquet"
+    if settings["clean"]:
+        source = f"results/{settings['clean']['from']}"
+        inputs["source_train_set"] = f"{source}/train_set.parquet"
+        inputs["source_self_influence"] = f"{source}/influence/self_influence.parquet"
+        inputs["source_error_self_influence"] = (
+            f"{source}/influence/self_influence_error.parquet"
+        )
+        inputs["source_predictions"] = f"{source}/predictions/train.parquet"
+    return inputs
+
+
 def get_factor_dirs(version, split):
     """The factor folders of every checkpoint of a version for one split, in epoch order."""
     return [
@@ -112,11 +153,28 @@ def get_version_outputs(version):
         f"{reports}/influence_report.txt",
         f"{reports}/dashboards/influence_distributions.png",
         f"{reports}/galleries",
+        *([f"{reports}/noise_detection.csv"] if has_planted_noise(version) else []),
     ]
+
+
+def get_cross_version_inputs():
+    """The files of every version that the cross-version comparison reads."""
+    files = [
+        "metrics.json",
+        "predictions/test.parquet",
+        "influence/top_k_influences.parquet",
+        "reports/mislabeled_inspection_report.csv",
+        "train_set.parquet",
+        "model/checkpoints.json",
+        "model/best.pt",
+    ]
+    return [f"results/{version}/{name}" for version in VERSIONS for name in files]
 
 
 def get_final_outputs():
     """What `snakemake` with no target builds."""
-    return get_data_outputs() + [
-        path for version in VERSIONS for path in get_version_outputs(version)
-    ]
+    return (
+        get_data_outputs()
+        + [path for version in VERSIONS for path in get_version_outputs(version)]
+        + ["results/cross_version/summary.md"]
+    )

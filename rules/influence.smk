@@ -2,6 +2,7 @@ rule extract_factors:
     input:
         checkpoints="results/{version}/model/checkpoints.json",
         manifest=f"results/data/{DATASET}/manifest.parquet",
+        train_set="results/{version}/train_set.parquet",
         cache=f"results/data/{DATASET}/cache/{{split}}.npy",
     output:
         factors=directory("results/{version}/factors/epoch_{epoch}/{split}"),
@@ -84,6 +85,7 @@ rule self_influence:
         train=get_train_factors,
     output:
         self_influence="results/{version}/influence/self_influence.parquet",
+        error_self_influence="results/{version}/influence/self_influence_error.parquet",
     log:
         "logs/self_influence/{version}.log",
     benchmark:

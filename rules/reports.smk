@@ -7,6 +7,7 @@ rule report_tables:
         checkpoints="results/{version}/model/checkpoints.json",
         topk="results/{version}/influence/top_k_influences.parquet",
         self_influence="results/{version}/influence/self_influence.parquet",
+        error_self_influence="results/{version}/influence/self_influence_error.parquet",
     output:
         text=report(
             "results/{version}/reports/influence_report.txt",
@@ -139,3 +140,38 @@ rule report_galleries:
         galleries=lambda wildcards: report_setting(wildcards.version, "galleries"),
     script:
         "../workflow/scripts/report_galleries.py"
+
+
+rule noise_detection:
+    input:
+        train_set="results/{version}/train_set.parquet",
+        self_influence="results/{version}/influence/self_influence.parquet",
+        error_self_influence="results/{version}/influence/self_influence_error.parquet",
+        train="results/{version}/predictions/train.parquet",
+    output:
+        table=report(
+            "results/{version}/reports/noise_detection.csv",
+            caption="../workflow/report/noise_detection.rst",
+            category="{version}",
+            subcategory="Mislabel suspects",
+        ),
+        plot=report(
+            "results/{version}/reports/noise_detection.png",
+            caption="../workflow/report/noise_detection.rst",
+            category="{version}",
+            subcategory="Mislabel suspects",
+        ),
+    log:
+        "logs/noise_detection/{version}.log",
+    localrule: True
+    conda:
+        "../workflow/envs/tracinflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=10,
+    params:
+        default=lambda wildcards: report_setting(wildcards.version, "ranking"),
+        seed=lambda wildcards: VERSIONS[wildcards.version]["seed"],
+    script:
+        "../workflow/scripts/noise_detection.py"

@@ -1,6 +1,28 @@
+rule build_train_set:
+    input:
+        unpack(get_train_set_inputs),
+    output:
+        train_set="results/{version}/train_set.parquet",
+    log:
+        "logs/build_train_set/{version}.log",
+    localrule: True
+    conda:
+        "../workflow/envs/tracinflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=10,
+    params:
+        label_noise=lambda wildcards: VERSIONS[wildcards.version]["label_noise"],
+        clean=lambda wildcards: clean_setting(wildcards.version),
+    script:
+        "../workflow/scripts/build_train_set.py"
+
+
 rule train_model:
     input:
         manifest=f"results/data/{DATASET}/manifest.parquet",
+        train_set="results/{version}/train_set.parquet",
         train=f"results/data/{DATASET}/cache/train.npy",
         val=f"results/data/{DATASET}/cache/val.npy",
         weights=get_pretrained_weights,
@@ -34,6 +56,7 @@ rule train_model:
 rule predict:
     input:
         manifest=f"results/data/{DATASET}/manifest.parquet",
+        train_set="results/{version}/train_set.parquet",
         train=f"results/data/{DATASET}/cache/train.npy",
         val=f"results/data/{DATASET}/cache/val.npy",
         test=f"results/data/{DATASET}/cache/test.npy",

@@ -9,3 +9,50 @@ for version_name in VERSIONS:
         input:
             get_version_outputs(version_name),
         localrule: True
+
+
+rule cross_version:
+    input:
+        manifest=f"results/data/{DATASET}/manifest.parquet",
+        versions=get_cross_version_inputs(),
+    output:
+        summary=report(
+            "results/cross_version/summary.md",
+            caption="../workflow/report/cross_version.rst",
+            category="Cross-version",
+        ),
+        performance=report(
+            "results/cross_version/performance.csv",
+            caption="../workflow/report/cross_version.rst",
+            category="Cross-version",
+        ),
+        performance_plot=report(
+            "results/cross_version/performance.png",
+            caption="../workflow/report/cross_version.rst",
+            category="Cross-version",
+        ),
+        statistics_plot=report(
+            "results/cross_version/influence_statistics.png",
+            caption="../workflow/report/cross_version.rst",
+            category="Cross-version",
+        ),
+        registry="results/cross_version/version_registry.json",
+        cleaning="results/cross_version/cleaning.csv",
+    log:
+        "logs/cross_version/cross_version.log",
+    localrule: True
+    conda:
+        "../workflow/envs/tracinflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=30,
+    params:
+        versions={
+            name: {"settings": {**VERSIONS[name], "clean": clean_setting(name)}}
+            for name in VERSIONS
+        },
+        min_versions=config["cross_version"]["min_versions"],
+        top=config["cross_version"]["top"],
+    script:
+        "../workflow/scripts/cross_version.py"

@@ -72,8 +72,9 @@ def resources_of(job: dict) -> dict:
 
 
 def tiny_config() -> dict:
-    """Two versions of a model small enough to train in seconds on scikit-learn's digits; v2 hooks
-    the whole head, uses another seed and an uneven shard grid."""
+    """Three versions of a model small enough to train in seconds on scikit-learn's digits: v1 plain;
+    v2 hooks the whole head, uses another seed and an uneven shard grid, and has a quarter of its
+    training labels flipped; v3 trains on v2's training set minus its top 4 suspects."""
     return {
         "dataset": {"name": "digits", "root": "results/datasets/digits",
                     "demo": {"source": "digits", "images_per_class": 12}, "image_size": 16},
@@ -88,6 +89,8 @@ def tiny_config() -> dict:
         "reports": {"galleries": {"mispredictions": 3, "suspects": 6, "thumbnail_px": 48}},
         "versions": {
             "v1": {},
-            "v2": {"seed": 1, "influence": {"layers": "head", "shards": {"train": 3}}},
+            "v2": {"seed": 1, "influence": {"layers": "head", "shards": {"train": 3}},
+                   "label_noise": {"rate": 0.25, "seed": 3}},
+            "v3": {"clean": {"from": "v2", "count": 4, "ranking": "self_influence"}},
         },
     }  # fmt: skip

@@ -1,4 +1,5 @@
 import copy
+import re
 
 import pytest
 import yaml
@@ -7,6 +8,7 @@ from conftest import REPO
 from tracinflow.config import (
     ConfigError,
     check_dataset_source,
+    check_version_links,
     deep_merge,
     load_schema,
     version_settings,
@@ -39,7 +41,8 @@ def test_versions_get_the_global_settings_with_their_overrides():
     assert list(resolved) == ["v1", "v2", "v3"]
     assert resolved["v1"]["seed"] == config["seed"]
     assert resolved["v2"]["seed"] == 7
-    assert resolved["v2"]["dataset"] == config["dataset"]
+    assert resolved["v2"]["dataset"] == resolved["v1"]["dataset"]
+    assert resolved["v2"]["dataset"]["name"] == config["dataset"]["name"]
     assert "versions" not in resolved["v1"]
 
 
@@ -86,8 +89,8 @@ def test_every_schema_key_has_a_description_and_a_default():
         for key, sub in node.get("properties", {}).items():
             seen.append(f"{path}{key}")
             assert "description" in sub, f"{path}{key} has no description"
-            if path.startswith("dataset.demo.") and key == "source":
-                continue  # the one required key of an optional block
+            if key in node.get("required", []):
+                continue  # the required keys of optional blocks (demo.source, clean.from, ...)
             assert "default" in sub, f"{path}{key} has no default"
             walk(sub, f"{path}{key}.")
             for branch in sub.get("anyOf", []):
@@ -101,3 +104,73 @@ def test_config_readme_documents_every_key():
     readme = (REPO / "config/README.md").read_text()
     assert readme == with_reference(readme, SCHEMA), "run `make config-docs`"
     assert "`dataset.demo.images_per_class`" in readme
+
+
+def resolved_versions(versions: dict) -> dict:
+    config = demo_config()
+    config["versions"] = versions
+    return version_settings(config, SCHEMA)
+
+
+def test_noise_and_cleaning_settings_get_their_defaults():
+    resolved = resolved_versions(
+        {
+            "base": {},
+            "noisy": {"label_noise": {"rate": 0.1}},
+            "clean": {"clean": {"from": "noisy", "count": 5}},
+        }
+    )
+    assert resolved["base"]["label_noise"] is None and resolved["base"]["clean"] is None
+    assert resolved["noisy"]["label_noise"] == {
+        "rate": 0.1, "seed": 0, "mode": "uniform", "reference": None,
+    }  # fmt: skip
+    assert resolved["clean"]["clean"] == {
+        "from": "noisy", "count": 5, "fraction": None, "ranking": None, "action": "drop",
+    }  # fmt: skip
+    check_version_links(resolved)
+
+
+@pytest.mark.parametrize(
+    ("versions", "message"),
+    [
+        ({"a": {"clean": {"from": "nope", "count": 1}}}, "refers to version 'nope', which is not"),
+        ({"a": {"clean": {"from": "a", "count": 1}}}, "versions.a: refers to itself"),
+        (
+            {"a": {"clean": {"from": "b", "count": 1}}, "b": {"clean": {"from": "a", "count": 1}}},
+            "a -> b -> a: the versions depend on each other in a cycle",
+        ),
+        ({"a": {}, "b": {"clean": {"from": "a"}}}, "give exactly one of `fraction` or `count`"),
+        (
+            {"a": {}, "b": {"clean": {"from": "a", "count": 2, "fraction": 0.1}}},
+            "got fraction, count",
+        ),
+        (
+            {"a": {"label_noise": {"rate": 0.1, "mode": "confusing"}}},
+            "needs `reference: <version>`",
+        ),
+        (
+            {"a": {}, "b": {"label_noise": {"rate": 0.1, "reference": "a"}}},
+            "only used with mode 'confusing'",
+        ),
+        (
+            {"a": {}, "b": {"label_noise": {"rate": 0.1}, "clean": {"from": "a", "count": 1}}},
+            "either plants label noise or cleans",
+        ),
+        (
+            {
+                "a": {},
+                "b": {"clean": {"from": "a", "count": 1}},
+                "c": {"label_noise": {"rate": 0.1, "mode": "confusing", "reference": "b"}},
+            },
+            "'b' drops training images",
+        ),
+    ],
+)
+def test_bad_links_between_versions_are_refused_naming_them(versions, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_version_links(resolved_versions(versions))
+
+
+def test_cross_version_settings_cannot_be_overridden_per_version():
+    with pytest.raises(ConfigError, match=r"versions\.a\.cross_version"):
+        resolved_versions({"a": {"cross_version": {"top": 5}}})

@@ -181,3 +181,37 @@ def test_cache_refuses_a_file_changed_since_the_manifest(tmp_path):
         build_cache(manifest, root, "test", 8, out)
     assert not out.exists()  # no half-written cache under the final name
     assert not list(tmp_path.glob(".test.npy*"))
+
+
+def test_cache_rows_reads_only_the_chosen_rows_in_cache_order(tmp_path):
+    from tracinflow.data import CacheRows, load_cache
+
+    images = np.arange(6 * 2 * 2 * 3, dtype=np.uint8).reshape(6, 2, 2, 3)
+    np.save(tmp_path / "train.npy", images)
+    rows = CacheRows(load_cache(tmp_path / "train.npy"), [0, 2, 5])
+    assert len(rows) == 3 and rows.shape == (3, 2, 2, 3) and rows.dtype == np.uint8
+    np.testing.assert_array_equal(rows[1], images[2])
+    np.testing.assert_array_equal(rows[1:3], images[[2, 5]])
+    np.testing.assert_array_equal(rows[np.array([0, 2])], images[[0, 5]])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        CacheRows(images, [2, 1])
+    with pytest.raises(ValueError, match="out of range"):
+        CacheRows(images, [0, 6])
+
+
+def test_train_set_rows_follow_the_cache_and_skip_dropped_images():
+    from tracinflow.data import DataError, train_set_rows
+
+    manifest = pd.DataFrame(
+        {"idx": [0, 1, 2, 3, 4, 5], "label": [0, 1, 0, 1, 0, 1],
+         "split": ["train", "test", "train", "train", "val", "train"]}
+    )  # fmt: skip
+    train_set = pd.DataFrame(
+        {"idx": [5, 0, 2, 3], "label": [0, 0, 1, 1], "original_label": [1, 0, 0, 1],
+         "noisy": [True, False, True, False], "dropped": [False, False, False, True]}
+    )  # fmt: skip
+    rows = train_set_rows(train_set, manifest)
+    # cache/train.npy holds idx 0, 2, 3, 5 in that order; idx 3 is dropped
+    assert rows.to_dict("list") == {"position": [0, 1, 3], "idx": [0, 2, 5], "label": [0, 1, 0]}
+    with pytest.raises(DataError, match="not in the manifest's train split"):
+        train_set_rows(pd.concat([train_set, train_set.assign(idx=[1, 9, 9, 9])]), manifest)

@@ -1,4 +1,4 @@
-"""The DAG at work, in real snakemake runs of the tiny two-version config: the dry-run plan, reruns
+"""The DAG at work, in real snakemake runs of the tiny three-version config: the dry-run plan, reruns
 of exactly the stale jobs after a setting changes, targeted builds, the SLURM profile's resources
 and the HTML report."""
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.workflow
 REPORT_RULES = {"report_tables", "report_plots", "report_galleries"}
 
 
-def test_dry_run_shows_every_job_of_both_versions_before_anything_ran(tmp_path):
+def test_dry_run_shows_every_job_of_every_version_before_anything_ran(tmp_path):
     write_config(tmp_path, tiny_config())
     dry = run_snakemake(tmp_path, "-n", "--cores", "1")
     assert planned_jobs(dry.stdout) == {
@@ -29,25 +29,28 @@ def test_dry_run_shows_every_job_of_both_versions_before_anything_ran(tmp_path):
         "build_manifest": 1,
         "split_dataset": 1,
         "cache_images": 3,
-        "train_model": 2,
-        "predict": 2,
-        "extract_factors": 8,  # 2 versions x 2 checkpoints x (train, test)
-        "influence_shard": 10,  # v1: 2 x 2 tiles, v2: 2 x 3
-        "merge_topk": 2,
-        "self_influence": 2,
-        "report_tables": 2,
-        "report_plots": 2,
-        "report_galleries": 2,
+        "build_train_set": 3,
+        "train_model": 3,
+        "predict": 3,
+        "extract_factors": 12,  # 3 versions x 2 checkpoints x (train, test)
+        "influence_shard": 14,  # v1, v3: 2 x 2 tiles, v2: 2 x 3
+        "merge_topk": 3,
+        "self_influence": 3,
+        "report_tables": 3,
+        "report_plots": 3,
+        "report_galleries": 3,
+        "noise_detection": 2,  # v2 plants noise, v3 inherits it
+        "cross_version": 1,
         "all": 1,
     }
-    assert planned_versions(dry.stdout) == {"v1", "v2"}
+    assert planned_versions(dry.stdout) == {"v1", "v2", "v3"}
     assert not (tmp_path / "results").exists()
 
 
 def test_named_version_target_plans_that_version_alone(tmp_path):
     write_config(tmp_path, tiny_config())
     listed = run_snakemake(tmp_path, "--list-target-rules").stdout.split()
-    assert {"all", "version_v1", "version_v2"} <= set(listed)
+    assert {"all", "version_v1", "version_v2", "version_v3"} <= set(listed)
     dry = run_snakemake(tmp_path, "-n", "--cores", "1", "version_v2")
     assert planned_versions(dry.stdout) == {"v2"}
     jobs = planned_jobs(dry.stdout)
@@ -62,6 +65,7 @@ def test_targeted_report_build_on_a_fresh_tree_runs_only_that_versions_chain(tin
         "build_manifest": 1,
         "split_dataset": 1,
         "cache_images": 3,
+        "build_train_set": 1,
         "train_model": 1,
         "predict": 1,
         "extract_factors": 4,
@@ -71,6 +75,7 @@ def test_targeted_report_build_on_a_fresh_tree_runs_only_that_versions_chain(tin
         "report_tables": 1,
     }
     assert "v2" not in tiny_workflow.results_after_targeted
+    assert "v3" not in tiny_workflow.results_after_targeted
     assert "v1" in tiny_workflow.results_after_targeted
 
 
@@ -90,27 +95,40 @@ def test_finished_tree_plans_nothing(tiny_workflow):
 
 
 def test_one_versions_seed_reruns_that_version_alone(tiny_workflow):
-    dry = plan_after_change(tiny_workflow, lambda c: c["versions"]["v2"].update(seed=7))
-    assert planned_versions(dry) == {"v2"}
+    dry = plan_after_change(tiny_workflow, lambda c: c["versions"]["v1"].update(seed=7))
+    assert planned_versions(dry) == {"v1"}
     jobs = planned_jobs(dry)
     assert jobs["train_model"] == 1 and jobs["extract_factors"] == 4
-    assert jobs["influence_shard"] == 6 and REPORT_RULES <= set(jobs)
+    assert jobs["influence_shard"] == 4 and REPORT_RULES <= set(jobs)
+    assert jobs["cross_version"] == 1 and "build_train_set" not in jobs
     assert "Params have changed since last execution" in dry
+
+
+def test_a_change_to_a_version_reruns_the_versions_built_from_it(tiny_workflow):
+    # v3 trains on v2's training set minus v2's suspects, so it follows v2; v1 does not
+    dry = plan_after_change(tiny_workflow, lambda c: c["versions"]["v2"].update(seed=7))
+    assert planned_versions(dry) == {"v2", "v3"}
+    assert planned_jobs(dry)["train_model"] == 2
 
 
 def test_top_k_reruns_shards_merge_and_reports_not_training_or_factors(tiny_workflow):
     dry = plan_after_change(tiny_workflow, lambda c: c["influence"].update(top_k=4))
-    assert set(planned_jobs(dry)) == {"influence_shard", "merge_topk", "all"} | REPORT_RULES
-    assert planned_versions(dry) == {"v1", "v2"}
+    jobs = set(planned_jobs(dry))
+    assert jobs == {"influence_shard", "merge_topk", "cross_version", "all"} | REPORT_RULES
+    assert planned_versions(dry) == {"v1", "v2", "v3"}
 
 
 def test_report_settings_rerun_only_reports(tiny_workflow):
-    dry = plan_after_change(tiny_workflow, lambda c: c["reports"].update(ranking="loss"))
-    assert set(planned_jobs(dry)) == {"all"} | REPORT_RULES
+    dry = plan_after_change(tiny_workflow, lambda c: c["reports"].update(ranking="combined"))
+    # the ranking also names the default row of the noise evaluation
+    assert set(planned_jobs(dry)) == {"noise_detection", "cross_version", "all"} | REPORT_RULES
     dry = plan_after_change(
         tiny_workflow, lambda c: c["versions"]["v1"].update(reports={"galleries": {"suspects": 4}})
     )
-    assert planned_jobs(dry) == {"report_plots": 1, "report_galleries": 1, "all": 1}
+    # cross_version records every version's settings in version_registry.json
+    assert planned_jobs(dry) == {
+        "report_plots": 1, "report_galleries": 1, "cross_version": 1, "all": 1,
+    }  # fmt: skip
     assert planned_versions(dry) == {"v1"}
 
 
@@ -144,7 +162,7 @@ def test_without_cluster_gpu_no_rule_asks_for_one(tmp_path):
 def test_local_profile_resolves(tmp_path):
     write_config(tmp_path, tiny_config())
     dry = run_snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles/local"))
-    assert planned_jobs(dry.stdout)["train_model"] == 2
+    assert planned_jobs(dry.stdout)["train_model"] == 3
 
 
 def test_html_report_after_a_run(tiny_workflow):
@@ -152,5 +170,13 @@ def test_html_report_after_a_run(tiny_workflow):
     run_snakemake(tiny_workflow.workdir, "--report", str(report))
     html = report.read_text(errors="replace")
     assert len(html) > 10_000
-    for name in ("v1", "v2", "influence_report.txt", "training_curves.png", "suspects.png"):
+    for name in (
+        "v1",
+        "v3",
+        "influence_report.txt",
+        "training_curves.png",
+        "suspects.png",
+        "noise_detection.png",
+        "summary.md",
+    ):
         assert name in html, name

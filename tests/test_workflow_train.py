@@ -11,7 +11,7 @@ import yaml
 from conftest import REPO, make_plain_folder
 from snakemake_runs import planned_jobs, run_snakemake, write_config
 
-from tracinflow.data import split_rows
+from tracinflow.data import split_rows, train_set_rows
 from tracinflow.model import load_checkpoint, loss_from_checkpoint, to_input
 
 pytestmark = pytest.mark.workflow
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.workflow
 
 def test_training_and_predictions_write_every_contracted_file(tiny_workflow):
     workdir = tiny_workflow.workdir
-    for version in ("v1", "v2"):
+    for version in ("v1", "v2", "v3"):
         out = workdir / "results" / version
         listed = json.loads((out / "model/checkpoints.json").read_text())
         assert [c["epoch"] for c in listed] == [2, 3]
@@ -50,7 +50,9 @@ def test_training_and_predictions_write_every_contracted_file(tiny_workflow):
             "index", "true_label", "predicted_label", "confidence", "image_path",
         ]  # fmt: skip
         assert "stage 2 epoch 3/3" in (workdir / f"logs/train_model/{version}.log").read_text()
-    for version, layers in (("v1", ["fc.4"]), ("v2", ["fc.0", "fc.2", "fc.4"])):
+    # v2 trains on flipped labels and v3 without its dropped images: the influence must use the
+    # labels and images each version trained on
+    for version, layers in (("v1", ["fc.4"]), ("v2", ["fc.0", "fc.2", "fc.4"]), ("v3", ["fc.4"])):
         check_topk_against_brute_force(workdir, version, layers, [2, 3], k=5)
 
 
@@ -71,7 +73,11 @@ def check_topk_against_brute_force(workdir, version, layers, epochs, k):
     out = workdir / "results" / version
     manifest = pd.read_parquet(workdir / "results/data/digits/manifest.parquet")
     caches = {s: np.load(workdir / f"results/data/digits/cache/{s}.npy") for s in ("train", "test")}
-    rows = {s: split_rows(manifest, s) for s in ("train", "test")}
+    rows = {
+        "test": split_rows(manifest, "test"),
+        "train": train_set_rows(pd.read_parquet(out / "train_set.parquet"), manifest),
+    }
+    caches["train"] = caches["train"][rows["train"]["position"].to_numpy()]
     scores = 0
     for epoch in epochs:
         model, checkpoint = load_checkpoint(out / f"model/epoch_{epoch:03d}.pt")

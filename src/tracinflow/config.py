@@ -17,7 +17,7 @@ import yaml
 
 # Settings shared by every version: one dataset and one split, so that every version is tested on the
 # same untouched test images and accuracies compare honestly.
-GLOBAL_ONLY_KEYS = ("dataset", "split", "versions", "cluster")
+GLOBAL_ONLY_KEYS = ("dataset", "split", "versions", "cluster", "cross_version")
 
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -50,6 +50,23 @@ def _format_error(error: jsonschema.ValidationError, prefix: str) -> str:
     parts = ([prefix] if prefix else []) + [str(part) for part in error.absolute_path]
     key = ".".join(parts)
     return f"{key or '<top level>'}: {error.message}"
+
+
+def with_defaults(value, node: dict):
+    """``value`` with the schema's defaults filled in at every level, including objects that sit in
+    an ``anyOf`` beside null (a version's `label_noise: {rate: 0.1}` gets seed and mode), which
+    Snakemake's validator leaves alone inside version overrides."""
+    if not isinstance(value, dict):
+        return value
+    options = [node, *node.get("anyOf", [])]
+    properties = next((o["properties"] for o in options if "properties" in o), {})
+    out = dict(value)
+    for key, sub in properties.items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if key in out:
+            out[key] = with_defaults(out[key], sub)
+    return out
 
 
 def check_against_schema(settings: dict, schema: dict, prefix: str = "") -> None:
@@ -85,8 +102,82 @@ def version_settings(config: dict, schema: dict) -> dict[str, dict]:
                 )
         merged = deep_merge(base, overrides)
         check_against_schema({**merged, "versions": {name: {}}}, schema, prefix=f"versions.{name}")
-        resolved[name] = merged
+        settings = with_defaults(merged, schema)
+        settings.pop("versions", None)
+        resolved[name] = settings
     return resolved
+
+
+def version_sources(settings: dict) -> list[str]:
+    """The versions whose outputs this version's training set is built from (noise reference, the
+    cleaning source)."""
+    sources = []
+    noise = settings.get("label_noise")
+    if noise and noise.get("mode") == "confusing" and noise.get("reference"):
+        sources.append(noise["reference"])
+    if settings.get("clean"):
+        sources.append(settings["clean"]["from"])
+    return sources
+
+
+def check_version_links(versions: dict[str, dict]) -> None:
+    """Label noise and cleaning name other versions: check the names, the choices that must come in
+    pairs, and that no version depends on itself through a chain."""
+    for name, settings in versions.items():
+        noise, clean = settings.get("label_noise"), settings.get("clean")
+        where = f"versions.{name}"
+        if noise:
+            reference = noise.get("reference")
+            if noise.get("mode") == "confusing" and not reference:
+                raise ConfigError(
+                    f"{where}.label_noise: mode 'confusing' needs `reference: <version>`, the "
+                    "version whose model picks the most confusing class"
+                )
+            if noise.get("mode") != "confusing" and reference:
+                raise ConfigError(
+                    f"{where}.label_noise.reference: only used with mode 'confusing'; remove it"
+                )
+        if noise and noise.get("rate", 0) > 0 and clean:
+            raise ConfigError(
+                f"{where}: a version either plants label noise or cleans another version's "
+                "training set (which carries that version's noise), not both"
+            )
+        if clean:
+            given = [key for key in ("fraction", "count") if clean.get(key) is not None]
+            if len(given) != 1:
+                raise ConfigError(
+                    f"{where}.clean: give exactly one of `fraction` or `count` (got "
+                    f"{', '.join(given) or 'neither'})"
+                )
+        for source in version_sources(settings):
+            if source not in versions:
+                raise ConfigError(
+                    f"{where}: refers to version '{source}', which is not configured "
+                    f"(versions: {', '.join(versions)})"
+                )
+            if source == name:
+                raise ConfigError(f"{where}: refers to itself")
+        if noise and noise.get("mode") == "confusing":
+            source_clean = versions[noise["reference"]].get("clean")
+            if source_clean and source_clean.get("action") == "drop":
+                raise ConfigError(
+                    f"{where}.label_noise.reference: '{noise['reference']}' drops training images, "
+                    "so its model has no prediction for them; use a version that trains on all"
+                )
+    for name in versions:
+        # Depth-first walk of everything this version is built from; reaching it again is a cycle.
+        stack = [[name, source] for source in version_sources(versions[name])]
+        seen = set()
+        while stack:
+            path = stack.pop()
+            if path[-1] == name:
+                raise ConfigError(
+                    f"versions: {' -> '.join(path)}: the versions depend on each other in a cycle"
+                )
+            if path[-1] in seen:
+                continue
+            seen.add(path[-1])
+            stack.extend([*path, source] for source in version_sources(versions[path[-1]]))
 
 
 def check_dataset_source(dataset: dict, workdir=".") -> None:

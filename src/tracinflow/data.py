@@ -291,6 +291,44 @@ def load_cache(path, mmap: bool = True) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None)
 
 
+class CacheRows:
+    """Some rows of an image cache, indexed like an array (``rows[i]``, ``rows[a:b]``,
+    ``rows[positions]``) without copying the memory-mapped file: a version that trains on part of the
+    train split (cleaning dropped some images) reads only its rows, in the cache's order."""
+
+    def __init__(self, images: np.ndarray, positions):
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.ndim != 1 or (positions.size and np.any(np.diff(positions) <= 0)):
+            raise ValueError("cache positions must be strictly increasing (the cache's row order)")
+        if positions.size and (positions[0] < 0 or positions[-1] >= len(images)):
+            raise ValueError(f"cache positions out of range for a cache of {len(images)} images")
+        self.images, self.positions = images, positions
+        self.shape = (len(positions), *images.shape[1:])
+        self.ndim, self.dtype = images.ndim, images.dtype
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, rows):
+        return self.images[self.positions[rows]]
+
+
+def train_set_rows(train_set: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """The rows a version trains on (not dropped), in train-cache order, with ``position`` (row of
+    cache/train.npy), ``idx`` and ``label`` (the training label, noisy where noise was planted)."""
+    used = train_set.loc[~train_set["dropped"].to_numpy(bool), ["idx", "label"]]
+    cache_idx = pd.Index(split_rows(manifest, "train")["idx"].to_numpy(np.int64))
+    positions = cache_idx.get_indexer(used["idx"].to_numpy(np.int64))
+    if (positions < 0).any():
+        missing = used["idx"].to_numpy()[positions < 0][:5].tolist()
+        raise DataError(
+            f"train_set.parquet lists images that are not in the manifest's train split, e.g. idx "
+            f"{missing}: it was built from another manifest; rerun with -R build_train_set"
+        )
+    rows = used.assign(position=positions).sort_values("position", kind="stable")
+    return rows[["position", "idx", "label"]].reset_index(drop=True)
+
+
 def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
     """Images per class and split, with totals: what a person checks after a split."""
     table = pd.crosstab(manifest["class"], manifest["split"]).reindex(columns=SPLITS, fill_value=0)

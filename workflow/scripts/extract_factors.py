@@ -5,6 +5,7 @@ log = start_log(snakemake.log[0])
 extract_version_factors(
     snakemake.params.checkpoint,
     snakemake.input.manifest,
+    snakemake.input.train_set,
     snakemake.input.cache,
     snakemake.wildcards.split,
     snakemake.output.factors,

@@ -4,6 +4,7 @@ from tracinflow.stages import predict_version
 log = start_log(snakemake.log[0])
 summary = predict_version(
     snakemake.input.manifest,
+    snakemake.input.train_set,
     {split: snakemake.input[split] for split in ("train", "val", "test")},
     snakemake.input.best,
     dict(snakemake.output.items()),

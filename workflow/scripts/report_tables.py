@@ -10,6 +10,7 @@ write_version_reports(
     predictions={"train": snakemake.input.train, "test": snakemake.input.test},
     topk_path=snakemake.input.topk,
     self_influence_path=snakemake.input.self_influence,
+    error_self_influence_path=snakemake.input.error_self_influence,
     checkpoints_path=snakemake.input.checkpoints,
     metrics_path=snakemake.input.metrics,
     out_dir=Path(snakemake.output.text).parent,

@@ -1,0 +1,109 @@
+"""Planted label noise, its detection, influence-guided cleaning and the cross-version comparison,
+checked on the files of the tiny three-version run (v2: 25% of its training labels flipped; v3: v2's
+training set minus v2's top 4 suspects by self-influence)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tracinflow.data import split_rows
+from tracinflow.noise import DETECTION_COLUMNS
+
+pytestmark = pytest.mark.workflow
+
+
+def results(workflow, path):
+    path = workflow.workdir / "results" / path
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def test_noise_is_planted_exactly_in_training_labels_only(tiny_workflow):
+    manifest = results(tiny_workflow, "data/digits/manifest.parquet")
+    train = split_rows(manifest, "train")
+    clean, noisy = (
+        results(tiny_workflow, "v1/train_set.parquet"),
+        results(tiny_workflow, "v2/train_set.parquet"),
+    )
+    assert clean["idx"].tolist() == noisy["idx"].tolist() == train["idx"].tolist()
+    assert not clean["noisy"].any() and (clean["label"] == train["label"]).all()
+    assert (noisy["original_label"] == train["label"]).all()
+    assert noisy["noisy"].sum() == round(0.25 * len(train))
+    assert (noisy["noisy"] == (noisy["label"] != noisy["original_label"])).all()
+    assert not noisy["dropped"].any()
+    # the model trained on the flipped labels; val and test keep the manifest's
+    predictions = results(tiny_workflow, "v2/predictions/train.parquet").set_index("idx")
+    assert (predictions.loc[noisy["idx"], "label"].to_numpy() == noisy["label"].to_numpy()).all()
+    for split in ("val", "test"):
+        predicted = results(tiny_workflow, f"v2/predictions/{split}.parquet")
+        assert predicted["label"].tolist() == split_rows(manifest, split)["label"].tolist()
+
+
+def test_cleaning_drops_exactly_the_top_suspects_of_the_source(tiny_workflow):
+    source = results(tiny_workflow, "v2/train_set.parquet")
+    cleaned = results(tiny_workflow, "v3/train_set.parquet")
+    suspects = results(tiny_workflow, "v2/influence/self_influence.parquet")
+    top4 = suspects.sort_values(["self_influence", "train_idx"], ascending=[False, True])[
+        "train_idx"
+    ].head(4)
+    assert set(cleaned.loc[cleaned["dropped"], "idx"]) == set(top4)
+    kept = cleaned.loc[~cleaned["dropped"]]
+    # nothing else changes: same rows, same (noisy) labels
+    pd.testing.assert_frame_equal(cleaned.drop(columns="dropped"), source.drop(columns="dropped"))
+    trained_on = results(tiny_workflow, "v3/predictions/train.parquet")
+    assert sorted(trained_on["idx"]) == sorted(kept["idx"])
+    assert len(results(tiny_workflow, "v3/influence/self_influence.parquet")) == len(kept)
+    # the test set is the same untouched one
+    assert (
+        results(tiny_workflow, "v3/predictions/test.parquet")["idx"].tolist()
+        == results(tiny_workflow, "v1/predictions/test.parquet")["idx"].tolist()
+    )
+
+
+def test_noise_detection_table_for_noisy_versions(tiny_workflow):
+    for version in ("v2", "v3"):
+        table = results(tiny_workflow, f"{version}/reports/noise_detection.csv")
+        assert list(table.columns) == DETECTION_COLUMNS
+        assert table.loc[table["default"], "ranking"].tolist() == ["loss"]  # reports.ranking
+        assert {"self_influence", "error_self_influence", "loss", "combined", "random"} <= set(
+            table["ranking"]
+        )
+        assert table[["found_at_5pct", "found_at_10pct", "found_at_20pct"]].le(1).all().all()
+        assert table["roc_auc"].between(0, 1).all()
+        assert (
+            (tiny_workflow.workdir / f"results/{version}/reports/noise_detection.png")
+            .stat()
+            .st_size
+        )
+    assert not (tiny_workflow.workdir / "results/v1/reports/noise_detection.csv").exists()
+
+
+def test_cross_version_files_agree_with_each_version(tiny_workflow):
+    out = tiny_workflow.workdir / "results/cross_version"
+    performance = pd.read_csv(out / "performance.csv").set_index("version")
+    assert list(performance.index) == ["v1", "v2", "v3"]
+    for version in ("v1", "v2", "v3"):
+        metrics = json.loads((out.parent / version / "metrics.json").read_text())
+        assert performance.loc[version, "test_accuracy"] == pytest.approx(
+            metrics["test"]["accuracy"]
+        )
+    train_v2 = results(tiny_workflow, "v2/train_set.parquet")
+    train_v3 = results(tiny_workflow, "v3/train_set.parquet")
+    assert performance.loc["v2", "flipped"] == train_v2["noisy"].sum()
+    assert performance.loc["v3", "dropped"] == 4
+
+    cleaning = pd.read_csv(out / "cleaning.csv").set_index("version")
+    assert list(cleaning.index) == ["v3"]
+    removed = int(train_v3.loc[train_v3["dropped"], "noisy"].sum())
+    assert cleaning.loc["v3", "acted_on"] == 4 and cleaning.loc["v3", "flips_removed"] == removed
+    assert cleaning.loc["v3", "flips_left"] == train_v2["noisy"].sum() - removed
+    assert cleaning.loc["v3", "ranking"] == "self_influence"
+
+    registry = json.loads((out / "version_registry.json").read_text())
+    fingerprints = {v: registry[v]["train_set"]["fingerprint"] for v in ("v1", "v2", "v3")}
+    assert len(set(fingerprints.values())) == 3
+    assert registry["v2"]["settings"]["label_noise"]["rate"] == 0.25
+    summary = (out / "summary.md").read_text()
+    assert "## Cleaning" in summary and "v3" in summary
+    assert np.isfinite(performance["val_accuracy"]).all()
