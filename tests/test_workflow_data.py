@@ -36,15 +36,19 @@ def test_demo_config_dry_run_then_real_run(tmp_path):
         "build_manifest": 1,
         "split_dataset": 1,
         "cache_images": 3,
-        "train_model": 1,
-        "predict": 1,
-        "extract_factors": 6,  # 3 checkpoints x (train, test)
-        "influence_shard": 1,
-        "merge_topk": 1,
-        "self_influence": 1,
-        "report_tables": 1,
-        "report_plots": 1,
-        "report_galleries": 1,
+        # three versions: baseline, noisy (planted flips), cleaned (noisy minus its suspects)
+        "build_train_set": 3,
+        "train_model": 3,
+        "predict": 3,
+        "extract_factors": 18,  # 3 versions x 3 checkpoints x (train, test)
+        "influence_shard": 3,
+        "merge_topk": 3,
+        "self_influence": 3,
+        "report_tables": 3,
+        "report_plots": 3,
+        "report_galleries": 3,
+        "noise_detection": 2,
+        "cross_version": 1,
         "all": 1,
     }
     assert not (tmp_path / "results").exists()  # a dry run writes nothing
