@@ -180,3 +180,13 @@ def test_html_report_after_a_run(tiny_workflow):
         "summary.md",
     ):
         assert name in html, name
+
+
+def test_a_configfile_on_the_command_line_replaces_the_default_config(tmp_path):
+    default = tiny_config()
+    default["versions"] = {"demo_a": {}, "demo_b": {"seed": 3}}
+    write_config(tmp_path, default)
+    mine = write_config(tmp_path, tiny_config(), name="mine.yaml")
+    dry = run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(mine))
+    # merged, the run would also train the default config's versions
+    assert planned_versions(dry.stdout) == {"v1", "v2", "v3"}
