@@ -14,14 +14,13 @@ last for one version's files.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
 from tracinflow.io import atomic_path, write_csv
-from tracinflow.reports import suspicion_scores
+from tracinflow.reports import checkpoint_columns, row_positions, suspicion_scores
 
 TRAIN_SET_COLUMNS = ["idx", "label", "original_label", "noisy", "dropped"]
 NOISE_MODES = ("uniform", "confusing")
@@ -38,7 +37,6 @@ DETECTION_COLUMNS = [
 ]
 NOTHING_PLANTED = "no flipped labels among the rows: nothing was planted, nothing to detect"
 # Per-checkpoint self-influence columns, as tracinflow.influence.self_influence names them.
-CHECKPOINT_COLUMN = re.compile(r"^self_influence_(epoch_\d+|ckpt_\d+)$")
 
 
 def _round_half_up(value: float) -> int:
@@ -204,18 +202,6 @@ def _check_train_set(train_set: pd.DataFrame, what: str = "train set") -> None:
         raise ValueError(f"{what}: an idx appears more than once")
 
 
-def _positions(index_values, query, what: str) -> np.ndarray:
-    """Row position in ``index_values`` of every ``query`` value; a clear error for any missing."""
-    positions = pd.Index(np.asarray(index_values, dtype=np.int64)).get_indexer(
-        np.asarray(query, dtype=np.int64)
-    )
-    missing = positions < 0
-    if missing.any():
-        absent = np.unique(np.asarray(query, dtype=np.int64)[missing])
-        raise KeyError(f"{len(absent)} idx missing from {what}, e.g. {absent[:5].tolist()}")
-    return positions
-
-
 def apply_cleaning(
     train_set: pd.DataFrame,
     suspects: pd.DataFrame,
@@ -264,7 +250,7 @@ def apply_cleaning(
     suspect_idx = suspect_idx[order]
     if len(np.unique(suspect_idx)) != len(suspect_idx):
         raise ValueError("suspects: a train_idx appears more than once")
-    positions = _positions(idx, suspect_idx, "the train set (suspects)")
+    positions = row_positions(idx, suspect_idx, "the train set (suspects)")
     eligible = ~dropped[positions]
     positions, suspect_idx = positions[eligible], suspect_idx[eligible]
     if n_act > len(positions):
@@ -283,7 +269,7 @@ def apply_cleaning(
         if isinstance(predicted, pd.DataFrame):
             predicted = predicted.set_index("idx")["pred"]
         new_labels = predicted.to_numpy(np.int64)[
-            _positions(predicted.index, acted, "the predictions (relabel)")
+            row_positions(predicted.index, acted, "the predictions (relabel)")
         ]
         label = out["label"].to_numpy(np.int64).copy()
         label[positions] = new_labels
@@ -432,7 +418,7 @@ def _aligned(frame: pd.DataFrame, key: str, columns, idx: np.ndarray, what: str)
     """``columns`` of ``frame`` in the order of ``idx`` (matched on ``key``); missing idx error."""
     if not frame[key].is_unique:
         raise ValueError(f"{what}: a {key} appears more than once")
-    positions = _positions(frame[key], idx, what)
+    positions = row_positions(frame[key], idx, what)
     return frame.iloc[positions][list(columns)].reset_index(drop=True)
 
 
@@ -464,17 +450,17 @@ def write_noise_detection(
     flipped = train_set["noisy"].to_numpy(bool)
 
     self_inf = pd.read_parquet(self_influence_path)
-    checkpoint_columns = sorted(c for c in self_inf.columns if CHECKPOINT_COLUMN.match(c))
+    per_checkpoint = checkpoint_columns(self_inf)
     aligned = _aligned(
         self_inf,
         "train_idx",
-        ["self_influence", *checkpoint_columns],
+        ["self_influence", *per_checkpoint],
         idx,
         str(self_influence_path),
     )
     rankings: dict[str, np.ndarray] = {
         column: aligned[column].to_numpy(np.float64)
-        for column in ["self_influence", *checkpoint_columns]
+        for column in ["self_influence", *per_checkpoint]
     }
     if error_self_influence_path is not None:
         error = pd.read_parquet(error_self_influence_path)
@@ -485,9 +471,9 @@ def write_noise_detection(
     rankings["loss"] = _aligned(predictions, "idx", ["loss"], idx, str(train_predictions_path))[
         "loss"
     ].to_numpy(np.float64)
-    if checkpoint_columns:
+    if per_checkpoint:
         # The configurable rankings (reports.ranking) by their own names, so the default is a row.
-        rankings["self_influence_last"] = rankings[checkpoint_columns[-1]]
+        rankings["self_influence_last"] = rankings[per_checkpoint[-1]]
     rankings["combined"] = suspicion_scores("combined", idx, self_inf, predictions)
     rankings["random"] = random_scores(len(idx), seed)
 

@@ -10,6 +10,7 @@ down), negative = opponent. Everything is vectorised over the top-k table, which
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from tracinflow import io
 from tracinflow.data import class_names_of
 
 KINDS = ("proponent", "opponent")
+# self_influence.parquet's per-checkpoint columns (ckpt_N when a checkpoint's epoch is unknown).
+CHECKPOINT_COLUMN = re.compile(r"^self_influence_(epoch_\d+|ckpt_\d+)$")
 RANKINGS = ("self_influence", "self_influence_last", "error_self_influence", "loss", "combined")
 RANKING_MEANINGS = {
     "self_influence": "TracIn self-influence summed over checkpoints, largest first",
@@ -87,7 +90,7 @@ NO_MISPREDICTIONS = "no mispredicted test images: nothing to explain"
 # lookups
 
 
-def _positions(index_values, query, what: str) -> np.ndarray:
+def row_positions(index_values, query, what: str) -> np.ndarray:
     """Row position in ``index_values`` of every ``query`` value; a clear error for any missing."""
     index = pd.Index(np.asarray(index_values, dtype=np.int64))
     if not index.is_unique:
@@ -115,7 +118,7 @@ def _names(class_names) -> np.ndarray:
     return np.asarray([str(c) for c in class_names], dtype=object)
 
 
-def _descending_rank(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def descending_rank(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """1 = largest value; ties by the lower idx (the order :mod:`tracinflow.influence` uses)."""
     order = np.lexsort((idx, -values))
     rank = np.empty(len(values), dtype=np.int64)
@@ -140,12 +143,12 @@ def misprediction_cross_analysis(
     """
     names = _names(class_names)
     kind_code = _kind_codes(topk)
-    test_rows = _positions(test_pred["idx"], topk["test_idx"], "the test predictions")
+    test_rows = row_positions(test_pred["idx"], topk["test_idx"], "the test predictions")
     test_label = test_pred["label"].to_numpy(np.int64)[test_rows]
     test_guess = test_pred["pred"].to_numpy(np.int64)[test_rows]
     keep = np.flatnonzero(test_label != test_guess)
     train_idx = topk["train_idx"].to_numpy(np.int64)[keep]
-    train_rows = _positions(train_pred["idx"], train_idx, "the train predictions")
+    train_rows = row_positions(train_pred["idx"], train_idx, "the train predictions")
     train_label = train_pred["label"].to_numpy(np.int64)[train_rows]
     train_guess = train_pred["pred"].to_numpy(np.int64)[train_rows]
     test_label, test_guess = test_label[keep], test_guess[keep]
@@ -181,7 +184,7 @@ def same_error_rates(cross: pd.DataFrame) -> dict[str, float]:
 
 def _appearance_counts(cross: pd.DataFrame, train_idx: np.ndarray) -> dict[str, np.ndarray]:
     """Per training image: rows as opponent, as proponent, and rows with same_error, in ``cross``."""
-    rows = _positions(train_idx, cross["train_idx"], "the training images")
+    rows = row_positions(train_idx, cross["train_idx"], "the training images")
     opponent = (cross["kind"] == "opponent").to_numpy()
     same_error = cross["same_error"].to_numpy(bool)
     n = len(train_idx)
@@ -192,8 +195,13 @@ def _appearance_counts(cross: pd.DataFrame, train_idx: np.ndarray) -> dict[str, 
     }
 
 
+def checkpoint_columns(self_influence: pd.DataFrame) -> list[str]:
+    """The per-checkpoint columns of self_influence.parquet, in checkpoint order."""
+    return sorted(c for c in self_influence.columns if CHECKPOINT_COLUMN.match(c))
+
+
 def _last_checkpoint_column(self_influence: pd.DataFrame) -> str:
-    columns = sorted(c for c in self_influence.columns if c.startswith("self_influence_epoch_"))
+    columns = checkpoint_columns(self_influence)
     if not columns:
         raise ValueError(
             "ranking self_influence_last needs the per-checkpoint columns "
@@ -227,7 +235,7 @@ def suspicion_scores(
     train_idx = np.asarray(train_idx, dtype=np.int64)
 
     def column(frame, key, name, what):
-        return frame[name].to_numpy(np.float64)[_positions(frame[key], train_idx, what)]
+        return frame[name].to_numpy(np.float64)[row_positions(frame[key], train_idx, what)]
 
     if ranking == "error_self_influence":
         if error_self_influence is None:
@@ -283,21 +291,21 @@ def mislabeled_inspection(
         ranking, train_idx, self_influence, train_pred, error_self_influence
     )
     scores = suspicion_scores("self_influence", train_idx, self_influence, train_pred)
-    pred_rows = _positions(train_pred["idx"], train_idx, "the train predictions")
+    pred_rows = row_positions(train_pred["idx"], train_idx, "the train predictions")
     loss = train_pred["loss"].to_numpy(np.float64)[pred_rows]
-    paths = manifest["path"].to_numpy()[_positions(manifest["idx"], train_idx, "the manifest")]
+    paths = manifest["path"].to_numpy()[row_positions(manifest["idx"], train_idx, "the manifest")]
     names = _names(class_names)
     counts = _appearance_counts(cross, train_idx)
     frame = pd.DataFrame(
         {
-            "rank": _descending_rank(suspicion, train_idx),
+            "rank": descending_rank(suspicion, train_idx),
             "train_idx": train_idx,
             "ranking": ranking,
             "suspicion": suspicion,
             "self_influence": scores,
-            "self_influence_rank": _descending_rank(scores, train_idx),
+            "self_influence_rank": descending_rank(scores, train_idx),
             "loss": loss,
-            "loss_rank": _descending_rank(loss, train_idx),
+            "loss_rank": descending_rank(loss, train_idx),
             "true_label": names[train_pred["label"].to_numpy(np.int64)[pred_rows]],
             "predicted_label": names[train_pred["pred"].to_numpy(np.int64)[pred_rows]],
             "confidence": train_pred["confidence"].to_numpy(np.float64)[pred_rows],
@@ -327,7 +335,7 @@ def influential_samples(
     opponent = kind_code == 1
     appearances = np.bincount(rows, minlength=n)
     influence_sum = np.bincount(rows, weights=influence, minlength=n)
-    pred_rows = _positions(train_pred["idx"], train_idx, "the train predictions")
+    pred_rows = row_positions(train_pred["idx"], train_idx, "the train predictions")
     names = _names(class_names)
     frame = pd.DataFrame(
         {
@@ -335,7 +343,7 @@ def influential_samples(
             "true_label": names[train_pred["label"].to_numpy(np.int64)[pred_rows]],
             "predicted_label": names[train_pred["pred"].to_numpy(np.int64)[pred_rows]],
             "image_path": manifest["path"].to_numpy()[
-                _positions(manifest["idx"], train_idx, "the manifest")
+                row_positions(manifest["idx"], train_idx, "the manifest")
             ],
             "appearances": appearances,
             "proponent_count": np.bincount(rows[~opponent], minlength=n),
@@ -364,10 +372,10 @@ def class_influence(
     names = _names(class_names)
     k = len(names)
     train_label = train_pred["label"].to_numpy(np.int64)[
-        _positions(train_pred["idx"], topk["train_idx"], "the train predictions")
+        row_positions(train_pred["idx"], topk["train_idx"], "the train predictions")
     ]
     test_label = test_pred["label"].to_numpy(np.int64)[
-        _positions(test_pred["idx"], topk["test_idx"], "the test predictions")
+        row_positions(test_pred["idx"], topk["test_idx"], "the test predictions")
     ]
     sums = np.bincount(
         train_label * k + test_label,

@@ -40,7 +40,7 @@ def build_version_train_set(
     ``error_self_influence`` and train ``predictions``.
     """
     from tracinflow.noise import apply_cleaning, build_train_set
-    from tracinflow.reports import suspicion_scores
+    from tracinflow.reports import descending_rank, suspicion_scores
 
     manifest = pd.read_parquet(manifest_path)
     if clean:
@@ -54,8 +54,7 @@ def build_version_train_set(
             predictions,
             pd.read_parquet(source["error_self_influence"]),
         )
-        order = np.lexsort((idx, -scores))
-        suspects = pd.DataFrame({"train_idx": idx[order], "rank": np.arange(1, len(idx) + 1)})
+        suspects = pd.DataFrame({"train_idx": idx, "rank": descending_rank(scores, idx)})
         train_set, acted = apply_cleaning(
             source_set,
             suspects,
