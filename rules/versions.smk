@@ -1,5 +1,5 @@
 # One named target per version, so `snakemake version_<name>` builds everything of that version
-# (and nothing of the others). The rules are generated from config, so each one's name is fixed
+# (and of a version it is built from: a cleaning source, a noise reference; nothing else). The rules are generated from config, so each one's name is fixed
 # at parse time and `snakemake --list-target-rules` shows them.
 for version_name in VERSIONS:
 
