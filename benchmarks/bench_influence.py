@@ -35,9 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tracinflow.factors import Factors, extract_factors, write_factor_dir  # noqa: E402
-from tracinflow.influence import shard_topk  # noqa: E402
-from tracinflow.loss import WeightedSmoothedCrossEntropy  # noqa: E402
+from tracinflow.influence.factors import Factors, extract_factors  # noqa: E402
+from tracinflow.stages.factor_store import write_factor_dir  # noqa: E402
+from tracinflow.stages.influence import shard_topk  # noqa: E402
+from tracinflow.train.loss import WeightedSmoothedCrossEntropy  # noqa: E402
 
 THREADS = 2
 LAYER = "fc.4"

@@ -4,10 +4,12 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from tracinflow.config import (
+    FASHION_MNIST_FILES,
     ConfigError,
     check_dataset_source,
     check_version_links,
     load_schema,
+    shared_checkpoint_epochs,
     version_settings,
 )
 
@@ -27,51 +29,39 @@ DATASET = config["dataset"]["name"]
 DATASET_ROOT = config["dataset"]["root"]
 DEMO = config["dataset"]["demo"]
 SPLITS = ["train", "val", "test"]
+# train_model declares every checkpoint file as an output, so the epochs are one list for all
+# versions (config.py refuses a version that overrides them).
+CHECKPOINT_EPOCHS = shared_checkpoint_epochs(VERSIONS)
 # gpu=1 on the rules that run a model when the cluster has GPUs; the profile maps the resource to a
 # partition and `--gpus` (gpu=0 adds nothing to a job's submission).
 GPU = 1 if config["cluster"]["gpu"] else 0
 
 
 wildcard_constraints:
-    dataset=re.escape(DATASET),
     split="|".join(SPLITS),
     version="|".join(re.escape(name) for name in VERSIONS),
 
 
-def get_data_outputs():
-    """Everything the data stages produce for the configured dataset."""
-    return [
-        f"results/data/{DATASET}/manifest.parquet",
-        f"results/data/{DATASET}/rejected.csv",
-        f"results/data/{DATASET}/duplicates.csv",
-        *expand(f"results/data/{DATASET}/cache/{{split}}.npy", split=SPLITS),
-    ]
+# --- settings as params: one shape for every rule --------------------------------------------------
 
 
-def get_training_settings(wildcards):
-    """The settings train_model reads: a change to them (and only them) retrains the version."""
-    settings = VERSIONS[wildcards.version]
-    return {key: settings[key] for key in ("seed", "model", "training")}
-
-
-def get_pretrained_weights(wildcards):
-    """The backbone weights file when the version starts from one (a missing file is scheduled for
-    download_weights, which names the file to place there when the network is unreachable).
+def setting(*keys):
+    """A version's setting at ``keys`` (e.g. ``setting("influence", "top_k")``) as a function of
+    the wildcards, for ``params:``: a rule reruns exactly when the settings it reads change.
     """
-    pretrained = VERSIONS[wildcards.version]["model"]["pretrained"]
-    return [pretrained] if pretrained else []
+
+    def lookup(wildcards):
+        value = VERSIONS[wildcards.version]
+        for key in keys:
+            value = value[key]
+        return value
+
+    return lookup
 
 
-def checkpoint_epochs(version):
-    return VERSIONS[version]["training"]["stage2"]["checkpoint_epochs"]
-
-
-def influence_setting(version, key):
-    return VERSIONS[version]["influence"][key]
-
-
-def report_setting(version, key):
-    return VERSIONS[version]["reports"][key]
+def memory_mb(base):
+    """``mem_mb`` that doubles on every retry of a failed job (``retries`` in the profile)."""
+    return lambda wildcards, attempt: base * attempt
 
 
 def clean_setting(version):
@@ -84,6 +74,16 @@ def clean_setting(version):
     return {**clean, "ranking": ranking}
 
 
+def get_clean_setting(wildcards):
+    return clean_setting(wildcards.version)
+
+
+def get_training_settings(wildcards):
+    """The settings train_model reads: a change to them (and only them) retrains the version."""
+    settings = VERSIONS[wildcards.version]
+    return {key: settings[key] for key in ("seed", "model", "training")}
+
+
 def has_planted_noise(version):
     """Whether the version's training set carries planted label flips (its own or, when it cleans
     another version's training set, that version's)."""
@@ -93,32 +93,73 @@ def has_planted_noise(version):
     return bool(settings["clean"]) and has_planted_noise(settings["clean"]["from"])
 
 
+# --- files of other rules, by the names those rules give them --------------------------------------
+
+
+def one(pattern, **wildcards):
+    """An output of another rule (``rules.<rule>.output.<name>``) with its wildcards filled in."""
+    return expand(pattern, **wildcards)[0]
+
+
+def get_demo_inputs(wildcards):
+    """The raw files the demo is made from (none for scikit-learn's digits, which ship with it)."""
+    if DEMO["source"] != "fashion_mnist":
+        return {}
+    images, labels = FASHION_MNIST_FILES
+    return {
+        "images": f"{DEMO['raw_dir']}/{images}",
+        "labels": f"{DEMO['raw_dir']}/{labels}",
+    }
+
+
+def get_pretrained_weights(wildcards):
+    """The backbone weights file when the version starts from one (a missing file is scheduled for
+    download_weights, which names the file to place there when the network is unreachable).
+    """
+    pretrained = VERSIONS[wildcards.version]["model"]["pretrained"]
+    return [pretrained] if pretrained else []
+
+
 def get_train_set_inputs(wildcards):
     """The manifest, and the other versions' outputs a training set is built from: the reference
     model's predictions for confusing noise, the source version's training set, self-influence and
     predictions for cleaning."""
     settings = VERSIONS[wildcards.version]
-    inputs = {"manifest": f"results/data/{DATASET}/manifest.parquet"}
+    inputs = {"manifest": rules.split_dataset.output.manifest}
     noise = settings["label_noise"]
     if noise and noise["mode"] == "confusing":
-        inputs["reference"] = f"results/{noise['reference']}/predictions/train.parquet"
-    if settings["clean"]:
-        source = f"results/{settings['clean']['from']}"
-        inputs["source_train_set"] = f"{source}/train_set.parquet"
-        inputs["source_self_influence"] = f"{source}/influence/self_influence.parquet"
-        inputs["source_error_self_influence"] = (
-            f"{source}/influence/self_influence_error.parquet"
+        inputs["reference"] = one(
+            rules.predict.output.train, version=noise["reference"]
         )
-        inputs["source_predictions"] = f"{source}/predictions/train.parquet"
+    if settings["clean"]:
+        source = settings["clean"]["from"]
+        inputs["source_train_set"] = one(
+            rules.build_train_set.output.train_set, version=source
+        )
+        inputs["source_self_influence"] = one(
+            rules.self_influence.output.self_influence, version=source
+        )
+        inputs["source_error_self_influence"] = one(
+            rules.self_influence.output.error_self_influence, version=source
+        )
+        inputs["source_predictions"] = one(rules.predict.output.train, version=source)
     return inputs
+
+
+def get_checkpoint(wildcards):
+    """The checkpoint file of one stage-2 epoch."""
+    files = dict(zip(CHECKPOINT_EPOCHS, rules.train_model.output.epochs))
+    return one(files[int(wildcards.epoch)], version=wildcards.version)
 
 
 def get_factor_dirs(version, split):
     """The factor folders of every checkpoint of a version for one split, in epoch order."""
-    return [
-        f"results/{version}/factors/epoch_{epoch:03d}/{split}"
-        for epoch in sorted(checkpoint_epochs(version))
-    ]
+    return expand(
+        rules.extract_factors.output.factors,
+        version=version,
+        epoch=[f"{epoch:03d}" for epoch in CHECKPOINT_EPOCHS],
+        split=split,
+    )
 
 
 def get_shard_factors(wildcards):
@@ -135,40 +176,65 @@ def get_train_factors(wildcards):
 def get_shards(wildcards):
     """Every (test tile, train tile) shard of a version; counts come from config, so the whole
     fan-out is known when the workflow is parsed."""
-    tiles = influence_setting(wildcards.version, "shards")
+    tiles = VERSIONS[wildcards.version]["influence"]["shards"]
     return [
-        f"results/{wildcards.version}/influence/shards/t{t}_r{r}.parquet"
+        one(rules.influence_shard.output.shard, version=wildcards.version, t=t, r=r)
         for t in range(tiles["test"])
         for r in range(tiles["train"])
     ]
 
 
-def get_version_outputs(version):
-    """Everything one version produces (the rest of its files are inputs of these)."""
-    reports = f"results/{version}/reports"
+def get_data_outputs():
+    """Everything the data stages produce for the configured dataset."""
     return [
-        f"results/{version}/model/training_curves.png",
-        f"results/{version}/confusion_matrix.png",
-        f"results/{version}/influence/top_k_influences.csv",
-        f"{reports}/influence_report.txt",
-        f"{reports}/dashboards/influence_distributions.png",
-        f"{reports}/galleries",
-        *([f"{reports}/noise_detection.csv"] if has_planted_noise(version) else []),
+        rules.split_dataset.output.manifest,
+        rules.build_manifest.output.rejected,
+        rules.build_manifest.output.duplicates,
+        *expand(rules.cache_images.output.cache, split=SPLITS),
     ]
 
 
-def get_cross_version_inputs():
-    """The files of every version that the cross-version comparison reads."""
-    files = [
-        "metrics.json",
-        "predictions/test.parquet",
-        "influence/top_k_influences.parquet",
-        "reports/mislabeled_inspection_report.csv",
-        "train_set.parquet",
-        "model/checkpoints.json",
-        "model/best.pt",
+def get_version_outputs(version):
+    """Every file of one version a user relies on: all outputs of its training, prediction,
+    influence and report rules (the factor folders and shard tables are intermediate). Asking for
+    each of them, not only the last, makes a run restore one that was deleted (Snakemake leaves a
+    missing intermediate file alone while what was made from it is up to date)."""
+    final_rules = [
+        rules.build_train_set,
+        rules.train_model,
+        rules.predict,
+        rules.merge_topk,
+        rules.self_influence,
+        rules.report_tables,
+        rules.report_plots,
+        rules.report_galleries,
+        *([rules.noise_detection] if has_planted_noise(version) else []),
     ]
-    return [f"results/{version}/{name}" for version in VERSIONS for name in files]
+    return expand(
+        [pattern for rule in final_rules for pattern in rule.output], version=version
+    )
+
+
+def get_cross_version_inputs(wildcards):
+    """The files of every version that the cross-version comparison reads, by kind, each a list in
+    the versions' order."""
+    files = {
+        "metrics": rules.predict.output.metrics,
+        "test_predictions": rules.predict.output.test,
+        "topk": rules.merge_topk.output.parquet,
+        "inspection": rules.report_tables.output.inspection,
+        "train_set": rules.build_train_set.output.train_set,
+        "checkpoints": rules.train_model.output.checkpoints,
+        "best_model": rules.train_model.output.best,
+    }
+    return {
+        kind: expand(pattern, version=list(VERSIONS)) for kind, pattern in files.items()
+    }
+
+
+def get_cross_version_settings():
+    """Every version's settings as the comparison records them (cleaning with its ranking)."""
+    return {name: {**VERSIONS[name], "clean": clean_setting(name)} for name in VERSIONS}
 
 
 def get_final_outputs():
@@ -176,5 +242,5 @@ def get_final_outputs():
     return (
         get_data_outputs()
         + [path for version in VERSIONS for path in get_version_outputs(version)]
-        + ["results/cross_version/summary.md"]
+        + list(rules.cross_version.output)
     )

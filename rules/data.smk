@@ -1,6 +1,8 @@
 if DEMO:
 
     rule make_demo_dataset:
+        input:
+            unpack(get_demo_inputs),
         output:
             root=directory(DATASET_ROOT),
         log:
@@ -23,13 +25,13 @@ rule build_manifest:
     input:
         root=DATASET_ROOT,
     output:
-        images="results/data/{dataset}/images.parquet",
-        rejected="results/data/{dataset}/rejected.csv",
-        duplicates="results/data/{dataset}/duplicates.csv",
+        images=f"results/data/{DATASET}/images.parquet",
+        rejected=f"results/data/{DATASET}/rejected.csv",
+        duplicates=f"results/data/{DATASET}/duplicates.csv",
     log:
-        "logs/build_manifest/{dataset}.log",
+        f"logs/build_manifest/{DATASET}.log",
     benchmark:
-        "results/benchmarks/build_manifest/{dataset}.tsv"
+        f"results/benchmarks/build_manifest/{DATASET}.tsv"
     conda:
         "../workflow/envs/tracinflow.yaml"
     threads: 2
@@ -45,12 +47,12 @@ rule build_manifest:
 
 rule split_dataset:
     input:
-        images="results/data/{dataset}/images.parquet",
+        images=rules.build_manifest.output.images,
     output:
-        manifest="results/data/{dataset}/manifest.parquet",
-        summary="results/data/{dataset}/split_summary.csv",
+        manifest=f"results/data/{DATASET}/manifest.parquet",
+        summary=f"results/data/{DATASET}/split_summary.csv",
     log:
-        "logs/split_dataset/{dataset}.log",
+        f"logs/split_dataset/{DATASET}.log",
     localrule: True
     conda:
         "../workflow/envs/tracinflow.yaml"
@@ -66,14 +68,14 @@ rule split_dataset:
 
 rule cache_images:
     input:
-        manifest="results/data/{dataset}/manifest.parquet",
+        manifest=rules.split_dataset.output.manifest,
         root=DATASET_ROOT,
     output:
-        cache="results/data/{dataset}/cache/{split}.npy",
+        cache=f"results/data/{DATASET}/cache/{{split}}.npy",
     log:
-        "logs/cache_images/{dataset}_{split}.log",
+        f"logs/cache_images/{DATASET}_{{split}}.log",
     benchmark:
-        "results/benchmarks/cache_images/{dataset}_{split}.tsv"
+        f"results/benchmarks/cache_images/{DATASET}_{{split}}.tsv"
     conda:
         "../workflow/envs/tracinflow.yaml"
     threads: 2
@@ -81,6 +83,7 @@ rule cache_images:
         mem_mb=2000,
         runtime=120,
     params:
+        split="{split}",
         image_size=config["dataset"]["image_size"],
         resize=config["dataset"]["resize"],
     script:

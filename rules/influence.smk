@@ -1,34 +1,3 @@
-rule extract_factors:
-    input:
-        checkpoints="results/{version}/model/checkpoints.json",
-        manifest=f"results/data/{DATASET}/manifest.parquet",
-        train_set="results/{version}/train_set.parquet",
-        cache=f"results/data/{DATASET}/cache/{{split}}.npy",
-    output:
-        factors=directory("results/{version}/factors/epoch_{epoch}/{split}"),
-    log:
-        "logs/extract_factors/{version}_epoch_{epoch}_{split}.log",
-    benchmark:
-        "results/benchmarks/extract_factors/{version}_epoch_{epoch}_{split}.tsv"
-    wildcard_constraints:
-        epoch=r"\d{3}",
-        split="train|test",
-    conda:
-        "../workflow/envs/tracinflow.yaml"
-    threads: 2
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=60,
-        gpu=GPU,
-    params:
-        checkpoint=lambda wildcards: f"results/{wildcards.version}/model/epoch_{wildcards.epoch}.pt",
-        layers=lambda wildcards: influence_setting(wildcards.version, "layers"),
-        target=lambda wildcards: influence_setting(wildcards.version, "target"),
-        batch_size=lambda wildcards: influence_setting(wildcards.version, "batch_size"),
-    script:
-        "../workflow/scripts/extract_factors.py"
-
-
 rule influence_shard:
     input:
         unpack(get_shard_factors),
@@ -45,13 +14,16 @@ rule influence_shard:
         "../workflow/envs/tracinflow.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        mem_mb=memory_mb(4000),
         runtime=60,
         gpu=GPU,
     params:
-        k=lambda wildcards: influence_setting(wildcards.version, "top_k"),
-        memory_mb=lambda wildcards: influence_setting(wildcards.version, "memory_mb"),
-        tiles=lambda wildcards: influence_setting(wildcards.version, "shards"),
+        test_tile="{t}",
+        train_tile="{r}",
+        k=setting("influence", "top_k"),
+        memory_mb=setting("influence", "memory_mb"),
+        tiles=setting("influence", "shards"),
+        device=setting("training", "device"),
     script:
         "../workflow/scripts/influence_shard.py"
 
@@ -59,9 +31,9 @@ rule influence_shard:
 rule merge_topk:
     input:
         shards=get_shards,
-        manifest=f"results/data/{DATASET}/manifest.parquet",
-        test="results/{version}/predictions/test.parquet",
-        train="results/{version}/predictions/train.parquet",
+        manifest=rules.split_dataset.output.manifest,
+        test=rules.predict.output.test,
+        train=rules.predict.output.train,
     output:
         parquet="results/{version}/influence/top_k_influences.parquet",
         csv="results/{version}/influence/top_k_influences.csv",
@@ -72,10 +44,10 @@ rule merge_topk:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        mem_mb=memory_mb(4000),
         runtime=30,
     params:
-        k=lambda wildcards: influence_setting(wildcards.version, "top_k"),
+        k=setting("influence", "top_k"),
     script:
         "../workflow/scripts/merge_topk.py"
 
@@ -94,7 +66,7 @@ rule self_influence:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        mem_mb=memory_mb(4000),
         runtime=30,
     script:
         "../workflow/scripts/self_influence.py"

@@ -1,13 +1,13 @@
 rule report_tables:
     input:
-        manifest=f"results/data/{DATASET}/manifest.parquet",
-        train="results/{version}/predictions/train.parquet",
-        test="results/{version}/predictions/test.parquet",
-        metrics="results/{version}/metrics.json",
-        checkpoints="results/{version}/model/checkpoints.json",
-        topk="results/{version}/influence/top_k_influences.parquet",
-        self_influence="results/{version}/influence/self_influence.parquet",
-        error_self_influence="results/{version}/influence/self_influence_error.parquet",
+        manifest=rules.split_dataset.output.manifest,
+        train=rules.predict.output.train,
+        test=rules.predict.output.test,
+        metrics=rules.predict.output.metrics,
+        checkpoints=rules.train_model.output.checkpoints,
+        topk=rules.merge_topk.output.parquet,
+        self_influence=rules.self_influence.output.self_influence,
+        error_self_influence=rules.self_influence.output.error_self_influence,
     output:
         text=report(
             "results/{version}/reports/influence_report.txt",
@@ -48,25 +48,25 @@ rule report_tables:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        mem_mb=memory_mb(4000),
         runtime=30,
     params:
-        ranking=lambda wildcards: report_setting(wildcards.version, "ranking"),
-        top_n=lambda wildcards: report_setting(wildcards.version, "top_n"),
-        k=lambda wildcards: influence_setting(wildcards.version, "top_k"),
+        version="{version}",
+        ranking=setting("reports", "ranking"),
+        top_n=setting("reports", "top_n"),
+        k=setting("influence", "top_k"),
     script:
         "../workflow/scripts/report_tables.py"
 
 
 rule report_plots:
     input:
-        manifest=f"results/data/{DATASET}/manifest.parquet",
-        test="results/{version}/predictions/test.parquet",
-        topk="results/{version}/influence/top_k_influences.parquet",
-        cross="results/{version}/reports/misprediction_cross_analysis.csv",
-        inspection="results/{version}/reports/mislabeled_inspection_report.csv",
-        influential="results/{version}/reports/influential_samples.csv",
-        class_influence="results/{version}/reports/class_influence.csv",
+        manifest=rules.split_dataset.output.manifest,
+        test=rules.predict.output.test,
+        topk=rules.merge_topk.output.parquet,
+        inspection=rules.report_tables.output.inspection,
+        influential=rules.report_tables.output.influential,
+        class_influence=rules.report_tables.output.class_influence,
     output:
         distributions=report(
             "results/{version}/reports/dashboards/influence_distributions.png",
@@ -100,23 +100,23 @@ rule report_plots:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        mem_mb=memory_mb(4000),
         runtime=30,
     params:
-        top_n=lambda wildcards: report_setting(wildcards.version, "top_n"),
-        suspects=lambda wildcards: report_setting(wildcards.version, "galleries")[
-            "suspects"
-        ],
+        top_n=setting("reports", "top_n"),
+        suspects=setting("reports", "galleries", "suspects"),
     script:
         "../workflow/scripts/report_plots.py"
 
 
 rule report_galleries:
     input:
-        manifest=f"results/data/{DATASET}/manifest.parquet",
-        test="results/{version}/predictions/test.parquet",
-        cross="results/{version}/reports/misprediction_cross_analysis.csv",
-        inspection="results/{version}/reports/mislabeled_inspection_report.csv",
+        manifest=rules.split_dataset.output.manifest,
+        test=rules.predict.output.test,
+        cross=rules.report_tables.output.cross,
+        inspection=rules.report_tables.output.inspection,
+        # the thumbnails come from the original image files
+        root=DATASET_ROOT,
     output:
         galleries=report(
             directory("results/{version}/reports/galleries"),
@@ -133,21 +133,20 @@ rule report_galleries:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        mem_mb=memory_mb(2000),
         runtime=30,
     params:
-        dataset_root=DATASET_ROOT,
-        galleries=lambda wildcards: report_setting(wildcards.version, "galleries"),
+        galleries=setting("reports", "galleries"),
     script:
         "../workflow/scripts/report_galleries.py"
 
 
 rule noise_detection:
     input:
-        train_set="results/{version}/train_set.parquet",
-        self_influence="results/{version}/influence/self_influence.parquet",
-        error_self_influence="results/{version}/influence/self_influence_error.parquet",
-        train="results/{version}/predictions/train.parquet",
+        train_set=rules.build_train_set.output.train_set,
+        self_influence=rules.self_influence.output.self_influence,
+        error_self_influence=rules.self_influence.output.error_self_influence,
+        train=rules.predict.output.train,
     output:
         table=report(
             "results/{version}/reports/noise_detection.csv",
@@ -168,10 +167,10 @@ rule noise_detection:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        mem_mb=memory_mb(2000),
         runtime=10,
     params:
-        default=lambda wildcards: report_setting(wildcards.version, "ranking"),
-        seed=lambda wildcards: VERSIONS[wildcards.version]["seed"],
+        default=setting("reports", "ranking"),
+        seed=setting("seed"),
     script:
         "../workflow/scripts/noise_detection.py"

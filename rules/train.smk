@@ -10,23 +10,27 @@ rule build_train_set:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        mem_mb=memory_mb(2000),
         runtime=10,
     params:
-        label_noise=lambda wildcards: VERSIONS[wildcards.version]["label_noise"],
-        clean=lambda wildcards: clean_setting(wildcards.version),
+        label_noise=setting("label_noise"),
+        clean=get_clean_setting,
     script:
         "../workflow/scripts/build_train_set.py"
 
 
 rule train_model:
     input:
-        manifest=f"results/data/{DATASET}/manifest.parquet",
-        train_set="results/{version}/train_set.parquet",
-        train=f"results/data/{DATASET}/cache/train.npy",
-        val=f"results/data/{DATASET}/cache/val.npy",
+        manifest=rules.split_dataset.output.manifest,
+        train_set=rules.build_train_set.output.train_set,
+        train=one(rules.cache_images.output.cache, split="train"),
+        val=one(rules.cache_images.output.cache, split="val"),
         weights=get_pretrained_weights,
     output:
+        # Every TracIn checkpoint: early stopping never ends before the last of these epochs.
+        epochs=expand(
+            "results/{{version}}/model/epoch_{epoch:03d}.pt", epoch=CHECKPOINT_EPOCHS
+        ),
         checkpoints="results/{version}/model/checkpoints.json",
         best="results/{version}/model/best.pt",
         history="results/{version}/model/history.csv",
@@ -44,53 +48,17 @@ rule train_model:
         "../workflow/envs/tracinflow.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        mem_mb=memory_mb(8000),
         runtime=720,
         gpu=GPU,
     params:
         settings=get_training_settings,
+        # Not an output: the checkpoints and the resume state of a run in progress, from which a
+        # killed run resumes (Snakemake deletes a job's outputs before it reruns it); emptied and
+        # removed once every output is in place.
+        scratch="results/{version}/model/.training",
     script:
         "../workflow/scripts/train_model.py"
-
-
-rule predict:
-    input:
-        manifest=f"results/data/{DATASET}/manifest.parquet",
-        train_set="results/{version}/train_set.parquet",
-        train=f"results/data/{DATASET}/cache/train.npy",
-        val=f"results/data/{DATASET}/cache/val.npy",
-        test=f"results/data/{DATASET}/cache/test.npy",
-        best="results/{version}/model/best.pt",
-    output:
-        train="results/{version}/predictions/train.parquet",
-        val="results/{version}/predictions/val.parquet",
-        test="results/{version}/predictions/test.parquet",
-        metrics="results/{version}/metrics.json",
-        false_test="results/{version}/mispredictions/false_predictions.csv",
-        false_train="results/{version}/mispredictions/train_false_predictions.csv",
-        confusion=report(
-            "results/{version}/confusion_matrix.png",
-            caption="../workflow/report/confusion_matrix.rst",
-            category="{version}",
-            subcategory="Predictions",
-        ),
-    log:
-        "logs/predict/{version}.log",
-    benchmark:
-        "results/benchmarks/predict/{version}.tsv"
-    conda:
-        "../workflow/envs/tracinflow.yaml"
-    threads: 2
-    resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=60,
-        gpu=GPU,
-    params:
-        batch_size=lambda wildcards: VERSIONS[wildcards.version]["training"][
-            "batch_size"
-        ],
-    script:
-        "../workflow/scripts/predict.py"
 
 
 rule download_weights:
@@ -107,5 +75,7 @@ rule download_weights:
     resources:
         mem_mb=1000,
         runtime=30,
+    params:
+        arch="{arch}",
     script:
         "../workflow/scripts/download_weights.py"

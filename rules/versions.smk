@@ -1,6 +1,7 @@
 # One named target per version, so `snakemake version_<name>` builds everything of that version
-# (and of a version it is built from: a cleaning source, a noise reference; nothing else). The rules are generated from config, so each one's name is fixed
-# at parse time and `snakemake --list-target-rules` shows them.
+# (and of a version it is built from: a cleaning source, a noise reference; nothing else). The
+# rules are generated from config, so each one's name is fixed at parse time and
+# `snakemake --list-target-rules` shows them.
 for version_name in VERSIONS:
 
     rule:
@@ -13,8 +14,8 @@ for version_name in VERSIONS:
 
 rule cross_version:
     input:
-        manifest=f"results/data/{DATASET}/manifest.parquet",
-        versions=get_cross_version_inputs(),
+        unpack(get_cross_version_inputs),
+        manifest=rules.split_dataset.output.manifest,
     output:
         summary=report(
             "results/cross_version/summary.md",
@@ -38,6 +39,11 @@ rule cross_version:
         ),
         registry="results/cross_version/version_registry.json",
         cleaning="results/cross_version/cleaning.csv",
+        persistent="results/cross_version/persistent_mispredictions.csv",
+        influencers="results/cross_version/consistent_influencers.csv",
+        candidates="results/cross_version/shared_mislabel_candidates.csv",
+        statistics="results/cross_version/influence_statistics.csv",
+        pairs="results/cross_version/confused_pairs.csv",
     log:
         "logs/cross_version/cross_version.log",
     localrule: True
@@ -45,13 +51,11 @@ rule cross_version:
         "../workflow/envs/tracinflow.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        mem_mb=memory_mb(4000),
         runtime=30,
     params:
-        versions={
-            name: {"settings": {**VERSIONS[name], "clean": clean_setting(name)}}
-            for name in VERSIONS
-        },
+        versions=list(VERSIONS),
+        settings=get_cross_version_settings(),
         min_versions=config["cross_version"]["min_versions"],
         top=config["cross_version"]["top"],
     script:

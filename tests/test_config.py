@@ -174,3 +174,22 @@ def test_bad_links_between_versions_are_refused_naming_them(versions, message):
 def test_cross_version_settings_cannot_be_overridden_per_version():
     with pytest.raises(ConfigError, match=r"versions\.a\.cross_version"):
         resolved_versions({"a": {"cross_version": {"top": 5}}})
+
+
+def test_checkpoint_epochs_are_one_list_for_all_versions():
+    from tracinflow.config import shared_checkpoint_epochs
+
+    config = demo_config()
+    config["versions"] = {"a": {}, "b": {"seed": 2, "training": {"stage2": {"max_epochs": 20}}}}
+    assert shared_checkpoint_epochs(version_settings(config, SCHEMA)) == [4, 8, 12]
+    config["versions"]["b"] = {"training": {"stage2": {"checkpoint_epochs": [5, 10]}}}
+    with pytest.raises(
+        ConfigError, match=r"versions\.b\.training\.stage2\.checkpoint_epochs: .*shared by all"
+    ):
+        version_settings(config, SCHEMA)
+    # training must reach the last checkpoint: said when the workflow is parsed, not mid-run
+    config["versions"]["b"] = {"training": {"stage2": {"max_epochs": 10}}}
+    with pytest.raises(
+        ConfigError, match=r"versions\.b\.training\.stage2\.max_epochs: 10 is before .* \(12\)"
+    ):
+        version_settings(config, SCHEMA)

@@ -8,35 +8,34 @@ import json
 import os
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from tracinflow.cross_version import (
+from tracinflow._util.files import save_figure
+from tracinflow.analysis.cross_version import (
     CANDIDATE_COLUMNS,
-    FILES,
     INFLUENCER_COLUMNS,
     PAIR_COLUMNS,
     PERFORMANCE_COLUMNS,
     PERSISTENT_COLUMNS,
     STATISTICS_COLUMNS,
-    VERSION_FILES,
     confused_pairs,
     consistent_influencers,
     influence_statistics,
     markdown_table,
     performance_table,
     persistent_mispredictions,
-    plot_influence_statistics,
-    plot_performance,
     shared_mislabel_candidates,
     summary_markdown,
     train_set_fingerprint,
     version_registry,
-    write_cross_version,
 )
+from tracinflow.plots.cross_version import plot_influence_statistics, plot_performance
+from tracinflow.stages.versions import cross_version
 
 CLASSES = ["Cat", "Dog", "Fox"]
 TRAIN_IDX = np.arange(9)
@@ -166,6 +165,50 @@ def make_metrics(preds, val_accuracy: float, val_loss: float) -> dict:
         "per_class": {c: {"precision": 1, "recall": 1, "f1": 1, "support": 2} for c in CLASSES},
         "confusion_matrix": cm.tolist(),
     }
+
+
+# The cross_version rule's outputs and each version's inputs, by the names the rules give them.
+FILES = {
+    "performance": "performance.csv",
+    "persistent": "persistent_mispredictions.csv",
+    "influencers": "consistent_influencers.csv",
+    "candidates": "shared_mislabel_candidates.csv",
+    "statistics": "influence_statistics.csv",
+    "pairs": "confused_pairs.csv",
+    "cleaning": "cleaning.csv",
+    "registry": "version_registry.json",
+    "performance_plot": "performance.png",
+    "statistics_plot": "influence_statistics.png",
+    "summary": "summary.md",
+}
+VERSION_FILES = {
+    "metrics": "metrics.json",
+    "test_predictions": "predictions/test.parquet",
+    "topk": "influence/top_k_influences.parquet",
+    "inspection": "reports/mislabeled_inspection_report.csv",
+    "train_set": "train_set.parquet",
+    "checkpoints": "model/checkpoints.json",
+    "best_model": "model/best.pt",
+}
+
+
+def write_cross_version(*, versions, manifest_path, out_dir, min_versions, top=50, log):
+    """The cross_version rule's function on version folders (``{name: {"settings", "dir"}}``), its
+    outputs in ``out_dir`` under the rule's names; returns ``{file name: path}``."""
+    inputs = {
+        key: [Path(entry["dir"]) / relative for entry in versions.values()]
+        for key, relative in VERSION_FILES.items()
+    }
+    inputs["manifest"] = manifest_path
+    outputs = {key: Path(out_dir) / name for key, name in FILES.items()}
+    params = {
+        "versions": list(versions),
+        "settings": {name: entry["settings"] for name, entry in versions.items()},
+        "min_versions": min_versions,
+        "top": top,
+    }
+    cross_version(inputs, outputs, params, log=log)
+    return {path.name: path for path in outputs.values()}
 
 
 TRAIN_SETS = {"v1": {}, "v2": {"relabel": {2: 1}}, "v3": {"drop": [8]}}
@@ -429,14 +472,14 @@ def test_plots_are_pngs(tmp_path):
     names = ("v1", "v2", "v3")
     metrics = {n: make_metrics(TEST_PRED[n], *VAL[n]) for n in names}
     performance = performance_table(metrics, predictions_of(*names))
-    plot_performance(performance, tmp_path / "performance.png")
+    save_figure(plot_performance(performance), tmp_path / "performance.png")
     assert_png(tmp_path / "performance.png")
     statistics = influence_statistics({n: make_topk(TOPK_ROWS[n]) for n in names})
     # A kind without rows has no statistics: the plot leaves it out instead of failing.
     statistics.loc[(statistics["version"] == "v3") & (statistics["kind"] == "opponent"), "mean"] = (
         np.nan
     )
-    plot_influence_statistics(statistics, tmp_path / "stats.png")
+    save_figure(plot_influence_statistics(statistics), tmp_path / "stats.png")
     assert_png(tmp_path / "stats.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["performance.png", "stats.png"]
 
@@ -468,6 +511,7 @@ def test_summary_caps_long_tables(manifest):
         pairs=confused_pairs(metrics, CLASSES),
         min_versions=1,
         top=5,
+        files=FILES,
         max_rows=2,
     )
     assert "(1 more in persistent_mispredictions.csv)" in text

@@ -4,16 +4,11 @@ import pytest
 from conftest import BAD_FILES, CONVERTED_FILES, make_plain_folder
 from PIL import Image
 
-from tracinflow.data import (
-    DataError,
-    build_cache,
-    find_duplicates,
-    scan_image_folder,
-    split_images,
-    split_rows,
-    split_summary,
-)
-from tracinflow.images import load_for_cache, to_rgb
+from tracinflow.data import DataError
+from tracinflow.data.images import load_for_cache, to_rgb
+from tracinflow.data.scan import find_duplicates, scan_image_folder
+from tracinflow.data.split import split_images, split_rows, split_summary
+from tracinflow.stages.data import write_cache
 
 EXTENSIONS = [".jpg", ".jpeg", ".png"]
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -148,7 +143,7 @@ def test_cache_matches_a_direct_pil_decode_and_resize(messy_folder, tmp_path):
     for split in ("train", "test"):
         out = tmp_path / f"{split}.npy"
         assert (
-            build_cache(manifest, messy_folder, split, 12, out, workers=2)
+            write_cache(manifest, messy_folder, split, 12, out, workers=2)
             == (manifest["split"] == split).sum()
         )
         cache = np.load(out, mmap_mode="r")
@@ -178,13 +173,14 @@ def test_cache_refuses_a_file_changed_since_the_manifest(tmp_path):
     Image.new("RGB", (5, 5), "red").save(root / changed)
     out = tmp_path / "test.npy"
     with pytest.raises(DataError, match="changed since the manifest"):
-        build_cache(manifest, root, "test", 8, out)
+        write_cache(manifest, root, "test", 8, out)
     assert not out.exists()  # no half-written cache under the final name
     assert not list(tmp_path.glob(".test.npy*"))
 
 
 def test_cache_rows_reads_only_the_chosen_rows_in_cache_order(tmp_path):
-    from tracinflow.data import CacheRows, load_cache
+    from tracinflow.data.cache import CacheRows
+    from tracinflow.stages.common import load_cache
 
     images = np.arange(6 * 2 * 2 * 3, dtype=np.uint8).reshape(6, 2, 2, 3)
     np.save(tmp_path / "train.npy", images)
@@ -200,7 +196,7 @@ def test_cache_rows_reads_only_the_chosen_rows_in_cache_order(tmp_path):
 
 
 def test_train_set_rows_follow_the_cache_and_skip_dropped_images():
-    from tracinflow.data import DataError, train_set_rows
+    from tracinflow.data.train_set import train_set_rows
 
     manifest = pd.DataFrame(
         {"idx": [0, 1, 2, 3, 4, 5], "label": [0, 1, 0, 1, 0, 1],

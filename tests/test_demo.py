@@ -3,13 +3,14 @@ import pytest
 from conftest import make_fake_fashion_mnist, write_idx
 from PIL import Image
 
-from tracinflow.demo import (
-    FASHION_MNIST_FOLDERS,
-    read_idx,
-    stratified_pick,
-    write_digits_demo,
-    write_fashion_mnist_demo,
-)
+from tracinflow.data.demo import FASHION_MNIST_FOLDERS, stratified_pick
+from tracinflow.stages.data import make_demo_dataset, read_idx
+
+
+def make_demo(inputs, out, source, per_class, seed=0):
+    """The make_demo_dataset rule's function, as the rule calls it."""
+    demo = {"source": source, "images_per_class": per_class, "seed": seed}
+    return make_demo_dataset(inputs, {"root": out}, {"demo": demo}, log=lambda line: None)
 
 
 def test_read_idx_round_trips_and_rejects_garbage(tmp_path):
@@ -33,7 +34,11 @@ def test_fashion_mnist_demo_writes_rgb_pngs_in_image_folder_layout(tmp_path):
     images = read_idx(raw / "train-images-idx3-ubyte.gz")
     labels = read_idx(raw / "train-labels-idx1-ubyte.gz")
     out = tmp_path / "demo"
-    assert write_fashion_mnist_demo(raw, out, per_class=4, seed=0) == 40
+    inputs = {
+        "images": raw / "train-images-idx3-ubyte.gz",
+        "labels": raw / "train-labels-idx1-ubyte.gz",
+    }
+    assert make_demo(inputs, out, "fashion_mnist", per_class=4) == 40
     assert sorted(p.name for p in out.iterdir()) == sorted(FASHION_MNIST_FOLDERS)
     for folder in FASHION_MNIST_FOLDERS:
         files = sorted((out / folder).glob("*.png"))
@@ -48,7 +53,7 @@ def test_fashion_mnist_demo_writes_rgb_pngs_in_image_folder_layout(tmp_path):
 
 
 def test_digits_demo(tmp_path):
-    assert write_digits_demo(tmp_path / "digits", per_class=3, seed=0) == 30
+    assert make_demo({}, tmp_path / "digits", "digits", per_class=3) == 30
     files = sorted((tmp_path / "digits").rglob("*.png"))
     assert len(files) == 30
     with Image.open(files[0]) as image:

@@ -10,16 +10,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from tracinflow.factors import (
-    Progress,
-    extract_factors,
+from tracinflow.influence.factors import extract_factors
+from tracinflow.stages.factor_store import (
     extract_to_dir,
     is_complete,
     load_factor_dir,
-    log_progress,
     write_factor_dir,
 )
-from tracinflow.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
+from tracinflow.train.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
 
 K = 4
 HEAD_LAYERS = ("fc.0", "fc.2", "fc.4")
@@ -202,27 +200,27 @@ def test_float32_model_and_bf16_autocast_store_float32():
         np.testing.assert_allclose(approx.err[layer], exact.err[layer], rtol=0.1, atol=0.05)
 
 
-def test_progress_reports_batches_rate_and_eta(capsys):
+def test_progress_reports_images_rate_and_eta(tmp_path):
     images, labels = make_data(10)
     model, loss_fn = make_model(0), make_loss(labels)
-    seen: list[Progress] = []
+    lines: list[str] = []
     extract_factors(
-        model,
-        batches(images, labels),
-        loss_fn,
-        device="cpu",
-        progress=seen.append,
-        progress_every=2,
+        model, batches(images, labels), loss_fn, device="cpu", log=lines.append, progress_every=0
     )
-    assert [p.done for p in seen] == [2, 3]
-    assert seen[-1].items == seen[-1].items_total == 10
-    line = str(seen[0])
-    assert line.startswith("batch 2/3,") and "images/s" in line and "ETA" in line
-    report = log_progress(min_interval_s=3600)
-    for p in seen:
-        report(p)
-    printed = capsys.readouterr().err.splitlines()
-    assert printed == [str(seen[0]), str(seen[1])]  # first, then the final one despite the interval
+    # one line per batch of 4, 4, 2 images, counting images, with a rate and an ETA
+    assert [line.split(" images")[0] for line in lines] == [
+        "factors: 4/10",
+        "factors: 8/10",
+        "factors: 10/10",
+    ]
+    assert all("images/s" in line and "elapsed" in line and "ETA" in line for line in lines)
+    # with a long interval only the final line comes, despite the interval
+    quiet: list[str] = []
+    extract_to_dir(
+        model, batches(images, labels), loss_fn, tmp_path / "f", epoch=1, lr=0.1,
+        log=quiet.append, label="factors train", progress_every=3600,
+    )  # fmt: skip
+    assert len(quiet) == 1 and quiet[0].startswith("factors train: 10/10 images (100%)")
 
 
 def loader(images, labels, idx, batch_size=4):

@@ -13,20 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tracinflow.factors import Factors, extract_factors, load_factor_dir, write_factor_dir
-from tracinflow.influence import (
-    block_shape,
-    merge_topk,
-    score_block,
-    self_influence,
-    self_influence_scores,
-    shard_filename,
-    shard_topk,
-    tile_rows,
-    topk_influence,
-    write_shard,
-)
-from tracinflow.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
+from tracinflow._util.files import write_parquet
+from tracinflow.influence.factors import Factors, extract_factors
+from tracinflow.influence.kernel import COLUMNS, block_shape, score_block, topk_influence
+from tracinflow.influence.self_influence import self_influence, self_influence_scores
+from tracinflow.influence.shards import merge_topk, tile_rows
+from tracinflow.stages.factor_store import load_checkpoints, load_factor_dir, write_factor_dir
+from tracinflow.stages.influence import shard_topk
+from tracinflow.train.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
 
 K = 4
 HEAD_LAYERS = ("fc.0", "fc.2", "fc.4")
@@ -73,6 +67,12 @@ def brute_force_scores(models, lrs, loss_fn, x_test, y_test, x_train, y_train, l
 
 @pytest.fixture(scope="module")
 def setup():
+    return checkpoints_and_samples()
+
+
+def checkpoints_and_samples():
+    """Three float64 checkpoints of TinyNet, the project's loss with class weights on, 7 test and
+    13 training samples."""
     g = torch.Generator().manual_seed(0)
     x_train = torch.randn(13, 3, 6, 6, generator=g, dtype=torch.float64)
     y_train = torch.randint(0, K, (13,), generator=g)
@@ -187,7 +187,7 @@ def test_self_influence_ties_rank_lower_idx_first_and_columns_name_epochs(tmp_pa
         {"fc.4": True},
     )
     write_factor_dir(tmp_path / "e7", f, epoch=7, lr=0.25, loss={})
-    frame = self_influence([tmp_path / "e7"], per_checkpoint=True)
+    frame = self_influence(load_checkpoints([tmp_path / "e7"]), per_checkpoint=True)
     assert "self_influence_epoch_007" in frame.columns
     tied = frame[frame["train_idx"].isin([3, 1])]
     assert list(tied["train_idx"]) == [1, 3] and tied["rank"].diff().iloc[1] == 1
@@ -343,10 +343,14 @@ def test_sharded_topk_merges_to_the_unsharded_result_exactly(p, T, R, dtype):
         root = Path(tmp)
         test_dirs = write_folders(root, "test", test, lrs)
         train_dirs = write_folders(root, "train", train, lrs)
-        whole = topk_influence(test_dirs, train_dirs, k, device="cpu", block=block)
+        whole = topk_influence(
+            load_checkpoints(test_dirs), load_checkpoints(train_dirs), k, device="cpu", block=block
+        )
         assert whole["influence"].dtype == dtype
         # the unsharded result is the whole-row sort of the (same-grid) dense scores
-        dense = score_block(test_dirs, train_dirs, device="cpu", block=block)
+        dense = score_block(
+            load_checkpoints(test_dirs), load_checkpoints(train_dirs), device="cpu", block=block
+        )
         pd.testing.assert_frame_equal(
             whole, reference_topk(dense, np.arange(n_test), train_idx, k), check_exact=True
         )
@@ -362,7 +366,8 @@ def test_sharded_topk_merges_to_the_unsharded_result_exactly(p, T, R, dtype):
                     device="cpu",
                     block=block,
                 )
-                path = write_shard(frame, root / "shards" / shard_filename(t, r))
+                path = root / "shards" / f"t{t}_r{r}.parquet"
+                write_parquet(path, frame[COLUMNS])
                 shards.append(pd.read_parquet(path))
         merged = merge_topk(shards, k)
         pd.testing.assert_frame_equal(merged, whole, check_exact=True)
@@ -393,10 +398,15 @@ def test_memory_budget_sets_the_block_and_progress_counts_sub_tiles():
     dims = {"fc.4": (3, 2)}
     test = random_factors(rng, 10, np.arange(10), dims, 1, False, np.float32)
     train = random_factors(rng, 20, np.arange(20), dims, 1, False, np.float32)
-    seen = []
-    topk_influence(test, train, 3, [1.0], device="cpu", block=(4, 8), progress=seen.append)
-    assert [s.done for s in seen] == list(range(1, 3 * 3 + 1)) and seen[-1].total == 9
-    assert seen[-1].items == seen[-1].items_total == 200 and "sub-tile 9/9" in str(seen[-1])
+    lines = []
+    topk_influence(
+        test, train, 3, [1.0], device="cpu", block=(4, 8), log=lines.append, progress_every=0
+    )
+    # one line per sub-tile (grid block pair): 3 x 3 of them, test blocks of 4, 4, 2 rows against
+    # train blocks of 8, 8, 4 rows, counting the pairs scored so far
+    done = [int(line.split(": ")[1].split("/")[0]) for line in lines]
+    assert done == [32, 64, 80, 112, 144, 160, 176, 192, 200]
+    assert lines[-1].startswith("scores: 200/200 pairs (100%)") and "ETA" in lines[-1]
 
 
 def test_merge_keeps_k_and_tile_rows_cover_every_row_once():
@@ -423,18 +433,23 @@ def test_lrs_come_from_meta_and_mismatches_are_refused(tmp_path):
     test_dirs = write_folders(tmp_path, "test", test, [0.1, 0.2])
     train_dirs = write_folders(tmp_path, "train", train, [0.1, 0.2])
     np.testing.assert_array_equal(
-        score_block(test_dirs, train_dirs, device="cpu"),
+        score_block(load_checkpoints(test_dirs), load_checkpoints(train_dirs), device="cpu"),
         score_block(test, train, [0.1, 0.2], device="cpu"),
     )
     bad = write_folders(tmp_path / "bad", "train", train, [0.1, 0.3])
     with pytest.raises(ValueError, match="disagree on lr"):
-        score_block(test_dirs, bad, device="cpu")
+        score_block(load_checkpoints(test_dirs), load_checkpoints(bad), device="cpu")
     with pytest.raises(ValueError, match="pass lrs"):
         score_block(test, train, device="cpu")
     with pytest.raises(ValueError, match="2 test checkpoints but 1 train"):
         score_block(test, train[:1], [0.1, 0.2], device="cpu")
     with pytest.raises(ValueError, match="epoch"):
-        score_block(test_dirs, train_dirs[::-1], [0.1, 0.2], device="cpu")
+        score_block(
+            load_checkpoints(test_dirs),
+            load_checkpoints(train_dirs[::-1]),
+            [0.1, 0.2],
+            device="cpu",
+        )
     nan = random_factors(rng, 5, np.arange(5), dims, 2, False, np.float64)
     nan[1].err["fc.4"][2, 0] = np.nan
     with pytest.raises(ValueError, match="non-finite"):

@@ -10,19 +10,30 @@ import torch
 import torchvision
 from torch import nn
 
-from tracinflow.model import (
+from tracinflow.stages.checkpoints import (
+    fetch_weights,
+    load_checkpoint,
+    read_backbone_weights,
+    save_checkpoint,
+)
+from tracinflow.train.model import (
     ARCHS,
     build_model,
+    checkpoint_dict,
     create_model,
-    download_weights,
     features,
     head_linear_layers,
-    load_checkpoint,
     make_arch,
-    save_checkpoint,
     to_input,
     weights_url,
 )
+
+
+def create_pretrained(arch):
+    """The model of ``arch`` with its backbone read from the file ``arch["pretrained"]`` names, as
+    the train_model stage builds it."""
+    return create_model(arch, read_backbone_weights(arch["pretrained"], arch["name"]))
+
 
 FEATURES = {"small_resnet": 64, "resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
@@ -69,7 +80,9 @@ def test_checkpoint_round_trip_is_bit_identical(tmp_path):
         model(torch.randn(8, 3, 16, 16))
     model.eval()
     path = tmp_path / "m.pt"
-    save_checkpoint(path, model, arch, epoch=3, lr_head=2e-4, loss={"label_smoothing": 0.1})
+    save_checkpoint(
+        path, checkpoint_dict(model, arch, epoch=3, lr_head=2e-4, loss={"label_smoothing": 0.1})
+    )
 
     raw = torch.load(path, weights_only=True)  # plain tensors and containers only
     assert raw["arch"] == arch and raw["epoch"] == 3 and raw["loss"] == {"label_smoothing": 0.1}
@@ -98,7 +111,7 @@ def test_pretrained_backbone_is_loaded_and_head_replaced(tmp_path):
     path, state = _fake_weights(tmp_path)
     arch = make_arch("resnet18", 3, pretrained=str(path))
     torch.manual_seed(0)
-    model = create_model(arch)
+    model = create_pretrained(arch)
     own = model.state_dict()
     for key, value in state.items():
         if not key.startswith("fc."):
@@ -110,7 +123,7 @@ def test_missing_pretrained_file_names_file_and_url(tmp_path):
     path = tmp_path / "weights" / "resnet50-imagenet1k-v1.pth"
     arch = make_arch("resnet50", 3, pretrained=str(path))
     with pytest.raises(FileNotFoundError) as info:
-        create_model(arch)
+        create_pretrained(arch)
     message = str(info.value)
     assert str(path) in message
     assert torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url in message
@@ -122,19 +135,19 @@ def test_mismatched_pretrained_file_is_a_clear_error(tmp_path):
     with pytest.raises(
         ValueError, match=r"do not match model.arch 'resnet34'.*missing keys: layer"
     ):
-        create_model(make_arch("resnet34", 3, pretrained=str(path)))
+        create_pretrained(make_arch("resnet34", 3, pretrained=str(path)))
 
     state = dict(state)
     state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
     bad = tmp_path / "bad.pth"
     torch.save(state, bad)
     with pytest.raises(ValueError, match=r"shape keys: conv1.weight: file \(64, 3, 3, 3\)"):
-        create_model(make_arch("resnet18", 3, pretrained=str(bad)))
+        create_pretrained(make_arch("resnet18", 3, pretrained=str(bad)))
 
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="cannot read pretrained weights"):
-        create_model(make_arch("resnet18", 3, pretrained=str(garbage)))
+        create_pretrained(make_arch("resnet18", 3, pretrained=str(garbage)))
 
 
 def test_download_failure_names_url_and_destination(tmp_path, monkeypatch):
@@ -144,12 +157,12 @@ def test_download_failure_names_url_and_destination(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     dest = tmp_path / "resources" / "weights" / "resnet50-imagenet1k-v1.pth"
     with pytest.raises(RuntimeError) as info:
-        download_weights("resnet50", dest)
+        fetch_weights("resnet50", dest)
     message = str(info.value)
     assert weights_url("resnet50") in message and str(dest) in message
     assert not dest.exists() and not list(dest.parent.glob("*"))
     with pytest.raises(ValueError, match="no published ImageNet weights"):
-        download_weights("small_resnet", dest)
+        fetch_weights("small_resnet", dest)
 
 
 def test_to_input_normalises_uint8_nhwc():
@@ -161,3 +174,9 @@ def test_to_input_normalises_uint8_nhwc():
     std = np.array([0.229, 0.224, 0.225])
     expected = (images.numpy() / 255.0 - mean) / std
     np.testing.assert_allclose(x.permute(0, 2, 3, 1).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_pretrained_arch_without_its_weights_is_an_error_not_a_random_start(tmp_path):
+    path, _ = _fake_weights(tmp_path)
+    with pytest.raises(ValueError, match="pass its state dict"):
+        create_model(make_arch("resnet18", 3, pretrained=str(path)))

@@ -7,21 +7,40 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tracinflow.io import write_parquet
-from tracinflow.noise import (
+from tracinflow._util.files import save_figure, write_parquet
+from tracinflow.analysis.detection import (
     DETECTION_COLUMNS,
+    detection_curve,
+    detection_table,
+    found_at,
+    inspected_count,
+    random_scores,
+)
+from tracinflow.data.train_set import (
     TRAIN_SET_COLUMNS,
     apply_cleaning,
     build_train_set,
-    detection_curve,
-    detection_table,
     flip_labels,
-    found_at,
-    inspected_count,
-    plot_detection,
-    random_scores,
-    write_noise_detection,
 )
+from tracinflow.plots.detection import plot_detection
+from tracinflow.stages.reports import noise_detection
+
+
+def write_noise_detection(
+    *, train_set_path, self_influence_path, train_predictions_path, out_csv, out_png, default,
+    error_self_influence_path=None, seed=0, log,
+):  # fmt: skip
+    """The noise_detection rule's function, called as the rule calls it."""
+    inputs = {
+        "train_set": train_set_path,
+        "self_influence": self_influence_path,
+        "train": train_predictions_path,
+    }
+    if error_self_influence_path is not None:
+        inputs["error_self_influence"] = error_self_influence_path
+    outputs = {"table": out_csv, "plot": out_png}
+    return noise_detection(inputs, outputs, {"default": default, "seed": seed}, log=log)
+
 
 K = 5
 
@@ -370,11 +389,11 @@ def test_plot_detection_writes_a_png(tmp_path):
         "random": detection_curve(random_scores(10, 0), FLIPPED),
     }
     path = tmp_path / "sub" / "detection.png"
-    plot_detection(curves, path, default="example", title="test")
+    save_figure(plot_detection(curves, default="example", title="test"), path)
     _assert_png(path)
     assert [p.name for p in path.parent.iterdir()] == ["detection.png"]  # no temporary left
     with pytest.raises(ValueError, match="default"):
-        plot_detection(curves, tmp_path / "x.png", default="loss", title="test")
+        plot_detection(curves, default="loss", title="test")
 
 
 # --------------------------------------------------------------------------------------------------

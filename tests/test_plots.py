@@ -7,19 +7,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tracinflow.io import write_parquet
-from tracinflow.plots import (
-    DPI,
-    load_thumbnail,
-    misprediction_gallery,
+from tracinflow._util.files import save_figure, write_parquet
+from tracinflow.data.images import Thumbnails, load_thumbnail
+from tracinflow.plots.dashboards import (
     plot_class_influence_heatmap,
     plot_influence_distributions,
     plot_self_influence_distribution,
     plot_top_influencers,
-    suspects_gallery,
-    write_galleries,
-    write_version_plots,
 )
+from tracinflow.plots.figure import DPI
+from tracinflow.plots.galleries import misprediction_gallery, suspects_gallery
+from tracinflow.stages.reports import report_galleries, report_plots
 
 CLASSES = ["cat", "dog", "frog"]
 # Solid colours planted in the image files; none of them is a matplotlib default colour.
@@ -39,6 +37,11 @@ def png(path) -> np.ndarray:
     with Image.open(path) as image:
         image.load()
         return np.asarray(image.convert("RGB"))
+
+
+def drawn(figure, path):
+    """A figure saved as the stages save it; returns the path."""
+    return save_figure(figure, path)
 
 
 def size_of(pixels: np.ndarray) -> tuple[int, int]:
@@ -195,38 +198,40 @@ def dataset(tmp_path):
 # --- dashboards ----------------------------------------------------------------------------------
 
 
-def test_write_version_plots_writes_the_four_dashboards(dataset):
+def test_report_plots_writes_the_four_dashboards(dataset):
     out = dataset["results"] / "reports" / "dashboards"
     messages = []
-    written = write_version_plots(
-        reports_dir=dataset["reports"],
-        topk_path=dataset["results"] / "topk.parquet",
-        test_predictions_path=dataset["results"] / "test.parquet",
-        manifest_path=dataset["results"] / "manifest.parquet",
-        out_dir=out,
-        n_suspects=3,
-        top_n=10,
-        log=messages.append,
-    )
+    reports, results = dataset["reports"], dataset["results"]
+    inputs = {
+        "manifest": results / "manifest.parquet",
+        "test": results / "test.parquet",
+        "topk": results / "topk.parquet",
+        "inspection": reports / "mislabeled_inspection_report.csv",
+        "influential": reports / "influential_samples.csv",
+        "class_influence": reports / "class_influence.csv",
+    }
+    # the report_plots rule's outputs, by the names the rule gives them
+    written = {
+        "distributions": out / "influence_distributions.png",
+        "top_influencers": out / "top_influencers.png",
+        "heatmap": out / "class_influence_heatmap.png",
+        "self_influence": out / "self_influence_distribution.png",
+    }
+    report_plots(inputs, written, {"suspects": 3, "top_n": 10}, log=messages.append)
     assert sorted(p.name for p in out.iterdir()) == [
         "class_influence_heatmap.png",
         "influence_distributions.png",
         "self_influence_distribution.png",
         "top_influencers.png",
     ]
-    assert {k: v.name for k, v in written.items()} == {
-        "influence_distributions": "influence_distributions.png",
-        "top_influencers": "top_influencers.png",
-        "class_influence_heatmap": "class_influence_heatmap.png",
-        "self_influence_distribution": "self_influence_distribution.png",
-    }
     assert len(messages) == 4
+    assert all(any(str(path) in m for m in messages) for path in written.values())
     # 3 classes: 8 x 6 in; 7 bars: 10 x max(1.6 + 0.28 * 7 -> 3.75, 3.5); heat map (6 + 1.5) x 6
     expected = {
-        "influence_distributions": (px(8), px(6)),
+        "distributions": (px(8), px(6)),
         "top_influencers": (px(10), px(3.75)),
-        "class_influence_heatmap": (px(7.5), px(6)),
-        "self_influence_distribution": (px(9), px(5)),
+        "heatmap": (px(7.5), px(6)),
+        "self_influence": (px(9), px(5)),
     }
     for name, path in written.items():
         assert size_of(png(path)) == expected[name], name
@@ -243,10 +248,13 @@ def test_influence_distributions_draw_both_kinds(tmp_path):
         }
     )
     labels = pd.Series({1: 0, 2: 0, 3: 1})
-    both = png(plot_influence_distributions(topk, labels, ["ant", "bee"], tmp_path / "both.png"))
+    both = png(
+        drawn(plot_influence_distributions(topk, labels, ["ant", "bee"]), tmp_path / "both.png")
+    )
     only = png(
-        plot_influence_distributions(
-            topk[topk["kind"] == "proponent"], labels, ["ant", "bee"], tmp_path / "only.png"
+        drawn(
+            plot_influence_distributions(topk[topk["kind"] == "proponent"], labels, ["ant", "bee"]),
+            tmp_path / "only.png",
         )
     )
     assert size_of(both) == (px(8), px(6))
@@ -260,7 +268,7 @@ def test_top_influencers_size_and_colours(dataset, tmp_path):
     influential = pd.read_csv(dataset["reports"] / "influential_samples.csv")
     many = pd.concat([influential] * 4, ignore_index=True)
     many["train_idx"] = np.arange(len(many))
-    path = plot_top_influencers(many, tmp_path / "top.png", n=10)
+    path = drawn(plot_top_influencers(many, n=10), tmp_path / "top.png")
     pixels = png(path)
     # 16 positive -> 10 bars, 12 negative -> 10 bars: 1.6 + 0.28 * 20 = 7.2 -> 7.25 in
     assert size_of(pixels) == (px(10), px(7.25))
@@ -268,14 +276,14 @@ def test_top_influencers_size_and_colours(dataset, tmp_path):
     red = colour_mask(pixels, (222, 82, 83), tol=8).sum()  # "#d62728" at alpha 0.8
     assert blue > 1000 and red > 1000
     only_helpful = png(
-        plot_top_influencers(many[many["influence_sum"] > 0], tmp_path / "helpful.png", n=10)
+        drawn(plot_top_influencers(many[many["influence_sum"] > 0], n=10), tmp_path / "helpful.png")
     )
     assert colour_mask(only_helpful, (222, 82, 83), tol=8).sum() < red / 10
 
 
 def test_heatmap_is_diverging_around_zero(tmp_path):
     frame = pd.DataFrame({"train_class": ["a", "b"], "a": [4.0, -4.0], "b": [0.0, 1.0]})
-    pixels = png(plot_class_influence_heatmap(frame, tmp_path / "heat.png"))
+    pixels = png(drawn(plot_class_influence_heatmap(frame), tmp_path / "heat.png"))
     assert size_of(pixels) == (px(7.5), px(6))
     # RdBu ends: +max is dark blue, -max dark red (a cell is ~100k px, the colour bar's end ~1k)
     white = (247, 247, 247)  # RdBu's centre
@@ -284,7 +292,10 @@ def test_heatmap_is_diverging_around_zero(tmp_path):
     assert colour_mask(pixels, white, tol=2).sum() > 20_000  # the 0 cell
     # centred at 0, not at the minimum: with no negative value, 0 is still white and no cell red
     shifted = png(
-        plot_class_influence_heatmap(frame.assign(a=[4.0, 0.0], b=[2.0, 1.0]), tmp_path / "h2.png")
+        drawn(
+            plot_class_influence_heatmap(frame.assign(a=[4.0, 0.0], b=[2.0, 1.0])),
+            tmp_path / "h2.png",
+        )
     )
     assert colour_mask(shifted, (103, 0, 31), tol=4).sum() < 2_000
     assert colour_mask(shifted, white, tol=2).sum() > 20_000
@@ -310,8 +321,8 @@ def test_dashboards_render_for_few_and_many_classes(tmp_path, k):
     )
     heat = pd.DataFrame(rng.normal(size=(k, k)), columns=names)
     heat.insert(0, "train_class", names)
-    dist = png(plot_influence_distributions(topk, labels, names, tmp_path / "dist.png"))
-    heatmap = png(plot_class_influence_heatmap(heat, tmp_path / "heat.png"))
+    dist = png(drawn(plot_influence_distributions(topk, labels, names), tmp_path / "dist.png"))
+    heatmap = png(drawn(plot_class_influence_heatmap(heat), tmp_path / "heat.png"))
     width = min(max(3 + 0.5 * k, 8), 30)
     side = min(max(2.5 + 0.55 * k, 6), 26)
     assert size_of(dist) == (px(width), px(6))
@@ -320,19 +331,26 @@ def test_dashboards_render_for_few_and_many_classes(tmp_path, k):
 
 def test_self_influence_marks_the_suspects(dataset, tmp_path):
     inspection = pd.read_csv(dataset["reports"] / "mislabeled_inspection_report.csv")
-    marked = png(plot_self_influence_distribution(inspection, tmp_path / "a.png", n_suspects=3))
-    plain = png(plot_self_influence_distribution(inspection, tmp_path / "b.png", n_suspects=0))
+    marked = png(
+        drawn(plot_self_influence_distribution(inspection, n_suspects=3), tmp_path / "a.png")
+    )
+    plain = png(
+        drawn(plot_self_influence_distribution(inspection, n_suspects=0), tmp_path / "b.png")
+    )
     assert size_of(marked) == size_of(plain) == (px(9), px(5))
     red = colour_mask(marked, SUSPECT_RED, tol=8).sum()
     assert red > 300
     assert colour_mask(plain, SUSPECT_RED, tol=8).sum() < red / 10
     # negative values (no log axis) and a single value both render
     png(
-        plot_self_influence_distribution(
-            inspection.assign(self_influence=[-1.0, 0.0, 1.0, 2.0, 3.0]), tmp_path / "c.png"
+        drawn(
+            plot_self_influence_distribution(
+                inspection.assign(self_influence=[-1.0, 0.0, 1.0, 2.0, 3.0])
+            ),
+            tmp_path / "c.png",
         )
     )
-    png(plot_self_influence_distribution(inspection.head(1), tmp_path / "d.png"))
+    png(drawn(plot_self_influence_distribution(inspection.head(1)), tmp_path / "d.png"))
 
 
 # --- galleries -----------------------------------------------------------------------------------
@@ -370,7 +388,10 @@ def test_misprediction_gallery_shows_the_original_images(dataset, tmp_path):
         "confidence": 0.9,
     }
     pixels = png(
-        misprediction_gallery(test_row, proponents, opponents, dataset["root"], tmp_path / "g.png")
+        drawn(
+            misprediction_gallery(test_row, proponents, opponents, Thumbnails(dataset["root"])),
+            tmp_path / "g.png",
+        )
     )
     # thumb 128: cell 1.75 x 2.25 in; (5 + 2) cells wide, 2 rows + 0.75 in
     assert size_of(pixels) == (px(7 * 1.75), px(2 * 2.25 + 0.75))
@@ -394,26 +415,36 @@ def test_misprediction_gallery_shows_the_original_images(dataset, tmp_path):
     # a missing test image and no candidates at all still give a picture
     empty = proponents.iloc[0:0]
     test_row["path"] = "cat/nowhere.png"
-    lone = png(misprediction_gallery(test_row, empty, empty, dataset["root"], tmp_path / "e.png"))
+    lone = png(
+        drawn(
+            misprediction_gallery(test_row, empty, empty, Thumbnails(dataset["root"])),
+            tmp_path / "e.png",
+        )
+    )
     assert colour_mask(lone, MISSING_RGB, tol=1).sum() > 5000
     assert colour_mask(lone, PROP_RGB).sum() == 0
 
 
-def test_write_galleries_caps_orders_and_logs(dataset):
+def galleries(dataset, out, *, mispredictions=20, suspects=24, log):
+    """The report_galleries rule's function on the dataset fixture's files."""
+    results, reports = dataset["results"], dataset["reports"]
+    inputs = {
+        "manifest": results / "manifest.parquet",
+        "test": results / "test.parquet",
+        "cross": reports / "misprediction_cross_analysis.csv",
+        "inspection": reports / "mislabeled_inspection_report.csv",
+        "root": dataset["root"],
+    }
+    settings = {"mispredictions": mispredictions, "suspects": suspects, "thumbnail_px": 128}
+    return report_galleries(inputs, {"galleries": out}, {"galleries": settings}, log=log)
+
+
+def test_report_galleries_caps_orders_and_logs(dataset):
     out = dataset["results"] / "reports" / "galleries"
     (out / "mispredictions").mkdir(parents=True)
     (out / "mispredictions" / "test_999.png").write_bytes(b"stale")  # from an earlier run
     messages = []
-    written = write_galleries(
-        reports_dir=dataset["reports"],
-        manifest_path=dataset["results"] / "manifest.parquet",
-        test_predictions_path=dataset["results"] / "test.parquet",
-        dataset_root=dataset["root"],
-        out_dir=out,
-        max_mispredictions=2,
-        n_suspects=24,
-        log=messages.append,
-    )
+    written = galleries(dataset, out, mispredictions=2, suspects=24, log=messages.append)
     folder = out / "mispredictions"
     # the two most confident mistakes: 102 (0.95) and 100 (0.9), not 101 (0.6)
     assert sorted(p.name for p in folder.iterdir()) == ["test_100.png", "test_102.png"]
@@ -440,20 +471,12 @@ def test_write_galleries_caps_orders_and_logs(dataset):
         assert colour_mask(suspects, colour, tol=6).sum() > 1000, colour
 
 
-def test_write_galleries_without_mispredictions_writes_a_readme(dataset):
+def test_report_galleries_without_mispredictions_writes_a_readme(dataset):
     results = dataset["results"]
     predictions = pd.read_parquet(results / "test.parquet")
     write_parquet(results / "test.parquet", predictions.assign(pred=predictions["label"]))
     out = results / "reports" / "galleries"
-    written = write_galleries(
-        reports_dir=dataset["reports"],
-        manifest_path=results / "manifest.parquet",
-        test_predictions_path=results / "test.parquet",
-        dataset_root=dataset["root"],
-        out_dir=out,
-        n_suspects=2,
-        log=lambda _: None,
-    )
+    written = galleries(dataset, out, suspects=2, log=lambda _: None)
     folder = out / "mispredictions"
     assert [p.name for p in folder.iterdir()] == ["README.txt"]
     assert "No mispredicted test images" in (folder / "README.txt").read_text()
@@ -462,23 +485,17 @@ def test_write_galleries_without_mispredictions_writes_a_readme(dataset):
     assert size_of(png(out / "suspects.png")) == (px(4), px(2.25 + 0.5))
 
 
-def test_write_galleries_disabled_says_so(dataset):
+def test_report_galleries_disabled_says_so(dataset):
     results = dataset["results"]
     out = results / "reports" / "galleries"
-    write_galleries(
-        reports_dir=dataset["reports"],
-        manifest_path=results / "manifest.parquet",
-        test_predictions_path=results / "test.parquet",
-        dataset_root=dataset["root"],
-        out_dir=out,
-        max_mispredictions=0,
-        log=lambda _: None,
-    )
+    galleries(dataset, out, mispredictions=0, log=lambda _: None)
     assert [p.name for p in (out / "mispredictions").iterdir()] == ["README.txt"]
     assert "3 mispredicted test images" in (out / "mispredictions" / "README.txt").read_text()
 
 
 def test_suspects_gallery_with_no_suspects(dataset, tmp_path):
     inspection = pd.read_csv(dataset["reports"] / "mislabeled_inspection_report.csv").iloc[0:0]
-    pixels = png(suspects_gallery(inspection, dataset["root"], tmp_path / "s.png"))
+    pixels = png(
+        drawn(suspects_gallery(inspection, Thumbnails(dataset["root"])), tmp_path / "s.png")
+    )
     assert size_of(pixels) == (px(4), px(2.25 + 0.5))

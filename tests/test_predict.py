@@ -7,15 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from tracinflow.io import write_parquet
-from tracinflow.loss import WeightedSmoothedCrossEntropy
-from tracinflow.model import build_model, make_arch
-from tracinflow.predict import (
-    false_predictions,
-    metrics,
-    plot_confusion_matrix,
-    predict_split,
-)
+from tracinflow._util.files import save_figure, write_parquet
+from tracinflow.analysis.metrics import false_predictions, metrics
+from tracinflow.plots.training import plot_confusion_matrix
+from tracinflow.train.loss import WeightedSmoothedCrossEntropy
+from tracinflow.train.model import build_model, make_arch
+from tracinflow.train.predict import predict_split
 
 CLASSES = ["cat", "dog", "horse"]
 
@@ -123,7 +120,7 @@ def test_false_predictions_use_names_and_manifest_paths():
 
 def test_plot_confusion_matrix_writes_png(tmp_path):
     path = tmp_path / "plots" / "confusion.png"
-    plot_confusion_matrix(np.array([[5, 1, 0], [2, 7, 1], [0, 0, 9]]), CLASSES, path)
+    save_figure(plot_confusion_matrix(np.array([[5, 1, 0], [2, 7, 1], [0, 0, 9]]), CLASSES), path)
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
     assert not list(path.parent.glob(".*.tmp"))

@@ -7,22 +7,31 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracinflow import io
-from tracinflow.data import class_names_of
-from tracinflow.reports import (
+from tracinflow._util import files as io
+from tracinflow.analysis.report_text import influence_report_text
+from tracinflow.analysis.reports import (
     CROSS_COLUMNS,
     INFLUENTIAL_COLUMNS,
     INSPECTION_COLUMNS,
     NO_MISPREDICTIONS,
-    REPORT_FILES,
     class_influence,
-    influence_report_text,
     influential_samples,
     mislabeled_inspection,
     misprediction_cross_analysis,
     same_error_rates,
-    write_version_reports,
 )
+from tracinflow.data.split import class_names_of
+from tracinflow.stages.reports import report_tables
+
+# The report_tables rule's outputs, by the names the rule gives them.
+REPORT_FILES = {
+    "cross": "misprediction_cross_analysis.csv",
+    "cross_parquet": "misprediction_cross_analysis.parquet",
+    "inspection": "mislabeled_inspection_report.csv",
+    "influential": "influential_samples.csv",
+    "class_influence": "class_influence.csv",
+    "text": "influence_report.txt",
+}
 
 CLASSES = ["cat", "dog", "horse"]
 
@@ -592,15 +601,15 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
         if mispredicted
         else planted["test_pred"].assign(pred=planted["test_pred"]["label"])
     )
-    inputs = tmp_path / "inputs"
+    folder = tmp_path / "inputs"
     paths = {
-        "manifest": inputs / "manifest.parquet",
-        "train": inputs / "predictions" / "train.parquet",
-        "test": inputs / "predictions" / "test.parquet",
-        "topk": inputs / "influence" / "top_k_influences.parquet",
-        "self": inputs / "influence" / "self_influence.parquet",
-        "checkpoints": inputs / "model" / "checkpoints.json",
-        "metrics": inputs / "metrics.json",
+        "manifest": folder / "manifest.parquet",
+        "train": folder / "predictions" / "train.parquet",
+        "test": folder / "predictions" / "test.parquet",
+        "topk": folder / "influence" / "top_k_influences.parquet",
+        "self": folder / "influence" / "self_influence.parquet",
+        "checkpoints": folder / "model" / "checkpoints.json",
+        "metrics": folder / "metrics.json",
     }
     io.write_parquet(paths["manifest"], planted["manifest"])
     io.write_parquet(paths["train"], planted["train_pred"])
@@ -611,25 +620,16 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
     io.write_json(paths["metrics"], METRICS)
     lines = []
 
-    written = write_version_reports(
-        version="v_planted",
-        manifest_path=paths["manifest"],
-        predictions={"train": paths["train"], "test": paths["test"]},
-        topk_path=paths["topk"],
-        self_influence_path=paths["self"],
-        checkpoints_path=paths["checkpoints"],
-        metrics_path=paths["metrics"],
-        out_dir=tmp_path / "reports",
-        ranking="combined",
-        top_n=3,
-        log=lines.append,
-    )
+    inputs = {key: paths[key] for key in ("manifest", "train", "test", "topk", "checkpoints")}
+    inputs |= {"self_influence": paths["self"], "metrics": paths["metrics"]}
+    written = {name: tmp_path / "reports" / name for name in REPORT_FILES.values()}
+    outputs = {key: written[name] for key, name in REPORT_FILES.items()}
+    params = {"version": "v_planted", "ranking": "combined", "top_n": 3}
+    report_tables(inputs, outputs, params, log=lines.append)
 
-    assert set(written) == set(REPORT_FILES.values())
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == sorted(REPORT_FILES.values())
     assert len(lines) == len(REPORT_FILES)
-    for name, path in written.items():
-        assert path == tmp_path / "reports" / name
+    for path in written.values():
         assert any(str(path) in line for line in lines)
     names = class_names_of(planted["manifest"])
     cross = pd.read_csv(written["misprediction_cross_analysis.csv"])
@@ -654,7 +654,7 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
 
 
 def test_suspicion_scores_of_every_ranking():
-    from tracinflow.reports import RANKINGS, suspicion_scores
+    from tracinflow.analysis.rankings import RANKINGS, suspicion_scores
 
     idx = np.array([3, 1, 2])
     self_influence = pd.DataFrame(

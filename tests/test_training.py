@@ -11,16 +11,21 @@ import pytest
 import torch
 import torchvision
 
-from tracinflow.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
-from tracinflow.model import (
+from tracinflow.stages.checkpoints import load_checkpoint, read_backbone_weights
+from tracinflow.stages.train import fit
+from tracinflow.train.augment import augment
+from tracinflow.train.loss import (
+    WeightedSmoothedCrossEntropy,
+    class_weights_from_labels,
+    loss_from_checkpoint,
+)
+from tracinflow.train.model import (
     backbone_parameters,
     create_model,
     head_parameters,
-    load_checkpoint,
-    loss_from_checkpoint,
     make_arch,
 )
-from tracinflow.training import augment, evaluate, train_epoch, train_model
+from tracinflow.train.trainer import evaluate, train_epoch
 
 CHECKPOINT_FIELDS = {
     "model",
@@ -73,6 +78,25 @@ def settings(**training):
 
 def quiet(_line):
     pass
+
+
+def train_model(train_images, train_labels, val_images, val_labels, num_classes, settings, out_dir,
+                **kwargs):  # fmt: skip
+    """The train_model stage's training on arrays, its files in ``out_dir`` under the names the
+    workflow's rule gives them (epoch_EEE.pt, best.pt, ...)."""
+    out_dir = Path(out_dir)
+    epochs = sorted(set(settings["training"]["stage2"]["checkpoint_epochs"]))
+    files = {
+        "epochs": [out_dir / f"epoch_{epoch:03d}.pt" for epoch in epochs],
+        "checkpoints": out_dir / "checkpoints.json",
+        "best": out_dir / "best.pt",
+        "history": out_dir / "history.csv",
+        "curves": out_dir / "training_curves.png",
+    }
+    return fit(
+        train_images, train_labels, val_images, val_labels, num_classes, settings, files,
+        out_dir / ".training", **kwargs,
+    )  # fmt: skip
 
 
 # --- the loss -----------------------------------------------------------------------------------
@@ -159,7 +183,7 @@ def test_stage1_leaves_backbone_weights_and_buffers_bit_identical(tmp_path):
             log=quiet,
             epoch_callback=kill_at(1, 2),
         )
-    after = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    after = torch.load(tmp_path / ".training/train_state.pt", weights_only=True)
     assert after["progress"]["stage"] == 2 and after["progress"]["epoch"] == 0
 
     arch = make_arch("small_resnet", 3, hidden=[32, 16], width=8, image_size=(16, 16))
@@ -210,10 +234,12 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     for stage, epoch in ((1, 1), (1, 2), (2, 1), (2, 3)):
         with pytest.raises(Kill):
             train_model(*args, resumed_dir, log=quiet, epoch_callback=kill_at(stage, epoch))
-        assert (resumed_dir / "train_state.pt").exists()
+        assert (resumed_dir / ".training/train_state.pt").exists()
+        # a killed run leaves no model file in place that looks complete, only its scratch
+        assert sorted(p.name for p in resumed_dir.iterdir()) == [".training"]
     resumed = train_model(*args, resumed_dir, log=lines.append)
     assert any("resuming from train_state.pt: stage 2, epoch 3 done" in line for line in lines)
-    assert not (resumed_dir / "train_state.pt").exists()
+    assert not (resumed_dir / ".training").exists()
     assert resumed == full
 
     for name in ("epoch_002.pt", "epoch_004.pt", "best.pt"):
@@ -334,7 +360,7 @@ def test_tiny_training_learns_and_writes_every_output(tmp_path):
 
     png = (tmp_path / "training_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert not (tmp_path / "train_state.pt").exists()
+    assert not (tmp_path / ".training").exists()
     assert not list(tmp_path.glob(".*.tmp"))
     assert any(line.startswith("stage 2 epoch 4/4: train loss") and "ETA" in line for line in lines)
     assert any("device cpu, precision float32" in line for line in lines)
@@ -359,7 +385,7 @@ def test_resnet50_with_pretrained_file_runs_a_training_step(tmp_path):
         hidden=model_cfg["head"]["hidden"], negative_slope=model_cfg["head"]["negative_slope"],
         image_size=(224, 224), pretrained=str(path),
     )  # fmt: skip
-    model = create_model(arch)
+    model = create_model(arch, read_backbone_weights(path, "resnet50"))
     assert torch.equal(
         model.state_dict()["layer4.2.bn3.running_var"], weights["layer4.2.bn3.running_var"]
     )

@@ -2,7 +2,9 @@
 of exactly the stale jobs after a setting changes, targeted builds, the SLURM profile's resources
 and the HTML report."""
 
+import contextlib
 import copy
+import os
 
 import pytest
 from conftest import REPO
@@ -190,3 +192,106 @@ def test_a_configfile_on_the_command_line_replaces_the_default_config(tmp_path):
     dry = run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(mine))
     # merged, the run would also train the default config's versions
     assert planned_versions(dry.stdout) == {"v1", "v2", "v3"}
+
+
+# --- every file declared ----------------------------------------------------------------------------
+
+
+def declared_outputs(workdir) -> set[str]:
+    """Every output file of every job, as `snakemake --summary` lists them."""
+    summary = run_snakemake(workdir, "--summary").stdout
+    return {line.split("\t")[0] for line in summary.splitlines()[1:] if line.strip()}
+
+
+def test_every_file_the_run_wrote_is_a_declared_output(tiny_workflow):
+    workdir = tiny_workflow.workdir
+    declared = declared_outputs(workdir)
+    folders = [path for path in declared if (workdir / path).is_dir()]
+    written = [
+        path.relative_to(workdir).as_posix()
+        for path in (workdir / "results").rglob("*")
+        if path.is_file()
+    ]
+    # benchmark tables are declared by each rule's `benchmark:`, which --summary does not list
+    undeclared = [
+        path
+        for path in written
+        if path not in declared
+        and not path.startswith("results/benchmarks/")
+        and not any(path.startswith(f"{folder}/") for folder in folders)
+    ]
+    assert undeclared == []
+    for version in ("v1", "v2", "v3"):  # the checkpoints are outputs, the scratch folder is gone
+        assert f"results/{version}/model/epoch_002.pt" in declared
+        assert not (workdir / f"results/{version}/model/.training").exists()
+    assert "results/cross_version/confused_pairs.csv" in declared
+
+
+@contextlib.contextmanager
+def moved_aside(path):
+    """``path`` gone for the block, then back with its bytes and times (a rename keeps both)."""
+    aside = path.with_name(f".aside.{path.name}")
+    os.replace(path, aside)
+    try:
+        yield
+    finally:
+        os.replace(aside, path)
+
+
+@contextlib.contextmanager
+def replaced(path, data: bytes):
+    """``path`` holding ``data`` (written now, so newer than everything) for the block."""
+    original, times = path.read_bytes(), path.stat()
+    path.write_bytes(data)
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+        os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns))
+
+
+V1_AFTER_FACTORS = {
+    "influence_shard": 4,
+    "merge_topk": 1,
+    "self_influence": 1,
+    "report_tables": 1,
+    "report_plots": 1,
+    "report_galleries": 1,
+    "cross_version": 1,
+    "all": 1,
+}
+
+
+def assert_nothing_to_do(workdir) -> None:
+    dry = run_snakemake(workdir, "-n", "--cores", "1")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_deleting_a_checkpoint_plans_its_retraining_and_everything_downstream(tiny_workflow):
+    workdir = tiny_workflow.workdir
+    with moved_aside(workdir / "results/v1/model/epoch_002.pt"):
+        dry = run_snakemake(workdir, "-n", "--cores", "1").stdout
+    assert planned_versions(dry) == {"v1"}
+    expected = {"train_model": 1, "predict": 1, "extract_factors": 4} | V1_AFTER_FACTORS
+    assert planned_jobs(dry) == expected
+    assert "Missing output files: results/v1/model/epoch_002.pt" in dry
+    assert_nothing_to_do(workdir)  # restored
+
+
+def test_replacing_a_checkpoint_reruns_its_factors_and_what_depends_on_them(tiny_workflow):
+    workdir = tiny_workflow.workdir
+    other = (workdir / "results/v2/model/epoch_003.pt").read_bytes()
+    with replaced(workdir / "results/v1/model/epoch_003.pt", other):
+        dry = run_snakemake(workdir, "-n", "--cores", "1").stdout
+    assert planned_versions(dry) == {"v1"}
+    assert planned_jobs(dry) == {"extract_factors": 2} | V1_AFTER_FACTORS  # train and test split
+    factor_jobs = [job for job in planned_job_blocks(dry) if job["rule"] == "extract_factors"]
+    assert all("epoch=003" in job["wildcards"] for job in factor_jobs)
+    assert_nothing_to_do(workdir)  # restored
+
+
+def test_deleting_a_cross_version_table_plans_cross_version_alone(tiny_workflow):
+    workdir = tiny_workflow.workdir
+    with moved_aside(workdir / "results/cross_version/confused_pairs.csv"):
+        dry = run_snakemake(workdir, "-n", "--cores", "1").stdout
+    assert planned_jobs(dry) == {"cross_version": 1, "all": 1}

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tracinflow.data import split_rows
-from tracinflow.noise import DETECTION_COLUMNS
+from tracinflow.analysis.detection import DETECTION_COLUMNS
+from tracinflow.data.split import split_rows
 
 pytestmark = pytest.mark.workflow
 

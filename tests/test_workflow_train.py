@@ -11,8 +11,11 @@ import yaml
 from conftest import REPO, make_plain_folder
 from snakemake_runs import planned_jobs, run_snakemake, write_config
 
-from tracinflow.data import split_rows, train_set_rows
-from tracinflow.model import load_checkpoint, loss_from_checkpoint, to_input
+from tracinflow.data.split import split_rows
+from tracinflow.data.train_set import train_set_rows
+from tracinflow.stages.checkpoints import load_checkpoint
+from tracinflow.train.loss import loss_from_checkpoint
+from tracinflow.train.model import to_input
 
 pytestmark = pytest.mark.workflow
 

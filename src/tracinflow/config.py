@@ -18,6 +18,9 @@ import yaml
 # Settings shared by every version: one dataset and one split, so that every version is tested on the
 # same untouched test images and accuracies compare honestly.
 GLOBAL_ONLY_KEYS = ("dataset", "split", "versions", "cluster", "cross_version")
+# One list of TracIn checkpoint epochs for every version: train_model declares each checkpoint file
+# as an output, and one rule's outputs are the same patterns for every version.
+SHARED_CHECKPOINT_EPOCHS = ("training", "stage2", "checkpoint_epochs")
 
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -100,12 +103,47 @@ def version_settings(config: dict, schema: dict) -> dict[str, dict]:
                     f"versions.{name}.{key}: '{key}' is shared by all versions (every version is "
                     f"evaluated on the same split); set it at the top level of the config instead"
                 )
+        _refuse_checkpoint_override(name, overrides)
         merged = deep_merge(base, overrides)
         check_against_schema({**merged, "versions": {name: {}}}, schema, prefix=f"versions.{name}")
         settings = with_defaults(merged, schema)
         settings.pop("versions", None)
+        _check_checkpoint_epochs(name, settings)
         resolved[name] = settings
     return resolved
+
+
+def _refuse_checkpoint_override(name: str, overrides: dict) -> None:
+    node = overrides
+    for key in SHARED_CHECKPOINT_EPOCHS:
+        if not isinstance(node, dict) or key not in node:
+            return
+        node = node[key]
+    path = ".".join(SHARED_CHECKPOINT_EPOCHS)
+    raise ConfigError(
+        f"versions.{name}.{path}: the checkpoint epochs are shared by all versions (train_model "
+        f"declares every checkpoint file as an output); set {path} at the top level instead"
+    )
+
+
+def _check_checkpoint_epochs(name: str, settings: dict) -> None:
+    stage2 = settings["training"]["stage2"]
+    last = max(stage2["checkpoint_epochs"])
+    if last > stage2["max_epochs"]:
+        raise ConfigError(
+            f"versions.{name}.training.stage2.max_epochs: {stage2['max_epochs']} is before the last "
+            f"checkpoint epoch ({last}); training must reach every training.stage2.checkpoint_epochs"
+        )
+
+
+def shared_checkpoint_epochs(versions: dict[str, dict]) -> list[int]:
+    """The stage-2 checkpoint epochs, in order: the same for every version."""
+    epochs = {
+        tuple(sorted(s["training"]["stage2"]["checkpoint_epochs"])) for s in versions.values()
+    }
+    if len(epochs) != 1:
+        raise ConfigError(f"training.stage2.checkpoint_epochs differ between versions: {epochs}")
+    return list(epochs.pop())
 
 
 def version_sources(settings: dict) -> list[str]:

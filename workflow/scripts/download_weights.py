@@ -1,6 +1,5 @@
-from tracinflow.model import download_weights
-from tracinflow.progress import start_log
+from tracinflow._util.progress import start_log
+from tracinflow.stages.train import download_weights
 
 log = start_log(snakemake.log[0])
-path = download_weights(snakemake.wildcards.arch, snakemake.output.weights)
-log(f"wrote {path}")
+download_weights(snakemake.input, snakemake.output, snakemake.params, snakemake.threads, log)

@@ -1,6 +1,5 @@
-from tracinflow.demo import write_demo_dataset
-from tracinflow.progress import start_log
+from tracinflow._util.progress import start_log
+from tracinflow.stages.data import make_demo_dataset
 
 log = start_log(snakemake.log[0])
-count = write_demo_dataset(snakemake.params.demo, snakemake.output.root, log=log)
-log(f"wrote {count} demo images to {snakemake.output.root}")
+make_demo_dataset(snakemake.input, snakemake.output, snakemake.params, snakemake.threads, log)

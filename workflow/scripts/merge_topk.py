@@ -1,12 +1,5 @@
-from tracinflow.progress import start_log
-from tracinflow.stages import merge_version_topk
+from tracinflow._util.progress import start_log
+from tracinflow.stages.influence import merge_topk
 
 log = start_log(snakemake.log[0])
-merge_version_topk(
-    list(snakemake.input.shards),
-    snakemake.params.k,
-    snakemake.input.manifest,
-    {"test": snakemake.input.test, "train": snakemake.input.train},
-    {"parquet": snakemake.output.parquet, "csv": snakemake.output.csv},
-    log=log,
-)
+merge_topk(snakemake.input, snakemake.output, snakemake.params, snakemake.threads, log)

@@ -1,10 +1,5 @@
-from tracinflow.progress import start_log
-from tracinflow.stages import version_self_influence
+from tracinflow._util.progress import start_log
+from tracinflow.stages.influence import self_influence
 
 log = start_log(snakemake.log[0])
-version_self_influence(
-    list(snakemake.input.train),
-    snakemake.output.self_influence,
-    snakemake.output.error_self_influence,
-    log=log,
-)
+self_influence(snakemake.input, snakemake.output, snakemake.params, snakemake.threads, log)

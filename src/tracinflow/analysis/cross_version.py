@@ -3,8 +3,9 @@
 Every version is trained on its own training set and evaluated on the same, untouched test images,
 so their results line up image by image. The pure functions here build the comparison tables from
 each version's loaded results (``{version name: data}`` dictionaries, versions in the dictionary's
-order); :func:`write_cross_version` reads the files of every version and writes the tables, a
-registry of what each version was, two plots and a markdown summary, each file atomically.
+order); :func:`compare_versions` builds all of them at once, with a registry of what each version
+was, and :func:`summary_markdown` the summary that links them (the cross_version stage reads and
+writes the files).
 
 Influence signs follow :mod:`tracinflow.influence`: positive = proponent (helped the test loss go
 down), negative = opponent.
@@ -13,22 +14,16 @@ down), negative = opponent.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tracinflow import io
-from tracinflow.data import class_names_of
-
-DPI = 120
 MAX_SUMMARY_ROWS = 20
 INFLUENCE_KINDS = ("all", "proponent", "opponent")
-INFLUENCER_KINDS = ("helpful", "harmful")
 ALL_VERSIONS = "all"  # the version name of the summed-over-versions confused pairs
 
 PERFORMANCE_COLUMNS = [
@@ -72,29 +67,6 @@ CANDIDATE_COLUMNS = [
 STATISTICS_COLUMNS = ["version", "kind", "count", "mean", "median", "min", "max", "std"]
 PAIR_COLUMNS = ["version", "true_class", "predicted_class", "count"]
 
-FILES = {
-    "performance": "performance.csv",
-    "persistent": "persistent_mispredictions.csv",
-    "influencers": "consistent_influencers.csv",
-    "candidates": "shared_mislabel_candidates.csv",
-    "statistics": "influence_statistics.csv",
-    "pairs": "confused_pairs.csv",
-    "cleaning": "cleaning.csv",
-    "registry": "version_registry.json",
-    "performance_plot": "performance.png",
-    "statistics_plot": "influence_statistics.png",
-    "summary": "summary.md",
-}
-# Each version's inputs, relative to its results folder.
-VERSION_FILES = {
-    "metrics": "metrics.json",
-    "test_predictions": "predictions/test.parquet",
-    "topk": "influence/top_k_influences.parquet",
-    "inspection": "reports/mislabeled_inspection_report.csv",
-    "train_set": "train_set.parquet",
-    "checkpoints": "model/checkpoints.json",
-    "best_model": "model/best.pt",
-}
 VERSION_SEPARATOR = "; "
 
 
@@ -533,71 +505,6 @@ def version_registry(
 
 
 # --------------------------------------------------------------------------------------------------
-# plots
-
-
-def plot_performance(performance: pd.DataFrame, path) -> None:
-    """Grouped bars of val and test accuracy per version, each bar annotated; a PNG, atomically."""
-    from matplotlib.figure import Figure
-
-    versions = performance["version"].astype(str).tolist()
-    x = np.arange(len(versions))
-    width = 0.38
-    fig = Figure(figsize=(max(5.0, 1.1 * len(versions) + 2.5), 4.5), layout="constrained")
-    ax = fig.subplots()
-    for offset, column, label, colour in (
-        (-width / 2, "val_accuracy", "val", "#1f77b4"),
-        (width / 2, "test_accuracy", "test", "#ff7f0e"),
-    ):
-        values = performance[column].to_numpy(np.float64)
-        bars = ax.bar(x + offset, np.nan_to_num(values), width, label=label, color=colour)
-        ax.bar_label(
-            bars, labels=["" if np.isnan(v) else f"{v:.3f}" for v in values], padding=2, fontsize=8
-        )
-    ax.set_xticks(x, versions, rotation=30 if len(versions) > 4 else 0, ha="right")
-    ax.set_ylim(0, 1.2)  # room above a perfect score for its label and the legend
-    ax.set_xlabel("version")
-    ax.set_ylabel("accuracy")
-    ax.set_title("Val and test accuracy per version")
-    ax.legend(loc="upper center", ncols=2)
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-
-
-def plot_influence_statistics(statistics: pd.DataFrame, path) -> None:
-    """One panel per kind: per version the min-max range, mean +- std box, mean and median marks."""
-    from matplotlib.figure import Figure
-
-    kinds = [k for k in INFLUENCE_KINDS if k in set(statistics["kind"])] or ["all"]
-    versions = list(dict.fromkeys(statistics["version"].astype(str)))
-    fig = Figure(
-        figsize=(max(7.0, 3.2 * len(kinds) + 0.3 * len(versions) * len(kinds)), 4.5),
-        layout="constrained",
-    )
-    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
-    x = np.arange(len(versions))
-    for ax, kind in zip(axes, kinds, strict=True):
-        part = statistics[statistics["kind"] == kind]
-        part = part.set_axis(part["version"].astype(str), axis=0).reindex(versions)
-        low, high = part["min"].to_numpy(np.float64), part["max"].to_numpy(np.float64)
-        mean, std = part["mean"].to_numpy(np.float64), part["std"].to_numpy(np.float64)
-        median = part["median"].to_numpy(np.float64)
-        ax.vlines(x, low, high, color="grey", linewidth=1, label="min to max")
-        ax.bar(x, 2 * std, 0.5, bottom=mean - std, color="#1f77b4", alpha=0.35, label="mean ± std")
-        ax.plot(x, mean, "o", color="#1f77b4", label="mean")
-        ax.plot(x, median, "_", color="black", markersize=16, markeredgewidth=2, label="median")
-        ax.axhline(0, color="black", linewidth=0.5)
-        ax.set_xticks(x, versions, rotation=30 if len(versions) > 3 else 0, ha="right")
-        ax.set_xlabel("version")
-        ax.set_ylabel("influence")
-        ax.set_title(f"{kind} top-k influences")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Top-k influence per version")
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-
-
-# --------------------------------------------------------------------------------------------------
 # summary
 
 
@@ -716,6 +623,12 @@ def cleaning_summary(
     return pd.DataFrame(rows, columns=CLEANING_COLUMNS)
 
 
+SUMMARY_FILES = (
+    "performance", "cleaning", "persistent", "influencers", "candidates", "statistics", "pairs",
+    "registry", "performance_plot", "statistics_plot",
+)  # fmt: skip
+
+
 def summary_markdown(
     *,
     performance: pd.DataFrame,
@@ -726,25 +639,29 @@ def summary_markdown(
     pairs: pd.DataFrame,
     min_versions: int,
     top: int,
+    files: Mapping[str, str],
     cleaning: pd.DataFrame | None = None,
     max_rows: int = MAX_SUMMARY_ROWS,
 ) -> str:
     """``summary.md``: an overview paragraph, every table (at most ``max_rows`` rows each, with a
     note of how many more the CSV holds) and the two plots, linked by their file names (the summary
-    lies beside them)."""
+    lies beside them). ``files`` names the files by the keys of :data:`SUMMARY_FILES`."""
+    missing = [key for key in SUMMARY_FILES if key not in files]
+    if missing:
+        raise ValueError(f"summary_markdown: no file names for {missing}")
     sections = [
         "# Cross-version comparison",
         _overview(performance, persistent, min_versions),
         "## Performance",
-        _capped_table(performance, FILES["performance"], max_rows),
-        f"![Val and test accuracy per version]({FILES['performance_plot']})",
+        _capped_table(performance, files["performance"], max_rows),
+        f"![Val and test accuracy per version]({files['performance_plot']})",
         *(
             [
                 "## Cleaning",
                 "Versions trained on another version's training set minus (or relabelled at) its "
                 "top mislabel suspects: how many planted label flips the cleaning removed, and the "
                 "test accuracy before and after (same test set).",
-                _capped_table(cleaning, FILES["cleaning"], max_rows),
+                _capped_table(cleaning, files["cleaning"], max_rows),
             ]
             if cleaning is not None and len(cleaning)
             else []
@@ -752,148 +669,84 @@ def summary_markdown(
         "## Persistent mispredictions",
         f"Test images mispredicted by at least {min_versions} versions; `predictions` lists every "
         "version's predicted class.",
-        _capped_table(persistent, FILES["persistent"], max_rows),
+        _capped_table(persistent, files["persistent"], max_rows),
         "## Consistent influencers",
         f"Training images among the {top} most helpful (largest summed top-k influence) or most "
         f"harmful (most negative) of at least {min_versions} versions.",
-        _capped_table(influencers, FILES["influencers"], max_rows),
+        _capped_table(influencers, files["influencers"], max_rows),
         "## Shared mislabel candidates",
         f"Training images among the {top} top suspects of the mislabel inspection of at least "
         f"{min_versions} versions.",
-        _capped_table(candidates, FILES["candidates"], max_rows),
+        _capped_table(candidates, files["candidates"], max_rows),
         "## Influence statistics",
-        _capped_table(statistics, FILES["statistics"], max_rows),
-        f"![Top-k influence per version]({FILES['statistics_plot']})",
+        _capped_table(statistics, files["statistics"], max_rows),
+        f"![Top-k influence per version]({files['statistics_plot']})",
         "## Most confused class pairs",
         f'Off-diagonal test confusion counts; version "{ALL_VERSIONS}" sums over the versions.',
-        _capped_table(pairs, FILES["pairs"], max_rows),
+        _capped_table(pairs, files["pairs"], max_rows),
         "## Versions",
         f"Settings, training-set fingerprints, checkpoints and training times: "
-        f"`{FILES['registry']}`.",
+        f"`{files['registry']}`.",
     ]
     return "\n\n".join(sections) + "\n"
 
 
-# --------------------------------------------------------------------------------------------------
-# files
+@dataclass(frozen=True)
+class Comparison:
+    """Every cross-version table, the registry of what each version was, and the settings used."""
+
+    performance: pd.DataFrame
+    persistent: pd.DataFrame
+    influencers: pd.DataFrame
+    candidates: pd.DataFrame
+    statistics: pd.DataFrame
+    pairs: pd.DataFrame
+    cleaning: pd.DataFrame
+    registry: dict
+    min_versions: int
+    top: int
+
+    def summary(self, files: Mapping[str, str]) -> str:
+        return summary_markdown(
+            performance=self.performance,
+            persistent=self.persistent,
+            influencers=self.influencers,
+            candidates=self.candidates,
+            statistics=self.statistics,
+            pairs=self.pairs,
+            min_versions=self.min_versions,
+            top=self.top,
+            files=files,
+            cleaning=self.cleaning,
+        )
 
 
-def _version_paths(name: str, directory: Path) -> dict[str, Path]:
-    paths = {key: directory / relative for key, relative in VERSION_FILES.items()}
-    for path in paths.values():
-        if not path.is_file():
-            raise FileNotFoundError(f"version {name!r}: missing input file {path}")
-    return paths
-
-
-def _trained_at(path: Path) -> str:
-    # The best model is written once training finishes: its modification time is when.
-    stamp = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
-    return stamp.isoformat(timespec="seconds")
-
-
-def write_cross_version(
+def compare_versions(
     *,
-    versions: Mapping[str, dict],
-    manifest_path,
-    out_dir,
+    settings: Mapping[str, dict],
+    metrics: Mapping[str, dict],
+    predictions: Mapping[str, pd.DataFrame],
+    topk: Mapping[str, pd.DataFrame],
+    inspections: Mapping[str, pd.DataFrame],
+    train_sets: Mapping[str, pd.DataFrame],
+    checkpoints: Mapping[str, list],
+    trained_at: Mapping[str, str],
+    manifest: pd.DataFrame,
+    class_names,
     min_versions: int,
     top: int = 50,
-    log: Callable[[str], None] = print,
-) -> dict[str, Path]:
-    """Read every version's results and write the comparison into ``out_dir``, each file atomically.
-
-    ``versions`` maps each name to ``{"settings": dict, "dir": results/<name>}``; every file of
-    ``VERSION_FILES`` must exist in each folder (checked before anything is written; a missing one
-    is a ``FileNotFoundError`` naming it and the version). ``min_versions`` above the number of
-    versions is lowered to it with a logged note (one version: 1). Writes every file of ``FILES``,
-    logs one line per file, and returns ``{file name: path}``.
-    """
-    if not versions:
-        raise ValueError("write_cross_version: no versions given")
-    names = [str(v) for v in versions]
-    paths = {}
-    for name, entry in versions.items():
-        missing = {"settings", "dir"} - set(entry)
-        if missing:
-            raise ValueError(
-                f"version {name!r}: needs keys settings and dir, lacks {sorted(missing)}"
-            )
-        paths[str(name)] = _version_paths(str(name), Path(entry["dir"]))
-    if min_versions > len(names):
-        log(
-            f"cross-version: min_versions {min_versions} is more than the {len(names)} "
-            f"version(s) given; using {len(names)}"
-        )
-        min_versions = len(names)
-
-    manifest = pd.read_parquet(manifest_path)
-    class_names = class_names_of(manifest)
-    metrics, predictions, topk, inspections, train_sets, checkpoints, trained_at = (
-        {} for _ in range(7)
-    )
-    for name in names:
-        files = paths[name]
-        metrics[name] = json.loads(files["metrics"].read_text())
-        predictions[name] = pd.read_parquet(files["test_predictions"])
-        topk[name] = pd.read_parquet(files["topk"])
-        inspections[name] = pd.read_csv(files["inspection"])
-        train_sets[name] = pd.read_parquet(files["train_set"])
-        checkpoints[name] = json.loads(files["checkpoints"].read_text())
-        trained_at[name] = _trained_at(files["best_model"])
-
-    performance = performance_table(metrics, predictions, train_sets)
-    persistent = persistent_mispredictions(predictions, manifest, class_names, min_versions)
-    influencers = consistent_influencers(topk, manifest, class_names, top, min_versions)
-    candidates = shared_mislabel_candidates(inspections, manifest, top, min_versions)
-    statistics = influence_statistics(topk)
-    pairs = confused_pairs(metrics, class_names)
-    settings = {name: versions[name]["settings"] for name in names}
-    cleaning = cleaning_summary(settings, train_sets, metrics)
-    registry = version_registry(
-        {name: versions[name]["settings"] for name in names},
-        train_sets,
-        metrics,
-        checkpoints,
-        trained_at,
-    )
-
-    out_dir = Path(out_dir)
-    written: dict[str, Path] = {}
-
-    def done(key: str, what: str) -> None:
-        path = out_dir / FILES[key]
-        log(f"cross-version: wrote {path} ({what})")
-        written[FILES[key]] = path
-
-    for key, frame in (
-        ("performance", performance),
-        ("persistent", persistent),
-        ("influencers", influencers),
-        ("candidates", candidates),
-        ("statistics", statistics),
-        ("pairs", pairs),
-        ("cleaning", cleaning),
-    ):
-        io.write_csv(out_dir / FILES[key], frame)
-        done(key, f"{len(frame)} rows")
-    io.write_json(out_dir / FILES["registry"], registry)
-    done("registry", f"{len(registry)} versions")
-    plot_performance(performance, out_dir / FILES["performance_plot"])
-    done("performance_plot", "plot")
-    plot_influence_statistics(statistics, out_dir / FILES["statistics_plot"])
-    done("statistics_plot", "plot")
-    text = summary_markdown(
-        performance=performance,
-        persistent=persistent,
-        influencers=influencers,
-        candidates=candidates,
-        statistics=statistics,
-        pairs=pairs,
+) -> Comparison:
+    """All of the comparison for the versions of ``settings`` (in its order), each mapping keyed by
+    version name. ``min_versions`` must not exceed the number of versions (the stage lowers it)."""
+    return Comparison(
+        performance=performance_table(metrics, predictions, train_sets),
+        persistent=persistent_mispredictions(predictions, manifest, class_names, min_versions),
+        influencers=consistent_influencers(topk, manifest, class_names, top, min_versions),
+        candidates=shared_mislabel_candidates(inspections, manifest, top, min_versions),
+        statistics=influence_statistics(topk),
+        pairs=confused_pairs(metrics, class_names),
+        cleaning=cleaning_summary(settings, train_sets, metrics),
+        registry=version_registry(settings, train_sets, metrics, checkpoints, trained_at),
         min_versions=min_versions,
         top=top,
-        cleaning=cleaning,
     )
-    io.write_text(out_dir / FILES["summary"], text)
-    done("summary", f"{text.count(chr(10))} lines")
-    return written

@@ -1,8 +1,10 @@
-"""Decoding image files into RGB, whatever their mode, and resizing them for the cache."""
+"""Decoding the dataset's image files into RGB, whatever their mode, resized for the cache or as
+gallery thumbnails."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -63,3 +65,38 @@ def load_for_cache(path, size: int, mode: str = "squash") -> np.ndarray:
     with open(path, "rb") as handle:
         image = decode_bytes(handle.read())
     return np.asarray(resize_square(image, size, mode), dtype=np.uint8)
+
+
+THUMBNAIL_PAD_RGB = (255, 255, 255)  # around a thumbnail that is not square
+
+
+def load_thumbnail(path, thumb_px: int) -> np.ndarray | None:
+    """The image at ``path`` in RGB, its longer side scaled to ``thumb_px`` (aspect kept), centred
+    on a ``thumb_px`` square of white; ``None`` when the file is missing or unreadable."""
+    try:
+        if path is None or (isinstance(path, float) and not np.isfinite(path)):
+            return None
+        with open(path, "rb") as handle:
+            image = decode_bytes(handle.read())
+        width, height = image.size
+        scale = thumb_px / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = image.resize(size, RESAMPLE)
+    except Exception:  # a gallery must never fail on one bad file
+        return None
+    canvas = Image.new("RGB", (thumb_px, thumb_px), THUMBNAIL_PAD_RGB)
+    canvas.paste(image, ((thumb_px - size[0]) // 2, (thumb_px - size[1]) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+class Thumbnails:
+    """Thumbnails of the dataset's images by their manifest path (relative to ``root``): what the
+    galleries draw, decoded from the original files. A missing path or file gives ``None``."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def __call__(self, relative, thumb_px: int) -> np.ndarray | None:
+        if relative is None or (isinstance(relative, float) and not np.isfinite(relative)):
+            return None
+        return load_thumbnail(Path(self.root) / str(relative), thumb_px)

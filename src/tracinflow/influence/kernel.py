@@ -1,6 +1,6 @@
-"""TracIn scores from stored factors: dense blocks, exact top-k, shards and their merge, self-influence.
+"""TracIn scores from factors: dense blocks and the exact top-k, on a fixed block grid.
 
-DESIGN section 1::
+The math (``docs/math.md``)::
 
     TracIn(z, z') = sum_ckpt lr * sum_layers <e, e'> * (<a, a'> + 1)      (+1 only with a bias)
     SelfInfluence(z) = sum_ckpt lr * sum_layers |e|^2 * (|a|^2 + 1)
@@ -26,32 +26,23 @@ dtype and the thread count the same across the shards of one run.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from tracinflow.factors import Factors, Progress, _Clock, load_factor_dir, read_meta
-from tracinflow.io import write_parquet
-
-__all__ = [
-    "KINDS",
-    "block_shape",
-    "merge_topk",
-    "score_block",
-    "self_influence",
-    "self_influence_scores",
-    "shard_filename",
-    "shard_topk",
-    "tile_rows",
-    "topk_influence",
-    "write_shard",
-]
+from tracinflow._util.device import exact_matmul, select_device
+from tracinflow._util.progress import Log, Progress
+from tracinflow.influence.inputs import (
+    Checkpoints,
+    check_pair,
+    check_side,
+    checkpoint_list,
+    common_layers,
+    learning_rates,
+)
 
 KINDS = ("proponent", "opponent")
 COLUMNS = ["test_idx", "kind", "rank", "train_idx", "influence"]
@@ -59,112 +50,6 @@ COLUMNS = ["test_idx", "kind", "rank", "train_idx", "influence"]
 # CPU at 16 MiB, benchmarks/bench_influence.py); on CUDA larger blocks, but not so large that padding a
 # split out to whole blocks wastes much.
 DEFAULT_MEMORY_BYTES = {"cpu": 16 * 2**20, "cuda": 512 * 2**20}
-
-FactorsLike = Factors | str | os.PathLike
-Checkpoints = FactorsLike | Sequence[FactorsLike]
-
-
-# --------------------------------------------------------------------------------------------------
-# inputs
-
-
-def tile_rows(t: int, T: int, n: int) -> slice:
-    """Rows of tile ``t`` of ``T`` over ``n`` rows: ``[t*n//T, (t+1)*n//T)``."""
-    if not (T >= 1 and 0 <= t < T):
-        raise ValueError(f"tile {t} of {T} does not exist")
-    return slice(t * n // T, (t + 1) * n // T)
-
-
-def _checkpoints(obj: Checkpoints, layers=None) -> list[Factors]:
-    """One :class:`Factors` per checkpoint, from Factors objects or factor folders."""
-    if isinstance(obj, Factors):
-        return [obj]
-    if isinstance(obj, (str, os.PathLike)):
-        return [load_factor_dir(obj, layers=layers)]
-    out = []
-    for item in obj:
-        out.extend(_checkpoints(item, layers))
-    if not out:
-        raise ValueError("no checkpoints given")
-    return out
-
-
-def _layers(sides: Sequence[list[Factors]], layers) -> list[str]:
-    first = sides[0][0]
-    layers = list(first.layers if layers is None else layers)
-    if not layers:
-        raise ValueError("no layers to score")
-    for side in sides:
-        for c, f in enumerate(side):
-            missing = [layer for layer in layers if layer not in f.act]
-            if missing:
-                raise ValueError(
-                    f"checkpoint {c}: layers {missing} missing; it has {list(f.layers)}"
-                )
-    return layers
-
-
-def _lrs(sides: Sequence[list[Factors]], lrs) -> list[float]:
-    n = len(sides[0])
-    if lrs is not None:
-        lrs = [float(lr) for lr in lrs]
-        if len(lrs) != n:
-            raise ValueError(f"{len(lrs)} learning rates for {n} checkpoints")
-        return lrs
-    out = []
-    for c in range(n):
-        found = {side[c].lr for side in sides} - {None}
-        if not found:
-            raise ValueError(f"checkpoint {c}: no lr in its meta; pass lrs=")
-        if len(found) > 1:
-            raise ValueError(
-                f"checkpoint {c}: test and train factors disagree on lr: {sorted(found)}"
-            )
-        out.append(found.pop())
-    return out
-
-
-def _check_side(side: list[Factors], layers, name: str) -> None:
-    first = side[0]
-    for c, f in enumerate(side[1:], start=1):
-        if f.row_offset != first.row_offset or not np.array_equal(f.idx, first.idx):
-            raise ValueError(
-                f"{name}: checkpoint {c} covers other rows than checkpoint 0 (idx differ)"
-            )
-    for c, f in enumerate(side):
-        for layer in layers:
-            a, e = f.act[layer], f.err[layer]
-            if a.ndim != 2 or e.ndim != 2 or a.shape[0] != len(f) or e.shape[0] != len(f):
-                raise ValueError(
-                    f"{name}: checkpoint {c} layer {layer}: bad shapes {a.shape}, {e.shape}"
-                )
-
-
-def _check_pair(test: list[Factors], train: list[Factors], layers) -> None:
-    if len(test) != len(train):
-        raise ValueError(f"{len(test)} test checkpoints but {len(train)} train checkpoints")
-    for c, (ft, fr) in enumerate(zip(test, train, strict=True)):
-        for layer in layers:
-            if ft.has_bias[layer] != fr.has_bias[layer]:
-                raise ValueError(f"checkpoint {c} layer {layer}: has_bias differs between splits")
-            if (ft.act[layer].shape[1], ft.err[layer].shape[1]) != (
-                fr.act[layer].shape[1],
-                fr.err[layer].shape[1],
-            ):
-                raise ValueError(
-                    f"checkpoint {c} layer {layer}: factor widths differ between splits"
-                )
-        et, er = ft.meta.get("epoch"), fr.meta.get("epoch")
-        if et is not None and er is not None and et != er:
-            raise ValueError(
-                f"checkpoint {c}: test factors of epoch {et}, train factors of epoch {er}"
-            )
-
-
-def _device(device) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _dtype(sides, layers, dtype) -> torch.dtype:
@@ -177,20 +62,6 @@ def _dtype(sides, layers, dtype) -> torch.dtype:
         for layer in layers
     )
     return torch.float64 if wide else torch.float32
-
-
-@contextlib.contextmanager
-def _exact_matmul(device: torch.device):
-    """No TF32 in float32 matrix products on CUDA while scoring (restored afterwards)."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,13 +163,13 @@ class _Kernel:
 
 
 def _prepare(test, train, lrs, layers, memory_bytes, block, device, dtype):
-    test, train = _checkpoints(test, layers), _checkpoints(train, layers)
-    layers = _layers([test, train], layers)
-    _check_pair(test, train, layers)
-    _check_side(test, layers, "test")
-    _check_side(train, layers, "train")
-    lrs = _lrs([test, train], lrs)
-    device = _device(device)
+    test, train = checkpoint_list(test), checkpoint_list(train)
+    layers = common_layers([test, train], layers)
+    check_pair(test, train, layers)
+    check_side(test, layers, "test")
+    check_side(train, layers, "train")
+    lrs = learning_rates([test, train], lrs)
+    device = select_device(device)
     dtype = _dtype([test, train], layers, dtype)
     if block is None:
         if memory_bytes is None:
@@ -325,8 +196,8 @@ def score_block(
 ) -> np.ndarray:
     """Dense TracIn scores ``(n_test, n_train)`` (for small sizes and library users).
 
-    ``test`` and ``train`` are one :class:`Factors` (or factor folder) per checkpoint, in the same
-    checkpoint order; ``lrs`` default to each folder's meta.json ``lr``. ``layers`` default to all stored
+    ``test`` and ``train`` are one :class:`Factors` per checkpoint, in the same checkpoint order;
+    ``lrs`` default to each one's meta ``lr``. ``layers`` default to all stored
     layers. Computed on the same block grid as :func:`topk_influence`, so its entries are bit-identical
     to the scores the top-k sees. float64 factors give float64 scores, float32 give float32.
     """
@@ -334,7 +205,7 @@ def score_block(
         test, train, lrs, layers, memory_bytes, block, device, dtype
     )
     out = torch.empty(test_side.n, train_side.n, dtype=kernel.score.dtype)
-    with _exact_matmul(device), torch.inference_mode():
+    with exact_matmul(device), torch.inference_mode():
         for i in range(test_side.nblocks):
             vt, rows_t = test_side.valid(i)
             for j in range(train_side.nblocks):
@@ -473,10 +344,10 @@ def _frame(test_idx: np.ndarray, results: dict, dtype) -> pd.DataFrame:
             }
         )
     cols = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    return _canonical(cols, dtype)
+    return canonical_topk(cols, dtype)
 
 
-def _canonical(cols: dict, dtype) -> pd.DataFrame:
+def canonical_topk(cols: dict, dtype) -> pd.DataFrame:
     """Rows ordered by test_idx, kind (proponents first), rank; fixed dtypes."""
     order = np.lexsort((cols["rank"], cols["kind_code"], cols["test_idx"]))
     kinds = np.asarray(KINDS, dtype=object)
@@ -491,6 +362,27 @@ def _canonical(cols: dict, dtype) -> pd.DataFrame:
     )
 
 
+def _scan_blocks(test_side, train_side, kernel, k: int, progress: Progress | None) -> dict:
+    """Per kind, the (values, train idx) arrays of every test row's top-k, block row by block
+    row of the grid: each test block keeps a running top-k over all train blocks."""
+    results = {kind: ([], []) for kind in KINDS}
+    for i in range(test_side.nblocks):
+        vt, _ = test_side.valid(i)
+        running = {kind: _RunningTopK(k, kind == "proponent") for kind in KINDS}
+        for j in range(train_side.nblocks):
+            vr, rows_r = train_side.valid(j)
+            score = kernel(i, j)[vt, vr]
+            for tracker in running.values():
+                tracker.update(score, train_side.idx[rows_r])
+            if progress is not None:
+                progress.update(score.numel())
+        for kind, tracker in running.items():
+            values, index = tracker.result()
+            results[kind][0].append(values.cpu().numpy())
+            results[kind][1].append(index.cpu().numpy())
+    return results
+
+
 def topk_influence(
     test: Checkpoints,
     train: Checkpoints,
@@ -502,19 +394,23 @@ def topk_influence(
     block: tuple[int, int] | None = None,
     device=None,
     dtype=None,
-    progress: Callable[[Progress], None] | None = None,
+    log: Log | None = None,
+    label: str = "scores",
+    progress_every: float = 5.0,
 ) -> pd.DataFrame:
     """Exact top-``k`` proponents and opponents of every test row over all train rows.
 
-    Scores are summed over every checkpoint and layer, block by block on the grid (at most
-    ``memory_bytes`` of score workspace, default 16 MiB on CPU, 512 MiB on CUDA; or an explicit ``block``
-    ``(BT, BR)``), and a running top-k per test row is kept: the full test x train matrix never exists.
-    (The rows' factors themselves also sit on the device, padded to the grid, in the compute dtype.)
-    Ties break by the lower train idx. ``k`` larger than the train rows returns them all, ranked.
+    ``test`` and ``train`` are one :class:`Factors` per checkpoint, in the same checkpoint order;
+    ``lrs`` default to each one's meta ``lr``. Scores are summed over every checkpoint and layer,
+    block by block on the grid (at most ``memory_bytes`` of score workspace, default 16 MiB on CPU,
+    512 MiB on CUDA; or an explicit ``block`` ``(BT, BR)``), and a running top-k per test row is
+    kept: the full test x train matrix never exists. (The rows' factors themselves also sit on the
+    device, padded to the grid, in the compute dtype.) Ties break by the lower train idx. ``k``
+    larger than the train rows returns them all, ranked.
 
     Returns a DataFrame ``test_idx, kind ("proponent"|"opponent"), rank (1 = strongest), train_idx,
-    influence`` ordered by test_idx, kind, rank; idx values are the factors' dataset idx. ``progress``
-    gets a :class:`Progress` per sub-tile (grid block pair).
+    influence`` ordered by test_idx, kind, rank; idx values are the factors' dataset idx. With
+    ``log``, a progress line (``label: pairs scored``) at most every ``progress_every`` seconds.
     """
     if int(k) < 1:
         raise ValueError(f"k must be at least 1, got {k}")
@@ -523,26 +419,11 @@ def topk_influence(
         test, train, lrs, layers, memory_bytes, block, device, dtype
     )
     np_dtype = np.float64 if kernel.score.dtype == torch.float64 else np.float32
-    total = test_side.nblocks * train_side.nblocks
-    clock = _Clock("sub-tile", total, test_side.n * train_side.n, "pairs", progress, 1)
-    results = {kind: ([], []) for kind in KINDS}
-    done = pairs = 0
-    with _exact_matmul(device), torch.inference_mode():
-        for i in range(test_side.nblocks):
-            vt, _ = test_side.valid(i)
-            running = {kind: _RunningTopK(k, kind == "proponent") for kind in KINDS}
-            for j in range(train_side.nblocks):
-                vr, rows_r = train_side.valid(j)
-                score = kernel(i, j)[vt, vr]
-                for tracker in running.values():
-                    tracker.update(score, train_side.idx[rows_r])
-                done += 1
-                pairs += score.numel()
-                clock.tick(done, pairs)
-            for kind, tracker in running.items():
-                values, index = tracker.result()
-                results[kind][0].append(values.cpu().numpy())
-                results[kind][1].append(index.cpu().numpy())
+    progress = None
+    if log is not None:
+        progress = Progress(test_side.n * train_side.n, label, "pairs", log, every=progress_every)
+    with exact_matmul(device), torch.inference_mode():
+        results = _scan_blocks(test_side, train_side, kernel, k, progress)
     test_idx = test_side.idx.cpu().numpy()
     if not test_side.n or not train_side.n:
         empty = np.empty((test_side.n, 0))
@@ -552,186 +433,3 @@ def topk_influence(
             kind: (np.concatenate(v), np.concatenate(ix)) for kind, (v, ix) in results.items()
         }
     return _frame(test_idx, stacked, np_dtype)
-
-
-# --------------------------------------------------------------------------------------------------
-# shards
-
-
-def shard_filename(t: int, r: int) -> str:
-    """The file name of shard (test tile t, train tile r)."""
-    return f"t{t}_r{r}.parquet"
-
-
-def _split_rows(dirs: Sequence, name: str) -> int:
-    sizes = {int(read_meta(d)["num_samples"]) for d in dirs}
-    if len(sizes) != 1:
-        raise ValueError(
-            f"{name} factor folders disagree on the number of samples: {sorted(sizes)}"
-        )
-    return sizes.pop()
-
-
-def shard_topk(
-    test_dirs: Sequence[str | os.PathLike],
-    train_dirs: Sequence[str | os.PathLike],
-    k: int,
-    *,
-    test_tile: tuple[int, int] = (0, 1),
-    train_tile: tuple[int, int] = (0, 1),
-    layers: Sequence[str] | None = None,
-    memory_bytes: int | None = None,
-    block: tuple[int, int] | None = None,
-    device=None,
-    dtype=None,
-    progress: Callable[[Progress], None] | None = None,
-) -> pd.DataFrame:
-    """Top-k candidates of test tile ``test_tile = (t, T)`` against train tile ``train_tile = (r, R)``.
-
-    ``test_dirs`` and ``train_dirs`` are the factor folders of every checkpoint (same order) for the
-    test and the train split; only the tiles' rows are read (memory-mapped slices), learning rates come
-    from each folder's meta.json. Returns the same columns as :func:`topk_influence` (ranks within the
-    shard); :func:`merge_topk` over all ``R`` train tiles of a test tile gives the exact top-k.
-    """
-    if len(test_dirs) != len(train_dirs) or not test_dirs:
-        raise ValueError(f"{len(test_dirs)} test folders but {len(train_dirs)} train folders")
-    n_test = _split_rows(test_dirs, "test")
-    n_train = _split_rows(train_dirs, "train")
-    rows_t = tile_rows(*test_tile, n_test)
-    rows_r = tile_rows(*train_tile, n_train)
-    test = [load_factor_dir(d, rows=rows_t, layers=layers) for d in test_dirs]
-    train = [load_factor_dir(d, rows=rows_r, layers=layers) for d in train_dirs]
-    return topk_influence(
-        test,
-        train,
-        k,
-        layers=layers,
-        memory_bytes=memory_bytes,
-        block=block,
-        device=device,
-        dtype=dtype,
-        progress=progress,
-    )
-
-
-def write_shard(frame: pd.DataFrame, path) -> Path:
-    """Write a shard's candidates to ``path`` (e.g. ``.../shards/t{t}_r{r}.parquet``), atomically."""
-    write_parquet(path, frame[COLUMNS])
-    return Path(path)
-
-
-def merge_topk(frames: Sequence[pd.DataFrame] | pd.DataFrame, k: int) -> pd.DataFrame:
-    """Per test row and kind, the top-``k`` over all shards' candidates, with the same tie rule.
-
-    Identical (same rows, same order, same values) to :func:`topk_influence` on the unsharded data.
-    """
-    frame = (
-        frames if isinstance(frames, pd.DataFrame) else pd.concat(list(frames), ignore_index=True)
-    )
-    frame = frame.drop_duplicates(["test_idx", "kind", "train_idx"])
-    unknown = set(frame["kind"].unique()) - set(KINDS)
-    if unknown:
-        raise ValueError(f"unknown kinds {sorted(unknown)}")
-    dtype = frame["influence"].dtype if len(frame) else np.float64
-    parts = []
-    for code, kind in enumerate(KINDS):
-        part = frame[frame["kind"].to_numpy() == kind]
-        test_idx = part["test_idx"].to_numpy(np.int64)
-        train_idx = part["train_idx"].to_numpy(np.int64)
-        value = part["influence"].to_numpy()
-        order = np.lexsort((train_idx, -value if kind == "proponent" else value, test_idx))
-        test_idx, train_idx, value = test_idx[order], train_idx[order], value[order]
-        first = np.r_[True, test_idx[1:] != test_idx[:-1]] if len(test_idx) else np.zeros(0, bool)
-        starts = np.maximum.accumulate(np.where(first, np.arange(len(test_idx)), 0))
-        rank = np.arange(len(test_idx)) - starts + 1
-        keep = rank <= k
-        parts.append(
-            {
-                "test_idx": test_idx[keep],
-                "kind_code": np.full(int(keep.sum()), code),
-                "rank": rank[keep],
-                "train_idx": train_idx[keep],
-                "influence": value[keep],
-            }
-        )
-    cols = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    return _canonical(cols, dtype)
-
-
-# --------------------------------------------------------------------------------------------------
-# self-influence
-
-
-def self_influence_scores(
-    train: Checkpoints,
-    lrs: Sequence[float] | None = None,
-    *,
-    layers: Sequence[str] | None = None,
-    mode: str = "full",
-    per_checkpoint: bool = False,
-    chunk_rows: int = 65536,
-) -> np.ndarray:
-    """Self-influence of every row, in float64: shape (N,), or (n_checkpoints, N) per checkpoint.
-
-    ``mode="full"``: ``lr * sum_L |e|^2 (|a|^2 + 1)`` (the diagonal of the train x train scores);
-    ``mode="error"``: ``lr * sum_L |e|^2`` (the error-signal-only variant). Rows are read in chunks of
-    ``chunk_rows``, so memory-mapped folders are never loaded whole.
-    """
-    if mode not in ("full", "error"):
-        raise ValueError(f"mode must be 'full' or 'error', got {mode!r}")
-    side = _checkpoints(train, layers)
-    layers = _layers([side], layers)
-    _check_side(side, layers, "train")
-    lrs = _lrs([side], lrs)
-    n = len(side[0])
-    out = np.zeros((len(side), n), dtype=np.float64)
-    for c, f in enumerate(side):
-        for layer in layers:
-            bias = 1.0 if f.has_bias[layer] else 0.0
-            for start in range(0, n, chunk_rows):
-                rows = slice(start, min(start + chunk_rows, n))
-                e = np.asarray(f.err[layer][rows], dtype=np.float64)
-                term = np.einsum("ij,ij->i", e, e)
-                if mode == "full":
-                    a = np.asarray(f.act[layer][rows], dtype=np.float64)
-                    term *= np.einsum("ij,ij->i", a, a) + bias
-                out[c, rows] += lrs[c] * term
-    return out if per_checkpoint else out.sum(axis=0)
-
-
-def self_influence(
-    train: Checkpoints,
-    lrs: Sequence[float] | None = None,
-    *,
-    layers: Sequence[str] | None = None,
-    mode: str = "full",
-    per_checkpoint: bool = False,
-    chunk_rows: int = 65536,
-) -> pd.DataFrame:
-    """Self-influence of every train row: ``train_idx, self_influence, rank`` (rank 1 = largest, ties
-    by lower train idx), ordered by rank.
-
-    ``mode="error"`` ranks by the error-signal-only score ``sum lr * |e|^2`` instead. With
-    ``per_checkpoint=True`` one more column per checkpoint, ``self_influence_epoch_{E:03d}`` (or
-    ``self_influence_ckpt_{i}`` when the epoch is unknown), holds that checkpoint's term.
-    """
-    side = _checkpoints(train, layers)
-    per = self_influence_scores(
-        side, lrs, layers=layers, mode=mode, per_checkpoint=True, chunk_rows=chunk_rows
-    )
-    total = per.sum(axis=0)
-    idx = np.asarray(side[0].idx, dtype=np.int64)
-    order = np.lexsort((idx, -total))
-    rank = np.empty(len(idx), dtype=np.int64)
-    rank[order] = np.arange(1, len(idx) + 1)
-    frame = pd.DataFrame({"train_idx": idx, "self_influence": total, "rank": rank})
-    if per_checkpoint:
-        for c, f in enumerate(side):
-            epoch = f.meta.get("epoch")
-            name = (
-                f"self_influence_ckpt_{c}"
-                if epoch is None
-                else f"self_influence_epoch_{int(epoch):03d}"
-            )
-            frame[name] = per[c]
-    return frame.iloc[order].reset_index(drop=True)

@@ -6,22 +6,19 @@ runs any backbone, and the TracIn layers are always ``fc.0``, ``fc.2`` and ``fc.
 two hidden layers): ``fc = Sequential(Linear, LeakyReLU, Linear, LeakyReLU, Linear)``.
 
 A network is described by ``arch``, a dict of plain JSON types; :func:`build_model` rebuilds exactly
-that network, and a checkpoint (``{"model": state_dict, "arch": arch, ...}``) is loaded with
-``torch.load(weights_only=True)``: no pickled code is ever executed.
+that network, and :func:`model_from_checkpoint` the network of a checkpoint
+(``{"model": state_dict, "arch": arch, ...}``), which :mod:`tracinflow.stages.checkpoints` reads
+with ``torch.load(weights_only=True)``: no pickled code is ever executed.
 """
 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
-
-from tracinflow.io import atomic_path
-from tracinflow.loss import WeightedSmoothedCrossEntropy
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -172,42 +169,21 @@ def weights_url(arch_name: str) -> str:
     return torchvision.models.get_weight(TORCHVISION_ARCHS[arch_name][1]).url
 
 
-def _missing_weights_message(arch_name: str, path) -> str:
+def missing_weights_message(arch_name: str, path) -> str:
+    """What to do when the weights file ``path`` of ``arch_name`` is not there."""
     try:
         where = f"download {weights_url(arch_name)} and save it as {path}"
     except ValueError as err:
         where = f"{err}; place a state dict of this backbone at {path}"
     return (
         f"pretrained weights for {arch_name} not found: {path}. To use them, {where} "
-        f'(with network access: python -c "from tracinflow.model import download_weights; '
-        f"download_weights('{arch_name}', '{path}')\"), or set model.pretrained: null to train "
-        f"from a random initialisation."
+        f'(with network access: python -c "from tracinflow.stages.checkpoints import '
+        f"fetch_weights; fetch_weights('{arch_name}', '{path}')\"), or set "
+        f"model.pretrained: null to train from a random initialisation."
     )
 
 
-def load_pretrained(model: nn.Module, arch_name: str, path) -> None:
-    """Load a backbone state dict (e.g. torchvision's ImageNet weights) into ``model``, strictly.
-
-    Every backbone key must be present with its exact shape and no extra keys may exist; only the
-    replaced classifier ``fc.*`` is ignored. Anything else raises: never a silent random init.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(_missing_weights_message(arch_name, path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(
-            f"cannot read pretrained weights {path} as a torch state dict: {err}"
-        ) from err
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a tracinflow checkpoint
-    if not isinstance(state, dict):
-        raise ValueError(
-            f"pretrained weights {path} hold a {type(state).__name__}, not a state dict"
-        )
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+def _key_mismatches(own: dict, state: dict) -> list[str]:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong_shape = [
@@ -215,82 +191,76 @@ def load_pretrained(model: nn.Module, arch_name: str, path) -> None:
         for k in sorted(set(own) & set(state))
         if tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or wrong_shape:
-        parts = []
-        for label, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("shape", wrong_shape),
-        ):
-            if items:
-                shown = ", ".join(items[:5]) + (
-                    f", ... ({len(items)} in all)" if len(items) > 5 else ""
-                )
-                parts.append(f"{label} keys: {shown}")
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong_shape)):
+        if items:
+            shown = ", ".join(items[:5]) + (
+                f", ... ({len(items)} in all)" if len(items) > 5 else ""
+            )
+            parts.append(f"{label} keys: {shown}")
+    return parts
+
+
+def load_backbone_state(model: nn.Module, state: dict, arch_name: str, source) -> None:
+    """Load a backbone state dict (e.g. torchvision's ImageNet weights) into ``model``, strictly.
+
+    Every backbone key must be present with its exact shape and no extra keys may exist; only the
+    replaced classifier ``fc.*`` is ignored. Anything else raises, naming ``source`` (the file the
+    state came from): never a silent random init.
+    """
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    mismatches = _key_mismatches(own, state)
+    if mismatches:
         raise ValueError(
-            f"pretrained weights {path} do not match model.arch {arch_name!r} "
-            f"({'; '.join(parts)}). Is it the {arch_name} ImageNet state dict?"
+            f"pretrained weights {source} do not match model.arch {arch_name!r} "
+            f"({'; '.join(mismatches)}). Is it the {arch_name} ImageNet state dict?"
         )
     result = model.load_state_dict(state, strict=False)
     assert all(k.startswith("fc.") for k in result.missing_keys) and not result.unexpected_keys
 
 
-def create_model(arch: dict) -> nn.Module:
-    """:func:`build_model`, then the pretrained backbone from ``arch["pretrained"]`` when set."""
+def create_model(arch: dict, pretrained_state: dict | None = None) -> nn.Module:
+    """:func:`build_model`, then the backbone from ``pretrained_state`` when ``arch["pretrained"]``
+    names a weights file (its state dict, read by the caller; missing it is an error)."""
     model = build_model(arch)
     if arch.get("pretrained"):
-        load_pretrained(model, arch["name"], arch["pretrained"])
+        if pretrained_state is None:
+            raise ValueError(
+                f"model.pretrained is {arch['pretrained']!r}: pass its state dict "
+                "(tracinflow.stages.checkpoints.read_backbone_weights reads the file)"
+            )
+        load_backbone_state(model, pretrained_state, arch["name"], arch["pretrained"])
     return model
 
 
-def download_weights(arch_name: str, dest) -> Path:
-    """Fetch torchvision's ImageNet weights for ``arch_name`` into ``dest`` (needs network access).
+def cpu_state(module_or_optimizer) -> dict:
+    """A state dict with every tensor copied to contiguous CPU memory (what files hold)."""
 
-    On failure the error names the URL and the file to place at ``dest`` by hand.
-    """
-    url = weights_url(arch_name)
-    dest = Path(dest)
-    try:
-        with atomic_path(dest) as tmp:
-            torch.hub.download_url_to_file(url, str(tmp), progress=False)
-            torch.load(tmp, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(
-            f"could not download the {arch_name} ImageNet weights ({type(err).__name__}: {err}). "
-            f"Fetch {url} on a machine with network access and place it at {dest}."
-        ) from err
-    return dest
+    def to_cpu(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+        if isinstance(value, dict):
+            return {k: to_cpu(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [to_cpu(v) for v in value]
+        return value
+
+    return to_cpu(module_or_optimizer.state_dict())
 
 
-# --- checkpoints --------------------------------------------------------------------------------
+def checkpoint_dict(model: nn.Module, arch: dict, **fields) -> dict:
+    """A checkpoint: ``{"model": state_dict on the CPU, "arch": arch, **fields}`` (plain values
+    only, so it loads with ``torch.load(weights_only=True)``)."""
+    return {"model": cpu_state(model), "arch": arch, **fields}
 
 
-def save_checkpoint(path, model: nn.Module, arch: dict, **fields) -> None:
-    """Write ``{"model": state_dict, "arch": arch, **fields}`` atomically; fields must be plain."""
-    state = {
-        k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
-        for k, v in model.state_dict().items()
-    }
-    with atomic_path(path) as tmp:
-        torch.save({"model": state, "arch": arch, **fields}, tmp)
-
-
-def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model saved in ``path`` from the file alone; returns ``(model in eval mode, dict)``."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def model_from_checkpoint(checkpoint: dict, device="cpu") -> nn.Module:
+    """The network of a checkpoint (``{"model": state_dict, "arch": arch, ...}``) rebuilt from it
+    alone, in eval mode on ``device``."""
     model = build_model(checkpoint["arch"])
     model.load_state_dict(checkpoint["model"], strict=True)
-    return model.to(device).eval(), checkpoint
-
-
-def loss_from_checkpoint(checkpoint: dict) -> WeightedSmoothedCrossEntropy:
-    """The exact training loss recorded in a checkpoint's ``"loss"`` field."""
-    spec = checkpoint["loss"]
-    return WeightedSmoothedCrossEntropy(
-        torch.tensor(spec["class_weights"], dtype=torch.float64),
-        int(spec["num_classes"]),
-        float(spec["label_smoothing"]),
-    )
+    return model.to(device).eval()
 
 
 # --- inputs -------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
-A killed job never leaves a half-written file that looks complete under the final name.
+A killed job never leaves a half-written file that looks complete under the final name. Only the
+stages (:mod:`tracinflow.stages`) write files; the domain packages return data.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import json
 import os
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 
 @contextlib.contextmanager
@@ -43,6 +42,10 @@ def write_json(path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
 def write_parquet(path, frame) -> None:
     with atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
@@ -53,6 +56,9 @@ def write_csv(path, frame) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def save_npy(path, array) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.save(handle, np.asarray(array))
+def save_figure(figure, path, dpi: int = 120) -> Path:
+    """A matplotlib ``Figure`` as a PNG at ``dpi``, written atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return path

@@ -1,0 +1,30 @@
+rule extract_factors:
+    input:
+        checkpoint=get_checkpoint,
+        manifest=rules.split_dataset.output.manifest,
+        train_set=rules.build_train_set.output.train_set,
+        cache=rules.cache_images.output.cache,
+    output:
+        factors=directory("results/{version}/factors/epoch_{epoch}/{split}"),
+    log:
+        "logs/extract_factors/{version}_epoch_{epoch}_{split}.log",
+    benchmark:
+        "results/benchmarks/extract_factors/{version}_epoch_{epoch}_{split}.tsv"
+    wildcard_constraints:
+        epoch=r"\d{3}",
+        split="train|test",
+    conda:
+        "../workflow/envs/tracinflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=memory_mb(4000),
+        runtime=60,
+        gpu=GPU,
+    params:
+        split="{split}",
+        layers=setting("influence", "layers"),
+        target=setting("influence", "target"),
+        batch_size=setting("influence", "batch_size"),
+        device=setting("training", "device"),
+    script:
+        "../workflow/scripts/extract_factors.py"

@@ -1,0 +1,163 @@
+"""How well a suspicion ranking finds planted label flips: the share found after inspecting the
+top 5/10/20%, ROC AUC and average precision, for every ranking of a version (higher score = more
+suspect). The planting itself is :mod:`tracinflow.data.train_set`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from tracinflow._util.tables import row_positions
+from tracinflow.analysis.rankings import checkpoint_columns, suspicion_scores
+from tracinflow.data.train_set import check_train_set
+
+DETECTION_FRACTIONS = (0.05, 0.10, 0.20)
+DETECTION_COLUMNS = [
+    "ranking",
+    "found_at_5pct",
+    "found_at_10pct",
+    "found_at_20pct",
+    "roc_auc",
+    "average_precision",
+    "default",
+]
+NOTHING_PLANTED = "no flipped labels among the rows: nothing was planted, nothing to detect"
+
+
+# --------------------------------------------------------------------------------------------------
+# detection
+
+
+def _scores_and_flipped(scores, flipped) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64)
+    flipped = np.asarray(flipped, dtype=bool)
+    if scores.ndim != 1 or scores.shape != flipped.shape:
+        raise ValueError(f"scores {scores.shape} and flipped {flipped.shape} must be equal 1-D")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must all be finite")
+    if not flipped.any():
+        raise ValueError(NOTHING_PLANTED)
+    return scores, flipped
+
+
+def detection_curve(scores, flipped) -> tuple[np.ndarray, np.ndarray]:
+    """``(inspected fraction, found fraction)`` after each prefix of the ranking, from (0, 0).
+
+    Rows are inspected by score, highest first, ties in their given order; the found fraction is
+    the share of all flipped rows among those inspected. Both arrays have N + 1 points.
+    """
+    scores, flipped = _scores_and_flipped(scores, flipped)
+    order = np.argsort(-scores, kind="stable")
+    found = np.concatenate([[0], np.cumsum(flipped[order])])
+    inspected = np.arange(len(scores) + 1) / len(scores)
+    return inspected, found / flipped.sum()
+
+
+def inspected_count(n: int, fraction: float) -> int:
+    """How many of ``n`` rows "inspecting ``fraction``" means: ``ceil(fraction * n)``.
+
+    Ceil, so a fraction never inspects less than asked (5% of 10 rows is 1 row); the tiny slack
+    keeps float noise such as ``0.07 * 100 = 7.000000000000001`` from adding a row.
+    """
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    return min(n, math.ceil(fraction * n - 1e-9))
+
+
+def found_at(scores, flipped, fraction: float) -> float:
+    """Share of the flipped rows among the top ``ceil(fraction * N)`` by score (see
+    :func:`inspected_count`), ties in their given order."""
+    _, found = detection_curve(scores, flipped)
+    return float(found[inspected_count(len(found) - 1, fraction)])
+
+
+def detection_table(rankings: Mapping, flipped, default: str) -> pd.DataFrame:
+    """One row per ranking (``DETECTION_COLUMNS``), in the mapping's order.
+
+    ``rankings`` maps a name to per-row scores aligned with ``flipped``, higher = more suspect.
+    ``found_at_*`` come from :func:`found_at`; ROC AUC and average precision from scikit-learn
+    (ROC AUC is NaN when every row is flipped). ``default`` marks the ranking the workflow uses.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    flipped = np.asarray(flipped, dtype=bool)
+    if not flipped.any():
+        raise ValueError(NOTHING_PLANTED)
+    if default not in rankings:
+        raise ValueError(f"default ranking {default!r} is not one of {list(rankings)}")
+    rows = []
+    for name, scores in rankings.items():
+        scores, _ = _scores_and_flipped(scores, flipped)
+        rows.append(
+            {
+                "ranking": str(name),
+                **{
+                    column: found_at(scores, flipped, fraction)
+                    for column, fraction in zip(
+                        DETECTION_COLUMNS[1:4], DETECTION_FRACTIONS, strict=True
+                    )
+                },
+                "roc_auc": (
+                    float(roc_auc_score(flipped, scores)) if not flipped.all() else float("nan")
+                ),
+                "average_precision": float(average_precision_score(flipped, scores)),
+                "default": name == default,
+            }
+        )
+    return pd.DataFrame(rows, columns=DETECTION_COLUMNS)
+
+
+def random_scores(n: int, seed: int) -> np.ndarray:
+    """``n`` uniform scores in [0, 1) from ``np.random.default_rng(seed)``: the random floor."""
+    return np.random.default_rng(seed).random(int(n))
+
+
+def _aligned(frame: pd.DataFrame, key: str, columns, idx: np.ndarray, what: str) -> pd.DataFrame:
+    """``columns`` of ``frame`` in the order of ``idx`` (matched on ``key``); missing idx error."""
+    if not frame[key].is_unique:
+        raise ValueError(f"{what}: a {key} appears more than once")
+    positions = row_positions(frame[key], idx, what)
+    return frame.iloc[positions][list(columns)].reset_index(drop=True)
+
+
+def detection_rankings(
+    train_set: pd.DataFrame,
+    self_influence: pd.DataFrame,
+    train_pred: pd.DataFrame,
+    error_self_influence: pd.DataFrame | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every suspicion ranking of one version, aligned with its planted flips: ``(rankings,
+    flipped)`` over the train set's non-dropped rows (flipped = ``noisy``).
+
+    Rankings, in this order: ``self_influence`` (summed), one per checkpoint column
+    (``self_influence_epoch_EEE``), ``error_self_influence`` (summed, when given), ``loss`` (train
+    predictions), ``self_influence_last`` (when there are checkpoint columns), ``combined`` and
+    ``random`` (:func:`random_scores` with ``seed``). Every score table must cover every evaluated
+    idx; its missing rows are an error, never dropped.
+    """
+    check_train_set(train_set)
+    train_set = train_set.loc[~train_set["dropped"].to_numpy(bool)]
+    idx = train_set["idx"].to_numpy(np.int64)
+    flipped = train_set["noisy"].to_numpy(bool)
+    per_checkpoint = checkpoint_columns(self_influence)
+    columns = ["self_influence", *per_checkpoint]
+    aligned = _aligned(self_influence, "train_idx", columns, idx, "self_influence")
+    rankings = {column: aligned[column].to_numpy(np.float64) for column in columns}
+    if error_self_influence is not None:
+        rankings["error_self_influence"] = _aligned(
+            error_self_influence, "train_idx", ["self_influence"], idx, "error self-influence"
+        )["self_influence"].to_numpy(np.float64)
+    rankings["loss"] = _aligned(train_pred, "idx", ["loss"], idx, "the train predictions")[
+        "loss"
+    ].to_numpy(np.float64)
+    if per_checkpoint:
+        # The configurable rankings (reports.ranking) by their own names, so the default is a row.
+        rankings["self_influence_last"] = rankings[per_checkpoint[-1]]
+    rankings["combined"] = suspicion_scores("combined", idx, self_influence, train_pred)
+    rankings["random"] = random_scores(len(idx), seed)
+    return rankings, flipped

@@ -1,0 +1,156 @@
+"""Scan an ImageFolder root: every file decoded once, unreadable ones rejected with the reason."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tracinflow._util.progress import Progress
+from tracinflow.data import DataError
+from tracinflow.data.images import decode_bytes
+
+MANIFEST_COLUMNS = ["idx", "path", "class", "label", "split", "sha256", "width", "height"]
+REJECTED_COLUMNS = ["path", "reason"]
+
+
+def ordered_map(function: Callable, items: Iterable, workers: int, chunksize: int = 16):
+    """Ordered map over a process pool (inline for one worker, so tests and small runs stay simple)."""
+    if workers <= 1:
+        yield from map(function, items)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(function, items, chunksize=chunksize)
+
+
+def _inspect_file(path: Path) -> dict:
+    """Read and fully decode one file: its hash and size, or why it is not a usable image."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return {"ok": False, "reason": f"cannot read file: {error}"}
+    if not data:
+        return {"ok": False, "reason": "empty file (0 bytes)"}
+    try:
+        image = decode_bytes(data)
+    except Exception as error:  # PIL raises many types for corrupt data; all mean "not an image"
+        return {"ok": False, "reason": f"not a readable image: {type(error).__name__}: {error}"}
+    width, height = image.size
+    return {
+        "ok": True,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "width": width,
+        "height": height,
+    }
+
+
+def list_image_folder(root, extensions: Iterable[str]):
+    """Class folders and candidate files under ``root``, and files that cannot be candidates.
+
+    Returns ``(classes, candidates, rejected)``: sorted class folder names, ``(relative path,
+    folder)`` pairs of image-extension files at any depth under a class folder, and rejected
+    ``(relative path, reason)`` rows for everything else (nothing is dropped without a trace).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset root '{root}' is not a folder; set dataset.root in the config")
+    allowed = {ext.lower() for ext in extensions}
+    classes, candidates, rejected = [], [], []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        relative = entry.relative_to(root).as_posix()
+        if entry.is_file():
+            rejected.append((relative, "not inside a class folder (<root>/<class>/<image>)"))
+            continue
+        if not entry.is_dir():
+            continue
+        classes.append(entry.name)
+        for file in sorted(p for p in entry.rglob("*") if p.is_file()):
+            relative = file.relative_to(root).as_posix()
+            if file.suffix.lower() in allowed:
+                candidates.append((relative, entry.name))
+            else:
+                rejected.append(
+                    (
+                        relative,
+                        f"extension '{file.suffix}' is not an image extension {sorted(allowed)}",
+                    )
+                )
+    return classes, candidates, rejected
+
+
+def scan_image_folder(
+    root,
+    extensions: Iterable[str],
+    class_names: dict | None = None,
+    workers: int = 1,
+    log=None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Decode every file under ``root`` and return ``(images, rejected)``.
+
+    ``images`` has the manifest columns except ``split`` (plus ``folder``, the class folder name);
+    ``class`` is the display name from ``class_names`` (folder name when unmapped) and ``label`` the
+    position of the folder in sorted order. Unreadable files go to ``rejected`` with the reason.
+    """
+    root = Path(root)
+    class_names = class_names or {}
+    classes, candidates, rejected = list_image_folder(root, extensions)
+    unknown = sorted(set(class_names) - set(classes))
+    if unknown:
+        raise DataError(
+            f"dataset.class_names names folders that are not in '{root}': {unknown}; "
+            f"the class folders are {classes}"
+        )
+    label_of = {folder: label for label, folder in enumerate(classes)}
+    progress = Progress(len(candidates), f"scan {root}", unit="files", log=log)
+    rows = []
+    paths = [root / relative for relative, _ in candidates]
+    for (relative, folder), result in zip(
+        candidates, ordered_map(_inspect_file, paths, workers), strict=True
+    ):
+        progress.update()
+        if not result["ok"]:
+            rejected.append((relative, result["reason"]))
+            continue
+        rows.append(
+            {
+                "path": relative,
+                "class": class_names.get(folder, folder),
+                "folder": folder,
+                "label": label_of[folder],
+                "sha256": result["sha256"],
+                "width": result["width"],
+                "height": result["height"],
+            }
+        )
+    images = pd.DataFrame(
+        rows, columns=["path", "class", "folder", "label", "sha256", "width", "height"]
+    )
+    empty = sorted(set(classes) - set(images["folder"]))
+    if empty:
+        reasons = [f"{path}: {why}" for path, why in rejected if path.split("/")[0] in empty][:5]
+        raise DataError(
+            f"class folders without a single readable image: {empty} under '{root}'. Add images "
+            f"or remove the folders. "
+            + ("Rejected there: " + "; ".join(reasons) if reasons else "")
+        )
+    images = images.sort_values("path", kind="stable").reset_index(drop=True)
+    images.insert(0, "idx", np.arange(len(images), dtype=np.int64))
+    images = images.astype({"label": np.int64, "width": np.int64, "height": np.int64})
+    rejected_frame = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values("path")
+    return images, rejected_frame.reset_index(drop=True)
+
+
+def find_duplicates(images: pd.DataFrame) -> pd.DataFrame:
+    """Byte-identical files: one row per file that shares its sha256 with another, with the group's
+    size and whether the copies carry different labels (a labelling error worth a look)."""
+    counts = images.groupby("sha256")["idx"].transform("size")
+    dups = images.loc[counts > 1, ["sha256", "idx", "path", "class"]].copy()
+    dups["copies"] = counts[counts > 1].to_numpy()
+    dups["conflicting_labels"] = dups.groupby("sha256")["class"].transform("nunique").gt(1)
+    return dups.sort_values(["sha256", "idx"]).reset_index(drop=True)

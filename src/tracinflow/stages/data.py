@@ -1,0 +1,143 @@
+"""The data rules: make_demo_dataset, build_manifest, split_dataset, cache_images.
+
+Each function takes its rule's ``inputs``, ``outputs`` and ``params`` (mappings by the names the
+rule gives them: a dict, or Snakemake's named lists), its ``threads`` and a ``log`` function;
+it reads the inputs, calls the data package and writes the outputs atomically.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from tracinflow._util.files import atomic_path, write_csv, write_parquet
+from tracinflow._util.progress import Progress
+from tracinflow.data.cache import decode_split
+from tracinflow.data.demo import DemoImages, digits_demo, fashion_mnist_demo, parse_idx
+from tracinflow.data.scan import find_duplicates, scan_image_folder
+from tracinflow.data.split import split_images, split_rows, split_summary
+
+
+def read_idx(path) -> np.ndarray:
+    """An IDX file (the MNIST format, optionally gzipped) as a numpy array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        return parse_idx(handle.read(), str(path))
+
+
+def write_image_folder(demo: DemoImages, out_root, log=None) -> int:
+    """Write grayscale arrays as 3-channel PNGs into ``out_root/<folder>/<prefix>_<i>.png``.
+
+    Written into a temporary sibling folder and renamed into place, so an interrupted run never
+    leaves a partial dataset that looks complete.
+    """
+    out_root = Path(out_root)
+    out_root.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.", dir=out_root.parent))
+    try:
+        for folder in demo.folders:
+            (tmp_root / folder).mkdir()
+        progress = Progress(len(demo.images), f"write {out_root}", unit="images", log=log)
+        for number, (pixels, label) in enumerate(zip(demo.images, demo.labels, strict=True)):
+            rgb = Image.fromarray(np.ascontiguousarray(pixels)).convert("RGB")
+            rgb.save(tmp_root / demo.folders[int(label)] / f"{demo.prefix}_{number:05d}.png")
+            progress.update()
+        if out_root.exists():
+            shutil.rmtree(out_root)
+        tmp_root.rename(out_root)
+    finally:
+        if tmp_root.exists():
+            shutil.rmtree(tmp_root)
+    return len(demo.images)
+
+
+def make_demo_dataset(inputs, outputs, params, threads=1, log=print) -> int:
+    """The embedded demo as PNG files: Fashion-MNIST from its IDX ``inputs`` (``images``,
+    ``labels``), or scikit-learn's digits; ``params["demo"]`` is the config's dataset.demo."""
+    demo = params["demo"]
+    per_class, seed = demo.get("images_per_class"), demo.get("seed", 0)
+    if demo["source"] == "fashion_mnist":
+        images, labels = read_idx(inputs["images"]), read_idx(inputs["labels"])
+        chosen = fashion_mnist_demo(images, labels, per_class, seed, str(inputs["images"]))
+    elif demo["source"] == "digits":
+        chosen = digits_demo(per_class, seed)
+    else:
+        raise ValueError(f"unknown demo source {demo['source']!r}")
+    count = write_image_folder(chosen, outputs["root"], log=log)
+    log(f"wrote {count} demo images to {outputs['root']}")
+    return count
+
+
+def build_manifest(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
+    """Every file under the dataset root decoded once: the readable images, the rejected files
+    with their reason, and byte-identical duplicates."""
+    images, rejected = scan_image_folder(
+        inputs["root"], params["extensions"], params["class_names"], workers=threads, log=log
+    )
+    duplicates = find_duplicates(images)
+    log(
+        f"{len(images)} images in {images['class'].nunique()} classes, {len(rejected)} rejected, "
+        f"{len(duplicates)} files in byte-identical duplicate groups"
+    )
+    for path, reason in rejected.itertuples(index=False):
+        log(f"rejected {path}: {reason}")
+    write_csv(outputs["rejected"], rejected)
+    write_csv(outputs["duplicates"], duplicates)
+    write_parquet(outputs["images"], images)
+    return images
+
+
+def split_dataset(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
+    """The manifest: the scanned images with their stratified split, and a count per class."""
+    settings = params["split"]
+    manifest = split_images(pd.read_parquet(inputs["images"]), settings, settings["seed"])
+    summary = split_summary(manifest)
+    log("images per class and split:\n" + summary.to_string(index=False))
+    write_csv(outputs["summary"], summary)
+    write_parquet(outputs["manifest"], manifest)
+    return manifest
+
+
+def write_cache(
+    manifest: pd.DataFrame,
+    root,
+    split: str,
+    size: int,
+    out_path,
+    resize="squash",
+    workers=1,
+    log=print,
+) -> int:
+    """Decode and resize one split into ``out_path`` (uint8, N x size x size x 3, .npy).
+
+    Streams into a memory-mapped file, so memory is bounded by the pool's chunk, not the dataset,
+    and renames it into place only when every row is written. Returns the number of rows.
+    """
+    n = len(split_rows(manifest, split))
+    progress = Progress(n, f"cache {split}", unit="images", log=log)
+    pixels = decode_split(manifest, root, split, size, resize, workers)
+    with atomic_path(out_path) as tmp:
+        cache = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        for position, image in enumerate(pixels):
+            cache[position] = image
+            progress.update()
+        cache.flush()
+        del cache
+    return n
+
+
+def cache_images(inputs, outputs, params, threads=1, log=print) -> int:
+    """One split of the dataset decoded into its cache (:func:`write_cache`)."""
+    split = params["split"]
+    n = write_cache(
+        pd.read_parquet(inputs["manifest"]), inputs["root"], split, int(params["image_size"]),
+        outputs["cache"], params["resize"], threads, log,
+    )  # fmt: skip
+    log(f"cached {n} {split} images")
+    return n

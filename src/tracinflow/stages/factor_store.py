@@ -1,0 +1,275 @@
+"""Factor folders on disk: one memory-mappable ``.npy`` per array, ``meta.json`` written last.
+
+A (checkpoint, split) folder holds ``<layer>.act.npy`` (N, d_in) and ``<layer>.err.npy`` (N, d_out)
+for each hooked layer, ``idx.npy``, ``labels.npy``, ``logits.npy`` and ``meta.json`` (epoch, lr,
+layers, has_bias, loss settings, target, num_samples). Every array is written atomically and
+``meta.json`` last, so a folder without it is incomplete and is never read as data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from tracinflow._util.files import atomic_path, write_json
+from tracinflow._util.progress import Log, Progress
+from tracinflow.influence.factors import (
+    Factors,
+    factor_batches,
+    loader_samples,
+    resolve_layers,
+    to_numpy,
+)
+from tracinflow.train.loss import PerSampleLoss
+
+META = "meta.json"
+
+
+def _file(layer: str, kind: str) -> str:
+    return f"{layer}.{kind}.npy"
+
+
+def is_complete(path) -> bool:
+    """A factor folder is complete when its meta.json exists (it is written last)."""
+    return (Path(path) / META).is_file()
+
+
+def _meta(*, epoch, lr, layers, has_bias, loss, target, num_samples) -> dict:
+    if lr is None:
+        raise ValueError("lr is required in a factor folder's meta.json")
+    return {
+        "epoch": None if epoch is None else int(epoch),
+        "lr": float(lr),
+        "layers": list(layers),
+        "has_bias": {name: bool(has_bias[name]) for name in layers},
+        "loss": loss,
+        "target": target,
+        "num_samples": int(num_samples),
+    }
+
+
+class FactorWriter:
+    """Streams factor batches into preallocated memory-mapped ``.npy`` files of one folder.
+
+    Every array goes to a temporary file beside its final name (``np.lib.format.open_memmap``), so memory
+    stays bounded by one batch. :meth:`close` flushes, renames every file into place and writes
+    ``meta.json`` last; leaving the ``with`` block on an exception deletes the temporary files. An
+    existing ``meta.json`` is removed first, so a half-rewritten folder never looks complete.
+    """
+
+    def __init__(
+        self,
+        path,
+        num_samples: int,
+        dims: dict[str, tuple[int, int]],
+        num_classes: int,
+        dtype=np.float32,
+    ):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / META).unlink(missing_ok=True)
+        self.num_samples = int(num_samples)
+        self.layers = list(dims)
+        self.pos = 0
+        self._stack = contextlib.ExitStack()
+        self._arrays: dict[str, np.ndarray] = {}
+        shapes = {}
+        for layer, (d_in, d_out) in dims.items():
+            shapes[_file(layer, "act")] = ((self.num_samples, d_in), dtype)
+            shapes[_file(layer, "err")] = ((self.num_samples, d_out), dtype)
+        shapes["idx.npy"] = ((self.num_samples,), np.int64)
+        shapes["labels.npy"] = ((self.num_samples,), np.int64)
+        shapes["logits.npy"] = ((self.num_samples, num_classes), dtype)
+        try:
+            for name, (shape, dt) in shapes.items():
+                tmp = self._stack.enter_context(atomic_path(self.path / name))
+                self._arrays[name] = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=dt, shape=shape
+                )
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def write(self, act: dict, err: dict, labels, logits, idx) -> None:
+        """Append one batch (arrays or tensors, one row per sample)."""
+        n = int(np.shape(labels)[0])
+        if self.pos + n > self.num_samples:
+            raise ValueError(f"more rows than the {self.num_samples} announced")
+        rows = slice(self.pos, self.pos + n)
+        for layer in self.layers:
+            self._arrays[_file(layer, "act")][rows] = to_numpy(act[layer])
+            self._arrays[_file(layer, "err")][rows] = to_numpy(err[layer])
+        self._arrays["labels.npy"][rows] = to_numpy(labels)
+        self._arrays["logits.npy"][rows] = to_numpy(logits)
+        self._arrays["idx.npy"][rows] = to_numpy(idx)
+        self.pos += n
+
+    def close(self, meta: dict) -> None:
+        """Flush, move every array into place, then write ``meta.json`` (the completion mark)."""
+        if self.pos != self.num_samples:
+            raise ValueError(f"wrote {self.pos} rows, expected {self.num_samples}")
+        for array in self._arrays.values():
+            array.flush()
+        self._arrays.clear()
+        self._stack.close()
+        write_json(self.path / META, meta)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._arrays.clear()
+            self._stack.__exit__(exc_type, exc, tb)
+        return False
+
+
+def write_factor_dir(
+    path, factors: Factors, *, epoch, lr, loss: dict, target: str = "label"
+) -> Path:
+    """Write in-memory :class:`Factors` as a factor folder (float arrays keep their dtype)."""
+    dims = {n: (factors.act[n].shape[1], factors.err[n].shape[1]) for n in factors.layers}
+    dtype = np.result_type(*(factors.act[n].dtype for n in factors.layers))
+    with FactorWriter(path, len(factors), dims, factors.logits.shape[1], dtype=dtype) as writer:
+        writer.write(factors.act, factors.err, factors.labels, factors.logits, factors.idx)
+        writer.close(
+            _meta(
+                epoch=epoch,
+                lr=lr,
+                layers=factors.layers,
+                has_bias=factors.has_bias,
+                loss=loss,
+                target=target,
+                num_samples=len(factors),
+            )
+        )
+    return Path(path)
+
+
+def extract_to_dir(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: PerSampleLoss,
+    path,
+    *,
+    epoch: int | None,
+    lr: float,
+    layers: Sequence[str] = ("fc.4",),
+    head: str = "fc",
+    target: str = "label",
+    device=None,
+    autocast: bool = False,
+    num_samples: int | None = None,
+    dtype=np.float32,
+    log: Log | None = None,
+    label: str = "factors",
+    progress_every: float = 5.0,
+) -> Path:
+    """:func:`~tracinflow.influence.factors.factor_batches` streamed straight into a factor folder
+    (memory bounded by one batch), with a progress line at most every ``progress_every`` seconds.
+
+    ``num_samples`` is needed only when it cannot be read off the loader (a DataLoader without
+    ``drop_last`` over a sized sampler, or a list of batches). ``lr`` is the learning rate of the
+    hooked layers' parameter group at this checkpoint; it goes to meta.json with ``epoch``.
+    """
+    _, modules, _ = resolve_layers(model, layers, head)
+    n = num_samples if num_samples is not None else loader_samples(loader)
+    if n is None:
+        raise ValueError("cannot tell how many samples the loader yields; pass num_samples")
+    dims = {name: (m.in_features, m.out_features) for name, m in modules.items()}
+    progress = Progress(n, label, "images", log, every=progress_every) if log else None
+    with FactorWriter(path, n, dims, loss_fn.num_classes, dtype=dtype) as writer:
+        for batch in factor_batches(model, loader, loss_fn, layers, head, target, device, autocast):
+            rows = int(batch["labels"].shape[0])
+            idx = batch["idx"]
+            if idx is None:
+                idx = np.arange(writer.pos, writer.pos + rows, dtype=np.int64)
+            writer.write(batch["act"], batch["err"], batch["labels"], batch["logits"], idx)
+            if progress is not None:
+                progress.update(rows)
+        writer.close(
+            _meta(
+                epoch=epoch,
+                lr=lr,
+                layers=list(modules),
+                has_bias={name: m.bias is not None for name, m in modules.items()},
+                loss=loss_fn.settings(),
+                target=target,
+                num_samples=n,
+            )
+        )
+    return Path(path)
+
+
+def read_meta(path) -> dict:
+    """The folder's meta.json; FileNotFoundError when the folder is incomplete."""
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path}: no {META}, the factor folder is missing or incomplete")
+    return json.loads(meta_path.read_text())
+
+
+def load_factor_dir(
+    path, rows: slice | tuple[int, int] | None = None, mmap: bool = True, layers=None
+) -> Factors:
+    """Load a factor folder, or only ``rows`` (a slice or ``(start, stop)``) of it.
+
+    With ``mmap=True`` arrays are read-only memory maps (row slices read nothing until used); with
+    ``mmap=False`` only the requested rows are read into memory. ``layers`` selects a subset of the
+    stored layers. The returned :class:`Factors` carries meta.json and the row offset of the slice.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    stored = list(meta["layers"])
+    layers = stored if layers is None else list(layers)
+    missing = [layer for layer in layers if layer not in stored]
+    if missing:
+        raise ValueError(f"{path}: layers {missing} not stored; stored layers: {stored}")
+    n = int(meta["num_samples"])
+    if rows is None:
+        sl = slice(0, n)
+    elif isinstance(rows, slice):
+        sl = rows
+    else:
+        sl = slice(int(rows[0]), int(rows[1]))
+    start, stop, step = sl.indices(n)
+    if step != 1:
+        raise ValueError("only contiguous row ranges (step 1) are supported")
+    sl = slice(start, stop)
+
+    def load(name):
+        array = np.load(path / name, mmap_mode="r")
+        if array.shape[0] != n:
+            raise ValueError(f"{path / name}: {array.shape[0]} rows, meta.json says {n}")
+        return array[sl] if mmap else np.array(array[sl])
+
+    return Factors(
+        act={layer: load(_file(layer, "act")) for layer in layers},
+        err={layer: load(_file(layer, "err")) for layer in layers},
+        labels=load("labels.npy"),
+        logits=load("logits.npy"),
+        idx=load("idx.npy"),
+        has_bias={layer: bool(meta["has_bias"][layer]) for layer in layers},
+        meta=meta,
+        row_offset=start,
+    )
+
+
+def folder_rows(paths: Sequence, what: str) -> int:
+    """The number of rows the factor folders of one split hold (they must agree)."""
+    sizes = {int(read_meta(path)["num_samples"]) for path in paths}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"{what} factor folders disagree on the number of samples: {sorted(sizes)}"
+        )
+    return sizes.pop()
+
+
+def load_checkpoints(paths: Sequence, rows=None, layers=None) -> list[Factors]:
+    """The factor folders of every checkpoint of one split (or ``rows`` of them), in order."""
+    return [load_factor_dir(path, rows=rows, layers=layers) for path in paths]

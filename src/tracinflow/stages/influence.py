@@ -1,0 +1,99 @@
+"""The influence rules: influence_shard, merge_topk, self_influence.
+
+Each function takes its rule's ``inputs``, ``outputs`` and ``params`` (mappings by the names the
+rule gives them), its ``threads`` and a ``log`` function; it reads, calls the influence package
+and writes every output atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from tracinflow._util.device import select_device
+from tracinflow._util.files import write_csv, write_parquet
+from tracinflow.analysis.reports import readable_topk
+from tracinflow.data.split import class_names_of
+from tracinflow.influence import self_influence as scores
+from tracinflow.influence.kernel import COLUMNS, topk_influence
+from tracinflow.influence.shards import merge_topk as merge_candidates
+from tracinflow.influence.shards import tile_rows
+from tracinflow.stages.factor_store import folder_rows, load_checkpoints
+
+
+def shard_topk(
+    test_dirs: Sequence,
+    train_dirs: Sequence,
+    k: int,
+    *,
+    test_tile: tuple[int, int] = (0, 1),
+    train_tile: tuple[int, int] = (0, 1),
+    log=None,
+    **kernel,
+) -> pd.DataFrame:
+    """Top-k candidates of test tile ``test_tile = (t, T)`` against train tile ``train_tile =
+    (r, R)``, summed over every checkpoint: the factor folders of every checkpoint (same order)
+    for the test and the train split, of which only the tiles' rows are read (memory-mapped
+    slices); learning rates come from each folder's meta.json. ``kernel``: the keyword arguments
+    of :func:`~tracinflow.influence.kernel.topk_influence` (layers, memory_bytes, block, device,
+    dtype). The merge over all ``R`` train tiles of a test tile gives the exact top-k."""
+    if len(test_dirs) != len(train_dirs) or not test_dirs:
+        raise ValueError(f"{len(test_dirs)} test folders but {len(train_dirs)} train folders")
+    rows_t = tile_rows(*test_tile, folder_rows(test_dirs, "test"))
+    rows_r = tile_rows(*train_tile, folder_rows(train_dirs, "train"))
+    layers = kernel.get("layers")
+    test = load_checkpoints(test_dirs, rows=rows_t, layers=layers)
+    train = load_checkpoints(train_dirs, rows=rows_r, layers=layers)
+    return topk_influence(test, train, k, log=log, label="shard", **kernel)
+
+
+def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
+    """Top-k candidates of one (test tile, train tile) shard, summed over every checkpoint."""
+    torch.set_num_threads(threads)
+    tiles = params["tiles"]
+    t, r = int(params["test_tile"]), int(params["train_tile"])
+    log(f"shard test tile {t}/{tiles['test']}, train tile {r}/{tiles['train']}, k {params['k']}")
+    frame = shard_topk(
+        list(inputs["test"]),
+        list(inputs["train"]),
+        params["k"],
+        test_tile=(t, tiles["test"]),
+        train_tile=(r, tiles["train"]),
+        memory_bytes=params["memory_mb"] * 2**20,
+        device=select_device(params["device"]),
+        log=log,
+    )
+    write_parquet(outputs["shard"], frame[COLUMNS])
+    return frame
+
+
+def merge_topk(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
+    """Exact per-test-row top-k over all shards, plus a CSV with paths, labels and predictions."""
+    shards = list(inputs["shards"])
+    merged = merge_candidates([pd.read_parquet(path) for path in shards], params["k"])
+    write_parquet(outputs["parquet"], merged)
+    manifest = pd.read_parquet(inputs["manifest"])
+    readable = readable_topk(
+        merged,
+        manifest,
+        pd.read_parquet(inputs["test"]),
+        pd.read_parquet(inputs["train"]),
+        class_names_of(manifest),
+    )
+    write_csv(outputs["csv"], readable)
+    log(f"merged {len(shards)} shards: {merged['test_idx'].nunique()} test images, k {params['k']}")
+    return merged
+
+
+def self_influence(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
+    """Self-influence of every training image, with each checkpoint's term alongside; and the
+    error-signal-only variant ``sum lr |e|^2`` (a ranking the noise evaluation compares)."""
+    train = load_checkpoints(list(inputs["train"]))
+    frame = scores.self_influence(train, per_checkpoint=True)
+    write_parquet(outputs["self_influence"], frame)
+    error = scores.self_influence(train, mode="error", per_checkpoint=True)
+    write_parquet(outputs["error_self_influence"], error)
+    log(f"self-influence of {len(frame)} training images (full and error-signal only)")
+    return frame

@@ -1,0 +1,216 @@
+"""The training rules: build_train_set, train_model, download_weights.
+
+Each function takes its rule's ``inputs``, ``outputs`` and ``params`` (mappings by the names the
+rule gives them), its ``threads`` and a ``log`` function; it reads, calls the library, and writes
+every output atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from tracinflow._util.device import select_device
+from tracinflow._util.files import save_figure, write_csv, write_json, write_parquet
+from tracinflow._util.tables import descending_rank
+from tracinflow.analysis.rankings import suspicion_scores
+from tracinflow.data.split import class_names_of, split_rows
+from tracinflow.data.train_set import apply_cleaning, reference_probabilities
+from tracinflow.data.train_set import build_train_set as noisy_train_set
+from tracinflow.plots.training import plot_training_curves
+from tracinflow.stages.checkpoints import (
+    fetch_weights,
+    read_backbone_weights,
+    read_train_state,
+    save_checkpoint,
+    save_train_state,
+)
+from tracinflow.stages.common import load_cache, optional_input, version_split
+from tracinflow.train.trainer import HISTORY_COLUMNS, Trainer, resolve_settings
+
+# --- build_train_set ----------------------------------------------------------------------------
+
+
+def _cleaned(inputs, clean: dict, log) -> pd.DataFrame:
+    """The source version's training set with its top suspects (by ``clean["ranking"]``) dropped
+    or relabelled."""
+    source_set = pd.read_parquet(inputs["source_train_set"])
+    predictions = pd.read_parquet(inputs["source_predictions"])
+    idx = source_set.loc[~source_set["dropped"].to_numpy(bool), "idx"].to_numpy(np.int64)
+    scores = suspicion_scores(
+        clean["ranking"],
+        idx,
+        pd.read_parquet(inputs["source_self_influence"]),
+        predictions,
+        pd.read_parquet(inputs["source_error_self_influence"]),
+    )
+    suspects = pd.DataFrame({"train_idx": idx, "rank": descending_rank(scores, idx)})
+    train_set, acted = apply_cleaning(
+        source_set,
+        suspects,
+        fraction=clean["fraction"],
+        count=clean["count"],
+        action=clean["action"],
+        predicted=predictions[["idx", "pred"]],
+    )
+    flips = int(source_set.set_index("idx").loc[acted, "noisy"].sum())
+    log(
+        f"cleaning {clean['from']}: {clean['action']} {len(acted)} top suspects by "
+        f"{clean['ranking']}; {flips} of them carry a planted flip (of "
+        f"{int(source_set['noisy'].sum())} planted)"
+    )
+    return train_set
+
+
+def _with_noise(inputs, label_noise: dict | None, log) -> pd.DataFrame:
+    """The manifest's train split with the version's planted label noise (none without it)."""
+    manifest = pd.read_parquet(inputs["manifest"])
+    train = split_rows(manifest, "train")
+    reference_probs = None
+    if label_noise and label_noise["mode"] == "confusing":
+        reference = pd.read_parquet(inputs["reference"])
+        reference_probs = reference_probabilities(train, reference, str(inputs["reference"]))
+    noise = {key: label_noise[key] for key in ("rate", "seed", "mode")} if label_noise else None
+    train_set = noisy_train_set(
+        train[["idx", "label"]],
+        noise,
+        reference_probs,
+        num_classes=len(class_names_of(manifest)),
+    )
+    log(
+        f"training set: {len(train_set)} images, {int(train_set['noisy'].sum())} labels flipped"
+        + (f" ({label_noise['mode']}, rate {label_noise['rate']})" if label_noise else "")
+    )
+    return train_set
+
+
+def build_train_set(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
+    """train_set.parquet of a version: the manifest's train split with planted label noise
+    (``params["label_noise"]``), or a source version's training set cleaned of its top suspects
+    (``params["clean"]``, its ranking resolved)."""
+    clean = params["clean"]
+    train_set = (
+        _cleaned(inputs, clean, log) if clean else _with_noise(inputs, params["label_noise"], log)
+    )
+    write_parquet(outputs["train_set"], train_set)
+    return train_set
+
+
+# --- train_model --------------------------------------------------------------------------------
+
+TRAIN_STATE = "train_state.pt"  # the resume state, in the scratch folder
+
+
+def _history_frame(history: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(history, columns=HISTORY_COLUMNS)
+
+
+def fit(
+    train_images,
+    train_labels,
+    val_images,
+    val_labels,
+    num_classes: int,
+    settings: dict,
+    files: Mapping,
+    scratch,
+    *,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+    epoch_callback: Callable[[int, int], None] | None = None,
+    pretrained_state: dict | None = None,
+) -> dict:
+    """Train the two stages and write the model files; returns the training summary.
+
+    ``files`` names them: ``epochs`` (one checkpoint file per ``stage2.checkpoint_epochs``, in
+    epoch order), ``best``, ``history``, ``checkpoints`` (checkpoints.json) and ``curves``. While
+    training, the checkpoints, the best model, the history and the resume state live in the folder
+    ``scratch``; they move into place once the run has finished, so a killed run leaves no model
+    file that looks complete, and started again with the same settings and data it continues
+    after its last completed epoch (Snakemake deletes a job's outputs before it reruns it, never
+    the scratch folder), with the same result as an uninterrupted run. ``epoch_callback(stage,
+    epoch)`` runs after each epoch's state is saved (tests use it to simulate a kill).
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    device = select_device(resolve_settings(settings)["training"]["device"])
+    trainer = Trainer(
+        settings, num_classes, train_images, train_labels, val_images, val_labels,
+        device=device, pretrained_state=pretrained_state, log=log,
+    )  # fmt: skip
+    epochs = trainer.settings["training"]["stage2"]["checkpoint_epochs"]
+    if len(files["epochs"]) != len(epochs):
+        raise ValueError(f"{len(files['epochs'])} checkpoint files for the epochs {epochs}")
+    final = {"best": files["best"], "history": files["history"]}
+    final |= {epoch: path for epoch, path in zip(epochs, files["epochs"], strict=True)}
+    work = {key: Path(scratch) / Path(path).name for key, path in final.items()}
+    state_path = Path(scratch) / TRAIN_STATE
+    trainer.resume(read_train_state(state_path, log), source=state_path.name)
+    for done in trainer.epochs():
+        if done.improved:
+            save_checkpoint(work["best"], trainer.checkpoint(done.row))
+        if done.checkpoint:
+            save_checkpoint(work[done.epoch], trainer.checkpoint(done.row))
+        write_csv(work["history"], _history_frame(trainer.progress.history))
+        save_train_state(state_path, trainer.state())
+        if epoch_callback is not None:
+            epoch_callback(done.stage, done.epoch)
+    for key, path in final.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work[key], path)
+    listed = [
+        {"epoch": c["epoch"], "file": Path(final[c["epoch"]]).name}
+        | {key: c[key] for key in ("lr_head", "lr_backbone", "val_loss")}
+        for c in trainer.progress.checkpoints
+    ]
+    write_json(files["checkpoints"], listed)
+    save_figure(plot_training_curves(_history_frame(trainer.progress.history)), files["curves"])
+    state_path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the scratch folder, unless it holds other files
+        Path(scratch).rmdir()
+    return trainer.summary()
+
+
+def train_model(inputs, outputs, params, threads=1, log=print) -> dict:
+    """Train one version on its training set (``params["settings"]``: seed, model, training),
+    early-stopping on val; writes the model files the rule declares."""
+    manifest = pd.read_parquet(inputs["manifest"])
+    train_images, train_labels, _ = version_split(
+        manifest, "train", inputs["train_set"], inputs["train"]
+    )
+    val = split_rows(manifest, "val")
+    settings = params["settings"]
+    weights = optional_input(inputs, "weights")  # the backbone's file, when it starts from one
+    summary = fit(
+        train_images,
+        train_labels,
+        load_cache(inputs["val"]),
+        val["label"].to_numpy(),
+        num_classes=len(class_names_of(manifest)),
+        settings=settings,
+        files=outputs,
+        scratch=params["scratch"],
+        threads=threads,
+        log=log,
+        pretrained_state=read_backbone_weights(weights, settings["model"]["arch"])
+        if weights
+        else None,
+    )
+    log(f"best epoch {summary['best_epoch']}, val loss {summary['best_val_loss']:.4f}")
+    return summary
+
+
+# --- download_weights ---------------------------------------------------------------------------
+
+
+def download_weights(inputs, outputs, params, threads=1, log=print):
+    """torchvision's ImageNet weights of ``params["arch"]``, where the network allows."""
+    path = fetch_weights(params["arch"], outputs["weights"])
+    log(f"wrote {path}")
+    return path

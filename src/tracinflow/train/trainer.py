@@ -1,0 +1,528 @@
+"""Two-stage training from the uint8 image cache: head only, then full fine-tuning.
+
+Stage 1 trains the head ``fc`` with the backbone frozen (``requires_grad=False`` and eval-mode
+BatchNorm, so every backbone tensor, running statistics included, stays bit-identical). Stage 2
+fine-tunes everything with AdamW in two parameter groups (backbone, head), early-stops on the val
+loss, but never before the last of ``stage2.checkpoint_epochs``, so every configured checkpoint exists.
+
+:class:`Trainer` holds no file: :meth:`Trainer.epochs` yields after every epoch, saying whether the
+epoch is the best so far and whether it is a TracIn checkpoint, and :meth:`Trainer.state` is what a
+killed run needs to resume. The ``train_model`` stage (:mod:`tracinflow.stages.train`) writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from tracinflow._util.device import describe_device, fast_cuda_math
+from tracinflow._util.progress import Progress, format_duration
+from tracinflow.config import deep_merge
+from tracinflow.train.augment import augment
+from tracinflow.train.batches import as_image_array, iter_batches
+from tracinflow.train.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
+from tracinflow.train.model import (
+    autocast,
+    backbone_parameters,
+    checkpoint_dict,
+    cpu_state,
+    create_model,
+    features,
+    head_parameters,
+    make_arch,
+    normalize,
+    to_input,
+)
+
+DEFAULT_SETTINGS = {
+    "seed": 0,
+    "model": {
+        "arch": "small_resnet",
+        "pretrained": None,
+        "head": {"hidden": [512, 256], "negative_slope": 0.01},
+        # optional: base width of small_resnet (ignored by the torchvision backbones)
+        "width": 16,
+    },
+    "training": {
+        "batch_size": 64,
+        "class_weights": True,
+        "label_smoothing": 0.1,
+        "augment": {"enabled": True, "crop_scale": [0.8, 1.0], "horizontal_flip": True},
+        "stage1": {"epochs": 5, "lr": 1.0e-3, "weight_decay": 0.01},
+        "stage2": {
+            "max_epochs": 100,
+            "lr_backbone": 1.0e-5,
+            "lr_head": 2.0e-4,
+            "weight_decay": 0.01,
+            "patience": 10,
+            "checkpoint_epochs": [10, 20, 30, 40, 50],
+        },
+        "device": "auto",
+    },
+}
+
+# What a checkpoint records of its epoch's history row, in this order.
+CHECKPOINT_ROW_FIELDS = (
+    "epoch", "stage", "lr_head", "lr_backbone", "train_loss", "train_accuracy", "val_loss",
+    "val_accuracy",
+)  # fmt: skip
+HISTORY_COLUMNS = [
+    "stage",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr_head",
+    "lr_backbone",
+    "seconds",
+]
+
+
+def resolve_settings(settings: dict) -> dict:
+    """``settings`` laid over :data:`DEFAULT_SETTINGS`, checked for values training cannot use."""
+    s = deep_merge(DEFAULT_SETTINGS, settings or {})
+    t = s["training"]
+    s1, s2 = t["stage1"], t["stage2"]
+    if int(t["batch_size"]) < 1:
+        raise ValueError(f"training.batch_size must be >= 1, got {t['batch_size']}")
+    if int(s1["epochs"]) < 0:
+        raise ValueError(f"training.stage1.epochs must be >= 0, got {s1['epochs']}")
+    if int(s2["max_epochs"]) < 1:
+        raise ValueError(f"training.stage2.max_epochs must be >= 1, got {s2['max_epochs']}")
+    epochs = sorted({int(e) for e in s2["checkpoint_epochs"]})
+    if not epochs or epochs[0] < 1 or epochs[-1] > int(s2["max_epochs"]):
+        raise ValueError(
+            f"training.stage2.checkpoint_epochs must be non-empty and within 1..max_epochs "
+            f"({s2['max_epochs']}), got {s2['checkpoint_epochs']}"
+        )
+    s2["checkpoint_epochs"] = epochs
+    lo, hi = (float(v) for v in t["augment"]["crop_scale"])
+    if not 0.0 < lo <= hi <= 1.0:
+        raise ValueError(
+            f"training.augment.crop_scale must satisfy 0 < lo <= hi <= 1, got {[lo, hi]}"
+        )
+    return s
+
+
+# --- one epoch ----------------------------------------------------------------------------------
+
+
+def _logits(model: nn.Module, x: torch.Tensor, head_only: bool) -> torch.Tensor:
+    if not head_only:
+        return model(x)
+    with torch.no_grad():
+        feats = features(model, x)
+    return model.fc(feats)
+
+
+def train_epoch(
+    model: nn.Module,
+    loss_fn: WeightedSmoothedCrossEntropy,
+    optimizer: torch.optim.Optimizer,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    generator: torch.Generator,
+    augment_settings: dict,
+    device: torch.device,
+    head_only: bool,
+) -> tuple[float, float]:
+    """One pass over a fresh permutation of the training rows; returns (mean loss, accuracy).
+
+    ``head_only`` (stage 1): the whole model stays in eval mode and the backbone runs without
+    gradients, so its weights and BatchNorm statistics cannot change.
+    """
+    model.train(not head_only)
+    arch = model.arch
+    order = torch.randperm(len(labels), generator=generator).numpy()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for batch, y in iter_batches(images, labels, order, batch_size, pin=device.type == "cuda"):
+        y = y.to(device, non_blocking=True)
+        if augment_settings["enabled"]:
+            x = augment(
+                batch.to(device, non_blocking=True),
+                generator,
+                augment_settings["crop_scale"],
+                augment_settings["horizontal_flip"],
+            )
+            x = normalize(x, arch)
+        else:
+            x = to_input(batch, arch, device)
+        with autocast(device):
+            logits = _logits(model, x, head_only)
+        per_sample = loss_fn(logits.float(), y, reduction="none")
+        optimizer.zero_grad(set_to_none=True)
+        per_sample.mean().backward()
+        optimizer.step()
+        total_loss += per_sample.detach().sum()
+        correct += (logits.detach().argmax(1) == y).sum()
+    n = len(labels)
+    return float(total_loss) / n, int(correct) / n
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loss_fn: WeightedSmoothedCrossEntropy,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[float, float]:
+    """Mean per-sample loss and accuracy in eval mode, without augmentation."""
+    model.eval()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    order = np.arange(len(labels))
+    for batch, y in iter_batches(images, labels, order, batch_size, pin=device.type == "cuda"):
+        y = y.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(to_input(batch, model.arch, device))
+        total_loss += loss_fn(logits.float(), y, reduction="none").sum()
+        correct += (logits.argmax(1) == y).sum()
+    n = len(labels)
+    return float(total_loss) / n, int(correct) / n
+
+
+# --- the run's state ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingProgress:
+    """Where a run is: the stage and its last completed epoch, the history rows, early stopping's
+    counters and the checkpoints taken. Plain values, so a resume state loads with
+    ``weights_only=True``."""
+
+    stage: int
+    epoch: int = 0
+    done: bool = False
+    history: list[dict] = field(default_factory=list)
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    checkpoints: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class EpochDone:
+    """One finished epoch: its history row; in stage 2 whether it has the best val loss so far (the
+    best model) and whether it is one of the TracIn checkpoint epochs."""
+
+    stage: int
+    epoch: int
+    row: dict
+    improved: bool = False
+    checkpoint: bool = False
+
+
+def _check_split(name: str, images, labels, num_classes: int) -> None:
+    if len(images) != len(labels) or len(labels) == 0:
+        raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels (need >= 1)")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"{name} labels must lie in 0..{num_classes - 1}")
+
+
+# --- the two stages -----------------------------------------------------------------------------
+
+
+class Trainer:
+    """Two-stage training of one network on memory-mapped image arrays, resumable after a kill.
+
+    ``train_images``/``val_images``: uint8 (N, H, W, 3) arrays; labels: int arrays in
+    0..num_classes-1 in the same row order. ``settings`` has the shape of :data:`DEFAULT_SETTINGS`
+    (missing keys take those defaults). ``pretrained_state``: the backbone's state dict when
+    ``model.pretrained`` names a weights file. ``log`` receives one line per event.
+    """
+
+    def __init__(
+        self,
+        settings: dict,
+        num_classes: int,
+        train_images,
+        train_labels,
+        val_images,
+        val_labels,
+        *,
+        device: torch.device,
+        pretrained_state: dict | None = None,
+        log: Callable[[str], None] = print,
+    ):
+        self.settings = resolve_settings(settings)
+        self.device, self.log = device, log
+        self.train_images, self.val_images = (
+            as_image_array(train_images),
+            as_image_array(val_images),
+        )
+        self.train_labels = np.asarray(train_labels, dtype=np.int64)
+        self.val_labels = np.asarray(val_labels, dtype=np.int64)
+        _check_split("train", self.train_images, self.train_labels, num_classes)
+        _check_split("val", self.val_images, self.val_labels, num_classes)
+        self.num_classes = num_classes
+        self.arch = self._arch()
+        t_cfg = self.settings["training"]
+        weights = class_weights_from_labels(
+            self.train_labels, num_classes, bool(t_cfg["class_weights"])
+        )
+        self.loss_fn = WeightedSmoothedCrossEntropy(
+            weights, num_classes, float(t_cfg["label_smoothing"])
+        ).to(device)
+        self.loss_spec = self.loss_fn.settings()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.settings["seed"]))
+            model = create_model(self.arch, pretrained_state)
+        self.model = model.to(device)
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.generator = torch.Generator().manual_seed(int(self.settings["seed"]))
+        self.batch_size = int(t_cfg["batch_size"])
+        self.augment = {
+            "enabled": bool(t_cfg["augment"]["enabled"]),
+            "crop_scale": [float(v) for v in t_cfg["augment"]["crop_scale"]],
+            "horizontal_flip": bool(t_cfg["augment"]["horizontal_flip"]),
+        }
+        stage1_epochs = int(t_cfg["stage1"]["epochs"])
+        self.progress = TrainingProgress(stage=1 if stage1_epochs > 0 else 2)
+        self._optimizer_state = None  # the optimizer of a resumed stage
+        self._saved_optimizer = None  # the optimizer the resume state holds now
+        self._describe()
+
+    def _arch(self) -> dict:
+        model = self.settings["model"]
+        return make_arch(
+            model["arch"],
+            self.num_classes,
+            hidden=model["head"]["hidden"],
+            negative_slope=model["head"]["negative_slope"],
+            image_size=self.train_images.shape[1:3],
+            width=int(model.get("width", 16)),
+            pretrained=model["pretrained"],
+        )
+
+    def _describe(self) -> None:
+        arch, spec = self.arch, self.loss_spec
+        parameters = sum(p.numel() for p in self.model.parameters())
+        self.log(f"training {arch['name']} ({parameters:,} parameters)")
+        self.log(describe_device(self.device, fast_cuda=True))
+        self.log(
+            f"train {len(self.train_labels)} images, val {len(self.val_labels)}, "
+            f"{self.num_classes} classes, image {self.train_images.shape[1]}x"
+            f"{self.train_images.shape[2]}, batch {self.batch_size}, seed {self.settings['seed']}"
+        )
+        self.log(
+            f"loss: class weights {[round(w, 4) for w in spec['class_weights']]}, label smoothing "
+            f"{spec['label_smoothing']}; augmentation {self.augment}; pretrained {arch['pretrained']}"
+        )
+
+    # --- resuming
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies a run: a saved state is resumed only by the run that wrote it."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.settings, sort_keys=True).encode())
+        shapes = [self.num_classes, list(self.train_images.shape), list(self.val_images.shape)]
+        h.update(json.dumps(shapes).encode())
+        h.update(np.ascontiguousarray(self.train_labels, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(self.val_labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+    def state(self) -> dict:
+        """Everything a killed run needs to continue after the last finished epoch."""
+        optimizer = self._saved_optimizer
+        return {
+            "fingerprint": self.fingerprint,
+            "model": cpu_state(self.model),
+            "optimizer": cpu_state(optimizer) if optimizer is not None else {},
+            "generator": self.generator.get_state(),
+            "progress": asdict(self.progress),
+        }
+
+    def resume(self, state: dict | None, source: str = "the resume state") -> bool:
+        """Continue from ``state`` (:meth:`state` of an earlier run) when it was written by this
+        run's settings and data; otherwise start from scratch. Returns whether it resumed."""
+        if state is None:
+            return False
+        if state.get("fingerprint") != self.fingerprint:
+            self.log(
+                f"ignoring {source}: written for other settings or data; starting from scratch"
+            )
+            return False
+        self.model.load_state_dict(state["model"])
+        self.generator.set_state(state["generator"])
+        self.progress = TrainingProgress(**state["progress"])
+        self._optimizer_state = state["optimizer"] or None
+        self.log(
+            f"resuming from {source}: stage {self.progress.stage}, epoch {self.progress.epoch} done"
+        )
+        return True
+
+    # --- epochs
+
+    def _optimizer(self, groups: list[dict], weight_decay: float) -> torch.optim.AdamW:
+        optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+        if self._optimizer_state is not None:
+            optimizer.load_state_dict(self._optimizer_state)
+            self._optimizer_state = None
+        return optimizer
+
+    def _run_epoch(self, stage: int, epoch: int, optimizer, progress: Progress) -> dict:
+        by_name = {g.get("name"): float(g["lr"]) for g in optimizer.param_groups}
+        # the backbone's learning rate is 0 while it is frozen
+        lr_head, lr_backbone = by_name.get("head", 0.0), by_name.get("backbone", 0.0)
+        start = time.perf_counter()
+        train_loss, train_acc = train_epoch(
+            self.model, self.loss_fn, optimizer, self.train_images, self.train_labels,
+            self.batch_size, self.generator, self.augment, self.device, head_only=stage == 1,
+        )  # fmt: skip
+        val_loss, val_acc = evaluate(
+            self.model, self.loss_fn, self.val_images, self.val_labels, self.batch_size, self.device
+        )
+        row = {
+            "stage": stage,
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr_head": lr_head,
+            "lr_backbone": lr_backbone,
+            "seconds": time.perf_counter() - start,
+        }
+        self.progress.history.append(row)
+        progress.update(
+            1,
+            f"stage {stage} epoch {epoch}/{progress.total}: train loss {train_loss:.4f} acc "
+            f"{train_acc:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} | {row['seconds']:.1f}s",
+        )
+        return row
+
+    def _stage1(self) -> Iterator[EpochDone]:
+        """The head alone on the frozen backbone."""
+        s1 = self.settings["training"]["stage1"]
+        for p in backbone_parameters(self.model):
+            p.requires_grad_(False)
+        optimizer = self._optimizer(
+            [{"params": head_parameters(self.model), "lr": float(s1["lr"]), "name": "head"}],
+            float(s1["weight_decay"]),
+        )
+        total, done = int(s1["epochs"]), self.progress.epoch
+        progress = Progress(total, "stage 1", "epochs", self.log, every=0, start=done)
+        for epoch in range(done + 1, total + 1):
+            row = self._run_epoch(1, epoch, optimizer, progress)
+            self.progress.epoch = epoch
+            if epoch == total:
+                self.progress.stage, self.progress.epoch = 2, 0
+            # after the last stage-1 epoch, stage 2 starts with a fresh optimizer
+            self._saved_optimizer = optimizer if self.progress.stage == 1 else None
+            yield EpochDone(1, epoch, row)
+        rows = [r for r in self.progress.history if r["stage"] == 1]
+        self.log(
+            f"stage 1 done: {len(rows)} epochs in {format_duration(sum(r['seconds'] for r in rows))}"
+            f", val loss {rows[-1]['val_loss']:.4f} acc {rows[-1]['val_accuracy']:.4f}"
+        )
+        self._optimizer_state = None
+
+    def _stage2(self) -> Iterator[EpochDone]:
+        """Everything, two learning rates, early stopping after the last checkpoint epoch."""
+        s2 = self.settings["training"]["stage2"]
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        optimizer = self._optimizer(
+            [
+                {
+                    "params": backbone_parameters(self.model),
+                    "lr": float(s2["lr_backbone"]),
+                    "name": "backbone",
+                },
+                {"params": head_parameters(self.model), "lr": float(s2["lr_head"]), "name": "head"},
+            ],
+            float(s2["weight_decay"]),
+        )
+        self._saved_optimizer = optimizer
+        total, state = int(s2["max_epochs"]), self.progress
+        progress = Progress(total, "stage 2", "epochs", self.log, every=0, start=state.epoch)
+        progress.bounded = s2["patience"] is not None
+        while not state.done:
+            epoch = state.epoch + 1
+            row = self._run_epoch(2, epoch, optimizer, progress)
+            improved = row["val_loss"] < state.best_val_loss
+            if improved:
+                state.best_val_loss, state.best_epoch, state.bad_epochs = row["val_loss"], epoch, 0
+            else:
+                state.bad_epochs += 1
+            checkpoint = epoch in s2["checkpoint_epochs"]
+            if checkpoint:
+                state.checkpoints = [c for c in state.checkpoints if c["epoch"] != epoch] + [
+                    {key: row[key] for key in ("epoch", "lr_head", "lr_backbone", "val_loss")}
+                ]
+            stopped_early = self._stops_early(epoch)
+            state.epoch, state.done = epoch, stopped_early or epoch >= total
+            yield EpochDone(2, epoch, row, improved=improved, checkpoint=checkpoint)
+            if stopped_early:
+                self.log(
+                    f"early stopping after stage-2 epoch {epoch}: val loss has not improved for "
+                    f"{state.bad_epochs} epochs (patience {s2['patience']})"
+                )
+
+    def _stops_early(self, epoch: int) -> bool:
+        s2 = self.settings["training"]["stage2"]
+        patience = s2["patience"]
+        return bool(
+            patience is not None
+            and self.progress.bad_epochs >= int(patience)
+            and epoch >= s2["checkpoint_epochs"][-1]
+            and epoch < int(s2["max_epochs"])
+        )
+
+    def epochs(self) -> Iterator[EpochDone]:
+        """Train what is left of both stages, yielding after every epoch (the caller saves the best
+        model, the checkpoints, the history and :meth:`state` there)."""
+        with fast_cuda_math(self.device):
+            if self.progress.stage == 1:
+                yield from self._stage1()
+            yield from self._stage2()
+        rows = [r for r in self.progress.history if r["stage"] == 2]
+        total = int(self.settings["training"]["stage2"]["max_epochs"])
+        self.log(
+            f"stage 2 done: {len(rows)} of {total} epochs in "
+            f"{format_duration(sum(r['seconds'] for r in rows))}; best epoch "
+            f"{self.progress.best_epoch} (val loss {self.progress.best_val_loss:.4f}); "
+            f"checkpoints {[c['epoch'] for c in self.progress.checkpoints]}"
+        )
+
+    # --- what the files hold
+
+    def checkpoint(self, row: dict) -> dict:
+        """A checkpoint of the model now: ``{"model": state_dict, "arch", "epoch", "stage", the
+        learning rates in force during the epoch, its losses and accuracies, "seed", "loss"}``."""
+        fields = {key: row[key] for key in CHECKPOINT_ROW_FIELDS}
+        return checkpoint_dict(
+            self.model, self.arch, **fields, seed=int(self.settings["seed"]), loss=self.loss_spec
+        )
+
+    def summary(self) -> dict:
+        history, total = (
+            self.progress.history,
+            int(self.settings["training"]["stage2"]["max_epochs"]),
+        )
+        rows = [r for r in history if r["stage"] == 2]
+        return {
+            "arch": self.arch,
+            "loss": self.loss_spec,
+            "epochs_stage1": len(history) - len(rows),
+            "epochs_stage2": len(rows),
+            "stopped_early": bool(rows and rows[-1]["epoch"] < total),
+            "best_epoch": self.progress.best_epoch,
+            "best_val_loss": self.progress.best_val_loss,
+            "checkpoints": self.progress.checkpoints,
+        }
