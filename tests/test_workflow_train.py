@@ -113,6 +113,35 @@ def check_topk_against_brute_force(workdir, version, layers, epochs, k):
     assert len(self_inf) == len(rows["train"]) and self_inf["rank"].min() == 1
 
 
+def test_tracin_on_the_workflows_checkpoint_files_gives_its_top_k(tiny_workflow):
+    """The Python API, given only the checkpoint files (their learning rates and loss are read from
+    them), finds the proponents and opponents the workflow's shards found."""
+    from tracinflow import TracIn
+    from tracinflow.train.batches import CacheBatches
+
+    workdir = tiny_workflow.workdir
+    out = workdir / "results/v2"  # all three head layers, noisy labels, 2 x 3 shards
+    manifest = pd.read_parquet(workdir / "results/data/digits/manifest.parquet")
+    rows = {
+        "test": split_rows(manifest, "test"),
+        "train": train_set_rows(pd.read_parquet(out / "train_set.parquet"), manifest),
+    }
+    caches = {s: np.load(workdir / f"results/data/digits/cache/{s}.npy") for s in rows}
+    caches["train"] = caches["train"][rows["train"]["position"].to_numpy()]
+    model, _ = load_checkpoint(out / "model/best.pt")
+
+    def loader(split):
+        labels, idx = rows[split]["label"].to_numpy(), rows[split]["idx"].to_numpy()
+        return CacheBatches(caches[split], labels, idx, model.arch, 7, torch.device("cpu"))
+
+    checkpoints = [out / "model/epoch_002.pt", out / "model/epoch_003.pt"]
+    tracin = TracIn(model, loader("train"), ["fc.0", "fc.2", "fc.4"], checkpoints=checkpoints)
+    mine = tracin.topk(loader("test"), k=5)
+    theirs = pd.read_parquet(out / "influence/top_k_influences.parquet")
+    pd.testing.assert_frame_equal(mine.drop(columns="influence"), theirs.drop(columns="influence"))
+    np.testing.assert_allclose(mine["influence"], theirs["influence"], rtol=1e-5, atol=1e-9)
+
+
 def test_animals10_config_dry_runs(tmp_path):
     config = yaml.safe_load((REPO / "config/animals10.yaml").read_text())
     folders = {name: 3 for name in config["dataset"]["class_names"]}
