@@ -1,0 +1,149 @@
+"""The shape docs/architecture.md describes, checked on the source: the library never spells the
+results tree, only the stages read and write the workflow's files, the packages depend on each
+other in one direction, and every rule's script calls the stage function of the same name."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "tracinflow"
+# Lower layers never import higher ones.
+LAYERS = ["_util", "config", "data", "train", "influence", "analysis", "plots", "stages", "tracin"]
+DOMAIN = ("data", "train", "influence", "analysis", "plots")
+# Reading and writing files: what only the stages do. Methods of these names on any object, and
+# these functions of these modules. (Reading the dataset's own images is the data package's job:
+# data/scan.py lists and decodes the folder, data/images.py opens an image file for the cache and
+# the thumbnails, data/cache.py checks its hash.)
+FILE_METHODS = {
+    "read_parquet", "to_parquet", "read_csv", "to_csv", "read_json", "to_json", "savefig",
+    "read_text", "write_text", "read_bytes", "write_bytes", "open_memmap", "mkdir", "unlink",
+    "rmtree", "mkdtemp", "mkstemp", "iterdir", "glob", "rglob",
+}  # fmt: skip
+MODULE_FILE_CALLS = {
+    "np": {"load", "save", "savez", "fromfile"},
+    "torch": {"load", "save"},
+    "pd": {"read_parquet", "read_csv", "read_json"},
+    "os": {"replace", "rename", "remove", "unlink", "makedirs", "open"},
+    "shutil": {"copy", "copyfile", "copytree", "move", "rmtree"},
+    "Image": {"open"},
+}
+READS_IMAGES = {
+    "data/scan.py": {"iterdir", "rglob", "read_bytes"},
+    "data/images.py": {"open", "Image.open"},
+    "data/cache.py": {"read_bytes"},
+}
+
+
+def file_call(node: ast.Call) -> str | None:
+    """The file operation a call makes, or None."""
+    func = node.func
+    if isinstance(func, ast.Name):
+        return "open" if func.id == "open" else None
+    if not isinstance(func, ast.Attribute):
+        return None
+    owner = func.value.id if isinstance(func.value, ast.Name) else None
+    if func.attr in MODULE_FILE_CALLS.get(owner, set()):
+        return f"{owner}.{func.attr}"
+    return func.attr if func.attr in FILE_METHODS else None
+
+
+def modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path.relative_to(PACKAGE).as_posix(), ast.parse(path.read_text())
+
+
+def layer_of(name: str) -> str:
+    """The layer of ``tracinflow.x.y`` (or of the relative file ``x/y.py``)."""
+    parts = name.removeprefix("tracinflow.").removesuffix(".py").replace("/", ".").split(".")
+    return parts[0]
+
+
+def docstrings(tree) -> set[int]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                found.add(id(body[0].value))
+    return found
+
+
+def test_the_library_never_spells_the_results_tree():
+    for name, tree in modules():
+        skip = docstrings(tree)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in skip
+            ):
+                assert not re.search(r"(^|[\s/'\"])results(/|$)", node.value), (name, node.value)
+
+
+@pytest.mark.parametrize("package", DOMAIN)
+def test_domain_packages_do_no_file_io(package):
+    for name, tree in modules():
+        if layer_of(name) != package:
+            continue
+        allowed = READS_IMAGES.get(name, set())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                called = file_call(node)
+                assert called is None or called in allowed, f"{name}:{node.lineno} calls {called}"
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert node.module != "tracinflow._util.files", f"{name} imports the file writers"
+
+
+def test_dependencies_point_one_way():
+    for name, tree in modules():
+        own = LAYERS.index(layer_of(name)) if layer_of(name) in LAYERS else None
+        if own is None:
+            continue  # __init__.py of the package itself
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tracinflow."):
+                target = layer_of(node.module)
+                assert LAYERS.index(target) <= own, f"{name} imports {node.module}"
+
+
+def rules_in(smk: Path) -> dict[str, str]:
+    """``{rule name: script file}`` of the rules a .smk file declares with a script."""
+    found = {}
+    for match in re.finditer(r"^\s*rule (\w+):(.*?)(?=^\s*rule |\Z)", smk.read_text(), re.M | re.S):
+        script = re.search(r'script:\s*"([^"]+)"', match[2])
+        if script:
+            found[match[1]] = script[1]
+    return found
+
+
+def test_every_rule_calls_the_stage_of_its_name_in_the_module_of_its_rules_file():
+    declared = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for rule, script in rules_in(smk).items():
+            declared[rule] = smk.stem
+            assert script == f"../workflow/scripts/{rule}.py", (smk.name, rule)
+            text = (REPO / "workflow/scripts" / f"{rule}.py").read_text()
+            assert f"from tracinflow.stages.{smk.stem} import {rule}\n" in text
+            assert f"{rule}(snakemake.input, snakemake.output, snakemake.params," in text
+            assert len(text.splitlines()) <= 5, f"{rule}.py is more than an entry point"
+            module = importlib.import_module(f"tracinflow.stages.{smk.stem}")
+            assert callable(getattr(module, rule)), rule
+    assert len(declared) == 17  # every rule with a script: all but `all` and version_<name>
+    scripts = {path.stem for path in (REPO / "workflow/scripts").glob("*.py")}
+    assert scripts == set(declared)
+
+
+def test_functions_are_short():
+    long = []
+    for name, tree in modules():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long.append(f"{name}:{node.lineno} {node.name} ({length} lines)")
+    assert long == []
