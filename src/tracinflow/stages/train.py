@@ -161,6 +161,13 @@ def fit(
         save_train_state(state_path, trainer.state())
         if epoch_callback is not None:
             epoch_callback(done.stage, done.epoch)
+    _finish(trainer, files, final, work, scratch)
+    return trainer.summary()
+
+
+def _finish(trainer: Trainer, files: Mapping, final: dict, work: dict, scratch) -> None:
+    """Move the run's files from the scratch folder into place, then write checkpoints.json and
+    the training curves, and remove the resume state and the (then empty) scratch folder."""
     for key, path in final.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         os.replace(work[key], path)
@@ -171,10 +178,9 @@ def fit(
     ]
     write_json(files["checkpoints"], listed)
     save_figure(plot_training_curves(_history_frame(trainer.progress.history)), files["curves"])
-    state_path.unlink(missing_ok=True)
+    (Path(scratch) / TRAIN_STATE).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the scratch folder, unless it holds other files
         Path(scratch).rmdir()
-    return trainer.summary()
 
 
 def train_model(inputs, outputs, params, threads=1, log=print) -> dict:
