@@ -324,3 +324,23 @@ def test_failed_extraction_leaves_no_complete_or_partial_files(tmp_path):
             model, batches(images, labels), loss_fn, folder, epoch=1, lr=0.1, num_samples=13
         )
     assert not is_complete(folder)
+
+
+def test_a_plain_cross_entropy_loss_is_read_and_anything_else_refused():
+    images, labels = make_data(9)
+    model = make_model(2)
+    weight = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
+    plain = nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)
+    factors = extract_factors(
+        model, batches(images, labels), plain, layers=HEAD_LAYERS, device="cpu"
+    )
+    assert factors.meta["loss"]["loss"] == "cross_entropy"
+    for layer in HEAD_LAYERS:  # e = dl/dz of PyTorch's own per-sample loss
+        expected = per_sample_dl_dz(
+            model, lambda z, y, reduction: nn.functional.cross_entropy(
+                z, y, weight=weight, label_smoothing=0.1, reduction=reduction
+            ), images, labels, layer,
+        )  # fmt: skip
+        np.testing.assert_allclose(factors.err[layer], expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(TypeError, match="not a per-sample loss"):
+        extract_factors(model, batches(images, labels), nn.MSELoss(), device="cpu")

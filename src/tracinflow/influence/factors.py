@@ -33,7 +33,7 @@ from torch import nn
 
 from tracinflow._util.device import select_device
 from tracinflow._util.progress import Log, Progress
-from tracinflow.train.loss import PerSampleLoss
+from tracinflow.train.loss import PerSampleLoss, per_sample_loss
 
 TARGETS = ("label", "prediction")
 
@@ -144,6 +144,13 @@ def resolve_layers(model: nn.Module, layers: Iterable[str], head: str = "fc"):
     return names[head], modules, available[-1]
 
 
+def traced_loss(model: nn.Module, layers: Iterable[str], head: str, loss) -> PerSampleLoss:
+    """``loss`` as the :class:`~tracinflow.train.loss.PerSampleLoss` of the model's classes (a
+    plain ``nn.CrossEntropyLoss`` is wrapped; anything that is not a per-sample loss is refused)."""
+    _, _, final = resolve_layers(model, layers, head)
+    return per_sample_loss(loss, int(model.get_submodule(final).out_features))
+
+
 # --------------------------------------------------------------------------------------------------
 # extraction
 
@@ -211,7 +218,8 @@ class _Extractor:
     def __init__(self, model, loss_fn, layers, head, target, device, autocast):
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-        self.model, self.loss_fn, self.target = model, loss_fn, target
+        self.model, self.target = model, target
+        self.loss_fn = loss_fn = traced_loss(model, layers, head, loss_fn)
         self.head_module, self.modules, self.final = resolve_layers(model, layers, head)
         self.hidden = [name for name in self.modules if name != self.final]
         self.device = select_device(device)
@@ -363,7 +371,7 @@ def extract_factors(
 
     ``loader`` yields ``(images, labels)`` or ``(images, labels, idx)`` batches of normalised float
     images (idx defaults to the running row number). ``loss_fn`` is a
-    :class:`~tracinflow.train.loss.PerSampleLoss`. ``layers`` are module paths of Linear layers
+    :class:`~tracinflow.train.loss.PerSampleLoss` or a plain ``nn.CrossEntropyLoss``. ``layers`` are module paths of Linear layers
     inside ``head`` (or ``head`` itself when it is one Linear layer). ``target="prediction"`` takes
     the error signal at the argmax of the logits instead of the label. ``device`` defaults to CUDA
     when available (the model is moved there). ``autocast`` runs the forward in bfloat16
@@ -372,17 +380,30 @@ def extract_factors(
     number of samples is known.
     """
     _, modules, _ = resolve_layers(model, layers, head)
-    parts: dict[str, list] = {"labels": [], "logits": [], "idx": []}
-    acts: dict[str, list] = {n: [] for n in modules}
-    errs: dict[str, list] = {n: [] for n in modules}
+    loss_fn = traced_loss(model, layers, head, loss_fn)
     total = loader_samples(loader)
     progress = None
     if log is not None and total is not None:
         progress = Progress(total, "factors", "images", log, every=progress_every)
+    batches = factor_batches(model, loader, loss_fn, layers, head, target, device, autocast)
+    arrays = _concatenated(batches, list(modules), dtype, progress)
+    return Factors(
+        **arrays,
+        has_bias={n: m.bias is not None for n, m in modules.items()},
+        meta={"layers": list(modules), "target": target, "loss": loss_fn.settings()},
+    )
+
+
+def _concatenated(batches: Iterable[dict], layers: list[str], dtype, progress) -> dict:
+    """The batches' factors as whole arrays: ``act``, ``err`` (by layer), ``labels``, ``logits``,
+    ``idx`` (the running row number where a batch has none)."""
+    parts: dict[str, list] = {"labels": [], "logits": [], "idx": []}
+    acts: dict[str, list] = {n: [] for n in layers}
+    errs: dict[str, list] = {n: [] for n in layers}
     seen = 0
-    for batch in factor_batches(model, loader, loss_fn, layers, head, target, device, autocast):
+    for batch in batches:
         n = int(batch["labels"].shape[0])
-        for name in modules:
+        for name in layers:
             acts[name].append(to_numpy(batch["act"][name], dtype))
             errs[name].append(to_numpy(batch["err"][name], dtype))
         parts["labels"].append(to_numpy(batch["labels"], np.int64))
@@ -396,12 +417,8 @@ def extract_factors(
             progress.update(n)
     if not seen:
         raise ValueError("the loader yielded no samples")
-    return Factors(
-        act={n: np.concatenate(v) for n, v in acts.items()},
-        err={n: np.concatenate(v) for n, v in errs.items()},
-        labels=np.concatenate(parts["labels"]),
-        logits=np.concatenate(parts["logits"]),
-        idx=np.concatenate(parts["idx"]),
-        has_bias={n: m.bias is not None for n, m in modules.items()},
-        meta={"layers": list(modules), "target": target, "loss": loss_fn.settings()},
-    )
+    return {
+        "act": {n: np.concatenate(v) for n, v in acts.items()},
+        "err": {n: np.concatenate(v) for n, v in errs.items()},
+        **{key: np.concatenate(values) for key, values in parts.items()},
+    }

@@ -24,6 +24,7 @@ from tracinflow.influence.factors import (
     loader_samples,
     resolve_layers,
     to_numpy,
+    traced_loss,
 )
 from tracinflow.train.loss import PerSampleLoss
 
@@ -178,6 +179,7 @@ def extract_to_dir(
     hooked layers' parameter group at this checkpoint; it goes to meta.json with ``epoch``.
     """
     _, modules, _ = resolve_layers(model, layers, head)
+    loss_fn = traced_loss(model, layers, head, loss_fn)
     n = num_samples if num_samples is not None else loader_samples(loader)
     if n is None:
         raise ValueError("cannot tell how many samples the loader yields; pass num_samples")
