@@ -15,13 +15,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
 from tracinflow._util.device import select_device
 from tracinflow.influence.factors import Factors, extract_factors, resolve_layers
 from tracinflow.influence.kernel import KINDS, score_block, topk_influence
 from tracinflow.influence.self_influence import self_influence
+from tracinflow.stages.checkpoints import read_checkpoint
 from tracinflow.train.loss import PerSampleLoss, loss_from_settings, per_sample_loss
 
 KIND_CHOICES = ("both", *KINDS)
@@ -32,7 +32,7 @@ def _read_checkpoint(checkpoint) -> tuple[dict, float | None, dict | None]:
     tracinflow checkpoint file or a plain state-dict file, read with ``weights_only=True``) or as
     a state dict (or a tracinflow checkpoint dict)."""
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(checkpoint)
     if not isinstance(checkpoint, dict):
         raise TypeError(f"a checkpoint is a path or a state dict, got {type(checkpoint).__name__}")
     if isinstance(checkpoint.get("model"), dict):  # a tracinflow checkpoint: state and metadata

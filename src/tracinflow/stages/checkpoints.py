@@ -22,6 +22,7 @@ def save_checkpoint(path, checkpoint: dict) -> None:
 
 
 def read_checkpoint(path) -> dict:
+    """A checkpoint file's contents (or any state-dict file's), plain tensors and containers."""
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
