@@ -144,10 +144,10 @@ def resolve_layers(model: nn.Module, layers: Iterable[str], head: str = "fc"):
     return names[head], modules, available[-1]
 
 
-def traced_loss(model: nn.Module, layers: Iterable[str], head: str, loss) -> PerSampleLoss:
-    """``loss`` as the :class:`~tracinflow.train.loss.PerSampleLoss` of the model's classes (a
-    plain ``nn.CrossEntropyLoss`` is wrapped; anything that is not a per-sample loss is refused)."""
-    _, _, final = resolve_layers(model, layers, head)
+def traced_loss(model: nn.Module, final: str, loss) -> PerSampleLoss:
+    """``loss`` as the :class:`~tracinflow.train.loss.PerSampleLoss` of the classes of the model's
+    final layer ``final`` (from :func:`resolve_layers`): a plain ``nn.CrossEntropyLoss`` is
+    wrapped; anything that is not a per-sample loss is refused."""
     return per_sample_loss(loss, int(model.get_submodule(final).out_features))
 
 
@@ -219,8 +219,8 @@ class _Extractor:
         if target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.model, self.target = model, target
-        self.loss_fn = loss_fn = traced_loss(model, layers, head, loss_fn)
         self.head_module, self.modules, self.final = resolve_layers(model, layers, head)
+        self.loss_fn = loss_fn = traced_loss(model, self.final, loss_fn)
         self.hidden = [name for name in self.modules if name != self.final]
         self.device = select_device(device)
         self.dtype = _model_dtype(model)
@@ -379,8 +379,8 @@ def extract_factors(
     float64 model exact). With ``log``, a progress line every ``progress_every`` seconds when the
     number of samples is known.
     """
-    _, modules, _ = resolve_layers(model, layers, head)
-    loss_fn = traced_loss(model, layers, head, loss_fn)
+    _, modules, final = resolve_layers(model, layers, head)
+    loss_fn = traced_loss(model, final, loss_fn)
     total = loader_samples(loader)
     progress = None
     if log is not None and total is not None:

@@ -178,8 +178,8 @@ def extract_to_dir(
     ``drop_last`` over a sized sampler, or a list of batches). ``lr`` is the learning rate of the
     hooked layers' parameter group at this checkpoint; it goes to meta.json with ``epoch``.
     """
-    _, modules, _ = resolve_layers(model, layers, head)
-    loss_fn = traced_loss(model, layers, head, loss_fn)
+    _, modules, final = resolve_layers(model, layers, head)
+    loss_fn = traced_loss(model, final, loss_fn)
     n = num_samples if num_samples is not None else loader_samples(loader)
     if n is None:
         raise ValueError("cannot tell how many samples the loader yields; pass num_samples")
