@@ -9,6 +9,7 @@ from tracinflow.config import (
     check_dataset_source,
     check_version_links,
     load_schema,
+    pretrained_weights_file,
     shared_checkpoint_epochs,
     version_settings,
 )
@@ -116,8 +117,9 @@ def get_pretrained_weights(wildcards):
     """The backbone weights file when the version starts from one (a missing file is scheduled for
     download_weights, which names the file to place there when the network is unreachable).
     """
-    pretrained = VERSIONS[wildcards.version]["model"]["pretrained"]
-    return [pretrained] if pretrained else []
+    model = VERSIONS[wildcards.version]["model"]
+    path = pretrained_weights_file(model["arch"], model["pretrained"])
+    return [str(path)] if path else []
 
 
 def get_train_set_inputs(wildcards):

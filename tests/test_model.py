@@ -35,7 +35,13 @@ def create_pretrained(arch):
     return create_model(arch, read_backbone_weights(arch["pretrained"], arch["name"]))
 
 
-FEATURES = {"small_resnet": 64, "resnet18": 512, "resnet34": 512, "resnet50": 2048}
+FEATURES = {
+    "small_resnet": 64,
+    "efficientnet_lite0": 1280,
+    "resnet18": 512,
+    "resnet34": 512,
+    "resnet50": 2048,
+}
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -161,8 +167,10 @@ def test_download_failure_names_url_and_destination(tmp_path, monkeypatch):
     message = str(info.value)
     assert weights_url("resnet50") in message and str(dest) in message
     assert not dest.exists() and not list(dest.parent.glob("*"))
-    with pytest.raises(ValueError, match="no published ImageNet weights"):
+    with pytest.raises(ValueError, match="no ImageNet weights to download"):
         fetch_weights("small_resnet", dest)
+    with pytest.raises(ValueError, match=r"come with the pip package efficientnet-lite0-pytorch"):
+        fetch_weights("efficientnet_lite0", dest)
 
 
 def test_to_input_normalises_uint8_nhwc():

@@ -252,3 +252,43 @@ def test_the_readme_snippet_runs_as_written_and_is_exact():
     want = expected[np.arange(n_test), best["train_idx"].to_numpy()]
     assert rel_err(got, want) < 1e-4  # float32 model and factors
     np.testing.assert_array_equal(best["train_idx"].to_numpy(), expected.argmax(axis=1))
+
+
+def test_tracin_on_efficientnet_checkpoints_equals_brute_force_autograd(tmp_path):
+    """The demo's backbone: EfficientNet-Lite0 from its ImageNet weights, two checkpoint files
+    (heads of different seeds, one with a moved backbone), float64: TracIn over the final layer and
+    over the whole head equals per-sample autograd, with the model in eval mode (frozen BatchNorm
+    statistics, as training leaves them)."""
+    from tracinflow.config import pretrained_weights_file
+    from tracinflow.stages.checkpoints import load_checkpoint, read_backbone_weights
+    from tracinflow.train.model import create_model, make_arch, to_input
+
+    weights = read_backbone_weights(
+        pretrained_weights_file("efficientnet_lite0", "imagenet"), "efficientnet_lite0"
+    )
+    arch = make_arch("efficientnet_lite0", 3, hidden=[16, 8], pretrained="imagenet")
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
+    x = to_input(images, arch).double()
+    y = torch.from_numpy(rng.integers(0, 3, 10))
+    loss = WeightedSmoothedCrossEntropy(class_weights_from_labels(y[:6], 3), 3, 0.1)
+    paths, lrs = [], [3e-4, 1e-4]
+    for seed, lr in enumerate(lrs):
+        torch.manual_seed(seed)
+        model = create_model(arch, weights)
+        if seed:
+            with torch.no_grad():
+                model.body.conv_head.weight.mul_(1.1)
+        paths.append(tmp_path / f"epoch_{seed}.pt")
+        save_checkpoint(paths[-1], checkpoint_dict(model, arch, lr_head=lr, loss=loss.settings()))
+    models = [load_checkpoint(path)[0].double() for path in paths]
+    assert not any(m.training for model in models for m in model.modules())
+    train_idx, test_idx = torch.arange(6), torch.arange(6, 10)
+    for layers in (["fc.4"], HEAD):
+        tracin = TracIn(
+            models[0], batches_of(x[:6], y[:6], train_idx, size=4), layers=layers,
+            checkpoints=[str(p) for p in paths], device="cpu", factor_dtype=np.float64,
+        )  # fmt: skip
+        dense = tracin.scores(batches_of(x[6:], y[6:], test_idx, size=4))
+        expected = brute_force_scores(models, lrs, loss, x[6:], y[6:], x[:6], y[:6], layers)
+        assert rel_err(dense, expected) < 1e-10, layers

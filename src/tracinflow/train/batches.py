@@ -23,13 +23,16 @@ def load_batch(images: np.ndarray, rows: np.ndarray, pin: bool = False) -> torch
     return batch.pin_memory() if pin else batch
 
 
-def iter_batches(images, labels, order, batch_size: int, pin: bool = False):
-    """Yield ``(uint8 images, labels)`` for consecutive chunks of ``order``, the next one read ahead.
+def batch_rows(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The rows of each batch: consecutive chunks of ``order``, each sorted (sequential reads from
+    the memory map); which rows form each batch depends on ``order`` alone."""
+    return [np.sort(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
-    Rows inside a batch are sorted (sequential reads from the memory map); which rows form each batch
-    depends on ``order`` alone, so the result is deterministic.
-    """
-    chunks = [np.sort(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+def iter_batches(images, labels, order, batch_size: int, pin: bool = False):
+    """Yield ``(uint8 images, labels)`` for the batches of :func:`batch_rows`, the next one read
+    ahead; deterministic."""
+    chunks = batch_rows(order, batch_size)
 
     def load(rows):
         return load_batch(images, rows, pin), torch.from_numpy(np.asarray(labels[rows], np.int64))

