@@ -78,12 +78,13 @@ def tiny_config() -> dict:
     return {
         "dataset": {"name": "digits", "root": "results/datasets/digits",
                     "demo": {"source": "digits", "images_per_class": 12}, "image_size": 16},
-        "model": {"arch": "small_resnet", "width": 4, "head": {"hidden": [16, 8]}},
+        "model": {"arch": "small_resnet", "pretrained": None, "width": 4,
+                  "head": {"hidden": [16, 8]}},
         "training": {
             "batch_size": 32,
             "stage1": {"epochs": 1},
             "stage2": {"max_epochs": 3, "lr_backbone": 1e-3, "lr_head": 1e-3,
-                       "checkpoint_epochs": [2, 3], "patience": 1},
+                       "checkpoint_epochs": [2, 3], "patience": 1, "train_batchnorm": True},
         },
         "influence": {"top_k": 5, "shards": {"test": 2, "train": 2}},
         "reports": {"galleries": {"mispredictions": 3, "suspects": 6, "thumbnail_px": 48}},

@@ -181,15 +181,15 @@ def test_checkpoint_epochs_are_one_list_for_all_versions():
 
     config = demo_config()
     config["versions"] = {"a": {}, "b": {"seed": 2, "training": {"stage2": {"max_epochs": 20}}}}
-    assert shared_checkpoint_epochs(version_settings(config, SCHEMA)) == [4, 8, 12]
+    assert shared_checkpoint_epochs(version_settings(config, SCHEMA)) == [1, 3, 5]
     config["versions"]["b"] = {"training": {"stage2": {"checkpoint_epochs": [5, 10]}}}
     with pytest.raises(
         ConfigError, match=r"versions\.b\.training\.stage2\.checkpoint_epochs: .*shared by all"
     ):
         version_settings(config, SCHEMA)
     # training must reach the last checkpoint: said when the workflow is parsed, not mid-run
-    config["versions"]["b"] = {"training": {"stage2": {"max_epochs": 10}}}
+    config["versions"]["b"] = {"training": {"stage2": {"max_epochs": 4}}}
     with pytest.raises(
-        ConfigError, match=r"versions\.b\.training\.stage2\.max_epochs: 10 is before .* \(12\)"
+        ConfigError, match=r"versions\.b\.training\.stage2\.max_epochs: 4 is before .* \(5\)"
     ):
         version_settings(config, SCHEMA)

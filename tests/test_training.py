@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+from tracinflow.config import pretrained_weights_file
 from tracinflow.stages.checkpoints import load_checkpoint, read_backbone_weights
 from tracinflow.stages.train import fit
 from tracinflow.train.augment import augment
@@ -25,7 +26,7 @@ from tracinflow.train.model import (
     head_parameters,
     make_arch,
 )
-from tracinflow.train.trainer import evaluate, train_epoch
+from tracinflow.train.trainer import Trainer, evaluate, train_epoch
 
 CHECKPOINT_FIELDS = {
     "model",
@@ -54,7 +55,12 @@ def color_images(n, size=16, classes=3, seed=0):
 def settings(**training):
     base = {
         "seed": 3,
-        "model": {"arch": "small_resnet", "width": 8, "head": {"hidden": [32, 16]}},
+        "model": {
+            "arch": "small_resnet",
+            "pretrained": None,
+            "width": 8,
+            "head": {"hidden": [32, 16]},
+        },
         "training": {
             "batch_size": 16,
             "stage1": {"epochs": 2, "lr": 3e-3},
@@ -64,6 +70,7 @@ def settings(**training):
                 "lr_head": 2e-3,
                 "patience": 10,
                 "checkpoint_epochs": [2, 4],
+                "train_batchnorm": True,
             },
             "device": "cpu",
         },
@@ -213,6 +220,86 @@ def test_head_only_epoch_direct():
     train_epoch(model, loss_fn, optimizer, images, labels, 8, gen, aug, torch.device("cpu"), True)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]) != key.startswith("fc."), key
+
+
+# --- the pretrained backbone: cached stage-1 features, frozen BatchNorm ----------------------------
+
+
+@pytest.fixture(scope="module")
+def lite0_weights():
+    path = pretrained_weights_file("efficientnet_lite0", "imagenet")
+    return read_backbone_weights(path, "efficientnet_lite0")
+
+
+def lite0_settings(**stage1):
+    s = settings(augment={"enabled": False})
+    s["model"] = {
+        "arch": "efficientnet_lite0",
+        "pretrained": "imagenet",
+        "head": {"hidden": [32, 16]},
+    }
+    s["training"]["stage1"].update(stage1)
+    return s
+
+
+def stage1_model(s, images, labels, weights) -> torch.nn.Module:
+    """The model after stage 1 of a Trainer run with settings ``s``."""
+    trainer = Trainer(
+        s, 3, images, labels, images[:8], labels[:8], device=torch.device("cpu"),
+        pretrained_state=weights, log=quiet,
+    )  # fmt: skip
+    for done in trainer.epochs():
+        if trainer.progress.stage == 2 and done.stage == 1:
+            return trainer.model
+    raise AssertionError("stage 1 did not end")
+
+
+def test_cached_stage1_features_give_the_head_of_training_through_the_frozen_backbone(
+    lite0_weights,
+):
+    """Same seed, no augmentation: the head trained on stored features equals the head trained by
+    running the frozen backbone every epoch; the backbone, BatchNorm statistics included, is
+    bit-identical to the ImageNet weights after either."""
+    images, labels = color_images(40, size=32)
+    cached = stage1_model(lite0_settings(cache_features=True), images, labels, lite0_weights)
+    direct = stage1_model(lite0_settings(cache_features=False), images, labels, lite0_weights)
+    initial = create_model(
+        make_arch("efficientnet_lite0", 3, hidden=[32, 16], pretrained="imagenet"), lite0_weights
+    ).state_dict()
+    for model in (cached, direct):
+        state = model.state_dict()
+        backbone = [k for k in state if not k.startswith("fc.")]
+        assert any(k.endswith("running_var") for k in backbone)
+        for key in backbone:
+            assert torch.equal(state[key], initial[key]), key
+    heads = [
+        {k: v for k, v in m.state_dict().items() if k.startswith("fc.")} for m in (cached, direct)
+    ]
+    assert not torch.equal(heads[0]["fc.4.weight"], initial["fc.4.weight"])  # it trained
+    for key in heads[0]:
+        torch.testing.assert_close(heads[0][key], heads[1][key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("train_batchnorm", [False, True])
+def test_stage2_batchnorm_statistics_stay_frozen_unless_asked(lite0_weights, train_batchnorm):
+    images, labels = color_images(16, size=32)
+    arch = make_arch("efficientnet_lite0", 3, hidden=[32, 16], pretrained="imagenet")
+    model = create_model(arch, lite0_weights)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    aug = {"enabled": True, "crop_scale": [0.8, 1.0], "horizontal_flip": True}
+    train_epoch(
+        model, WeightedSmoothedCrossEntropy(None, 3, 0.1), optimizer, images, labels, 8,
+        torch.Generator().manual_seed(0), aug, torch.device("cpu"), head_only=False,
+        train_batchnorm=train_batchnorm,
+    )  # fmt: skip
+    after = model.state_dict()
+    statistics = [k for k in after if k.endswith(("running_mean", "running_var"))]
+    assert len(statistics) == 2 * 49  # every BatchNorm layer of EfficientNet-Lite0
+    moved = [k for k in statistics if not torch.equal(after[k], before[k])]
+    assert (moved == statistics) if train_batchnorm else not moved
+    assert not torch.equal(after["body.conv_stem.weight"], before["body.conv_stem.weight"])
+    assert not torch.equal(after["body.bn1.weight"], before["body.bn1.weight"])  # BN weights train
 
 
 # --- resume -------------------------------------------------------------------------------------

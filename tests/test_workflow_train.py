@@ -142,10 +142,14 @@ def test_tracin_on_the_workflows_checkpoint_files_gives_its_top_k(tiny_workflow)
     np.testing.assert_allclose(mine["influence"], theirs["influence"], rtol=1e-5, atol=1e-9)
 
 
-def test_animals10_config_dry_runs(tmp_path):
-    config = yaml.safe_load((REPO / "config/animals10.yaml").read_text())
+@pytest.mark.parametrize("name", ["animals10", "animals10_effnet"])
+def test_animals10_configs_dry_run(tmp_path, name):
+    """Both full-size configs plan the whole DAG; ResNet-50's weights are scheduled for
+    download_weights, EfficientNet-Lite0's come installed (nothing to download)."""
+    config = yaml.safe_load((REPO / f"config/{name}.yaml").read_text())
     folders = {name: 3 for name in config["dataset"]["class_names"]}
     config["dataset"]["root"] = str(make_plain_folder(tmp_path / "raw-img", folders))
     write_config(tmp_path, config)
     jobs = planned_jobs(run_snakemake(tmp_path, "-n", "--cores", "1").stdout)
     assert jobs["train_model"] == 1 and jobs["predict"] == 1 and jobs["cache_images"] == 3
+    assert jobs.get("download_weights", 0) == (1 if name == "animals10" else 0)
