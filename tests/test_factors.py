@@ -344,3 +344,37 @@ def test_a_plain_cross_entropy_loss_is_read_and_anything_else_refused():
         np.testing.assert_allclose(factors.err[layer], expected, rtol=1e-5, atol=1e-7)
     with pytest.raises(TypeError, match="not a per-sample loss"):
         extract_factors(model, batches(images, labels), nn.MSELoss(), device="cpu")
+
+
+def test_efficientnet_checkpoint_factors_equal_per_sample_autograd(tmp_path):
+    """A checkpoint file of the demo's backbone (EfficientNet-Lite0 from its ImageNet weights),
+    loaded as extraction loads it (eval mode), in float64: every head layer's error signal equals
+    per-sample autograd and its activations are the layer inputs."""
+    from tracinflow.config import pretrained_weights_file
+    from tracinflow.stages.checkpoints import (
+        load_checkpoint,
+        read_backbone_weights,
+        save_checkpoint,
+    )
+    from tracinflow.train.model import checkpoint_dict, create_model, features, make_arch, to_input
+
+    weights = read_backbone_weights(
+        pretrained_weights_file("efficientnet_lite0", "imagenet"), "efficientnet_lite0"
+    )
+    arch = make_arch("efficientnet_lite0", K, hidden=[7, 5], pretrained="imagenet")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "epoch_001.pt", checkpoint_dict(create_model(arch, weights), arch))
+    model = load_checkpoint(tmp_path / "epoch_001.pt")[0].double()
+    rng = np.random.default_rng(1)
+    x = to_input(torch.from_numpy(rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)), arch)
+    x, labels = x.double(), torch.from_numpy(rng.integers(0, K, 6))
+    loss_fn = make_loss(labels)
+    factors = extract_factors(
+        model, batches(x, labels, size=4), loss_fn, layers=HEAD_LAYERS, device="cpu",
+        dtype=np.float64,
+    )  # fmt: skip
+    for layer in HEAD_LAYERS:
+        expected = per_sample_dl_dz(model, loss_fn, x, labels, layer)
+        np.testing.assert_allclose(factors.err[layer], expected, rtol=1e-10, atol=1e-14)
+    with torch.no_grad():
+        np.testing.assert_allclose(factors.act["fc.0"], features(model, x).numpy(), rtol=1e-12)

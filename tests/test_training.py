@@ -26,7 +26,7 @@ from tracinflow.train.model import (
     head_parameters,
     make_arch,
 )
-from tracinflow.train.trainer import Trainer, evaluate, train_epoch
+from tracinflow.train.trainer import Trainer, evaluate, lr_scale, train_epoch
 
 CHECKPOINT_FIELDS = {
     "model",
@@ -361,6 +361,28 @@ def test_same_seed_same_checkpoints_and_stale_state_ignored(tmp_path):
     a = torch.load(tmp_path / "a" / "epoch_001.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "epoch_001.pt", weights_only=True)
     assert _tensors_equal(a["model"], b["model"])
+
+
+# --- learning-rate schedule ---------------------------------------------------------------------
+
+
+def test_cosine_schedule_sets_one_rate_per_epoch_and_checkpoints_record_it(tmp_path):
+    images, labels = color_images(24)
+    s = settings(stage2={"lr_schedule": "cosine"})
+    train_model(images, labels, images[:6], labels[:6], 3, s, tmp_path, log=quiet)
+    history = pd.read_csv(tmp_path / "history.csv")
+    stage2 = history[history["stage"] == 2]
+    base = s["training"]["stage2"]
+    expected = [0.5 * (1 + np.cos(np.pi * (e - 1) / 4)) for e in (1, 2, 3, 4)]
+    np.testing.assert_allclose(stage2["lr_head"], np.multiply(expected, base["lr_head"]))
+    np.testing.assert_allclose(stage2["lr_backbone"], np.multiply(expected, base["lr_backbone"]))
+    assert history.loc[history["stage"] == 1, "lr_head"].eq(s["training"]["stage1"]["lr"]).all()
+    for epoch in (2, 4):
+        _, checkpoint = load_checkpoint(tmp_path / f"epoch_{epoch:03d}.pt")
+        assert checkpoint["lr_head"] == pytest.approx(expected[epoch - 1] * base["lr_head"])
+    assert lr_scale("constant", 3, 4) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_scale("step", 1, 4)
 
 
 # --- early stopping -----------------------------------------------------------------------------

@@ -28,8 +28,9 @@ def demo_config(raw_dir: Path, per_class: int) -> dict:
 
 
 def test_demo_config_dry_run_then_real_run(tmp_path):
-    raw = make_fake_fashion_mnist(tmp_path / "raw", per_class=8)
-    write_config(tmp_path, demo_config(raw, per_class=5))
+    raw = make_fake_fashion_mnist(tmp_path / "raw", per_class=12)
+    config = demo_config(raw, per_class=10)
+    write_config(tmp_path, config)
     dry = run_snakemake(tmp_path, "-n", "--cores", "1")
     assert planned_jobs(dry.stdout) == {
         "make_demo_dataset": 1,
@@ -57,15 +58,17 @@ def test_demo_config_dry_run_then_real_run(tmp_path):
     run_snakemake(tmp_path, "--cores", "2", *targets)
     data = tmp_path / "results/data/fashion_mnist_demo"
     manifest = pd.read_parquet(data / "manifest.parquet")
-    assert len(manifest) == 50
+    assert len(manifest) == 100
     assert "T-shirt/top" in set(manifest["class"])  # display names from dataset.class_names
+    # the demo's 60/10/30 split, stratified
     assert manifest.groupby("class")["split"].value_counts().unstack().to_dict("list") == {
-        "test": [1] * 10, "train": [3] * 10, "val": [1] * 10,
+        "test": [3] * 10, "train": [6] * 10, "val": [1] * 10,
     }  # fmt: skip
-    for split, count in {"train": 30, "val": 10, "test": 10}.items():
-        assert np.load(data / f"cache/{split}.npy", mmap_mode="r").shape == (count, 32, 32, 3)
+    size = config["dataset"]["image_size"]
+    for split, count in {"train": 60, "val": 10, "test": 30}.items():
+        assert np.load(data / f"cache/{split}.npy", mmap_mode="r").shape == (count, size, size, 3)
     log = (tmp_path / "logs/cache_images/fashion_mnist_demo_train.log").read_text()
-    assert "cache train: 30/30 images (100%)" in log
+    assert "cache train: 60/60 images (100%)" in log
 
     again = run_snakemake(tmp_path, "-n", "--cores", "1", *targets)
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -70,6 +70,7 @@ DEFAULT_SETTINGS = {
             "patience": 10,
             "checkpoint_epochs": [10, 20, 30, 40, 50],
             "train_batchnorm": False,
+            "lr_schedule": "constant",
         },
         "device": "auto",
     },
@@ -130,6 +131,20 @@ def _logits(model: nn.Module, x: torch.Tensor, head_only: bool) -> torch.Tensor:
     return model.fc(feats)
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_scale(schedule: str, epoch: int, max_epochs: int) -> float:
+    """The factor on stage 2's learning rates during ``epoch`` (1-based): 1 for ``constant``; for
+    ``cosine``, half a cosine from 1 at the first epoch towards 0 after ``max_epochs``. One value per
+    epoch, so each checkpoint has one learning rate in force (TracIn's eta_i)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / max_epochs))
+    raise ValueError(f"training.stage2.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+
+
 def set_train_mode(model: nn.Module, head_only: bool, train_batchnorm: bool) -> None:
     """Stage 1 (``head_only``): everything in eval mode. Stage 2: train mode, but BatchNorm layers
     in eval mode (frozen running statistics, weights still trained) unless ``train_batchnorm``."""
@@ -140,17 +155,34 @@ def set_train_mode(model: nn.Module, head_only: bool, train_batchnorm: bool) -> 
                 module.eval()
 
 
+def update(loss_fn, optimizer, logits: torch.Tensor, y: torch.Tensor):
+    """One optimizer step on the batch's mean loss; returns the batch's summed loss and its count
+    of correct predictions (detached tensors, so the epoch sums stay on the device)."""
+    per_sample = loss_fn(logits.float(), y, reduction="none")
+    optimizer.zero_grad(set_to_none=True)
+    per_sample.mean().backward()
+    optimizer.step()
+    return per_sample.detach().sum(), (logits.detach().argmax(1) == y).sum()
+
+
 @torch.no_grad()  # not inference mode: the head trains on these tensors
 def frozen_features(
-    model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
-    """The eval-mode backbone's pooled features of every image, float32 (N, d) on ``device``."""
+    """The eval-mode backbone's pooled features of every image, float32 (N, d) on ``device``;
+    ``progress`` counts the images."""
     model.eval()
     rows = np.arange(len(images))
     chunks = []
     for batch, _ in iter_batches(images, rows, rows, batch_size, pin=device.type == "cuda"):
         with autocast(device):
             chunks.append(features(model, to_input(batch, model.arch, device)).float())
+        if progress is not None:
+            progress.update(len(batch))
     return torch.cat(chunks)
 
 
@@ -171,13 +203,9 @@ def train_head_epoch(
     correct = torch.zeros((), dtype=torch.int64, device=feats.device)
     for rows in batch_rows(order, batch_size):
         rows = torch.from_numpy(rows).to(feats.device)
-        logits, y = head(feats[rows]), targets[rows]
-        per_sample = loss_fn(logits.float(), y, reduction="none")
-        optimizer.zero_grad(set_to_none=True)
-        per_sample.mean().backward()
-        optimizer.step()
-        total_loss += per_sample.detach().sum()
-        correct += (logits.detach().argmax(1) == y).sum()
+        loss, right = update(loss_fn, optimizer, head(feats[rows]), targets[rows])
+        total_loss += loss
+        correct += right
     return float(total_loss) / len(labels), int(correct) / len(labels)
 
 
@@ -204,8 +232,10 @@ def train_epoch(
     device: torch.device,
     head_only: bool,
     train_batchnorm: bool = False,
+    progress: Progress | None = None,
 ) -> tuple[float, float]:
     """One pass over a fresh permutation of the training rows; returns (mean loss, accuracy).
+    ``progress`` counts the images (a long epoch reports how far it is).
 
     ``head_only`` (stage 1): the whole model stays in eval mode and the backbone runs without
     gradients, so its weights and BatchNorm statistics cannot change. Otherwise BatchNorm's running
@@ -230,12 +260,11 @@ def train_epoch(
             x = to_input(batch, arch, device)
         with autocast(device):
             logits = _logits(model, x, head_only)
-        per_sample = loss_fn(logits.float(), y, reduction="none")
-        optimizer.zero_grad(set_to_none=True)
-        per_sample.mean().backward()
-        optimizer.step()
-        total_loss += per_sample.detach().sum()
-        correct += (logits.detach().argmax(1) == y).sum()
+        loss, right = update(loss_fn, optimizer, logits, y)
+        total_loss += loss
+        correct += right
+        if progress is not None:
+            progress.update(len(y))
     n = len(labels)
     return float(total_loss) / n, int(correct) / n
 
@@ -445,7 +474,7 @@ class Trainer:
             self._optimizer_state = None
         return optimizer
 
-    def _train_and_validate(self, stage: int, optimizer, frozen) -> tuple[float, ...]:
+    def _train_and_validate(self, stage: int, epoch: int, optimizer, frozen) -> tuple[float, ...]:
         """One epoch's (train loss, train accuracy, val loss, val accuracy); in stage 1 on the
         ``frozen`` backbone's stored (train, val) features when it has them."""
         if frozen is not None:
@@ -455,10 +484,14 @@ class Trainer:
                 self.generator,
             )  # fmt: skip
             return *train, *evaluate_head(head, self.loss_fn, frozen[1], self.val_labels)
+        # within an epoch, a line a minute: long epochs (a large dataset, a CPU) show how far they are
+        images = Progress(len(self.train_labels), f"stage {stage} epoch {epoch}", "images",
+                          self.log, every=60)  # fmt: skip
         train = train_epoch(
             self.model, self.loss_fn, optimizer, self.train_images, self.train_labels,
             self.batch_size, self.generator, self.augment, self.device, head_only=stage == 1,
             train_batchnorm=bool(self.settings["training"]["stage2"]["train_batchnorm"]),
+            progress=images,
         )  # fmt: skip
         val = evaluate(
             self.model, self.loss_fn, self.val_images, self.val_labels, self.batch_size, self.device
@@ -471,7 +504,7 @@ class Trainer:
         lr_head, lr_backbone = by_name.get("head", 0.0), by_name.get("backbone", 0.0)
         start = time.perf_counter()
         train_loss, train_acc, val_loss, val_acc = self._train_and_validate(
-            stage, optimizer, frozen
+            stage, epoch, optimizer, frozen
         )
         row = {
             "stage": stage,
@@ -524,12 +557,13 @@ class Trainer:
     def _frozen_features(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen backbone's features of the train and val images, once for all of stage 1."""
         start = time.perf_counter()
+        count = len(self.train_labels) + len(self.val_labels)
+        progress = Progress(count, "stage 1: frozen-backbone features", "images", self.log)
         frozen = tuple(
-            frozen_features(self.model, images, self.batch_size, self.device)
+            frozen_features(self.model, images, self.batch_size, self.device, progress)
             for images in (self.train_images, self.val_images)
         )
         seconds = time.perf_counter() - start
-        count = len(self.train_labels) + len(self.val_labels)
         self.log(
             f"stage 1: frozen-backbone features of {count} images in {format_duration(seconds)} "
             f"({count / max(seconds, 1e-9):.0f} images/s); the head trains on them, unaugmented"
@@ -558,6 +592,9 @@ class Trainer:
         progress.bounded = s2["patience"] is not None
         while not state.done:
             epoch = state.epoch + 1
+            scale = lr_scale(s2["lr_schedule"], epoch, total)
+            for group in optimizer.param_groups:
+                group["lr"] = scale * float(s2[f"lr_{group['name']}"])
             row = self._run_epoch(2, epoch, optimizer, progress)
             improved = row["val_loss"] < state.best_val_loss
             if improved:
