@@ -519,3 +519,26 @@ def test_resnet50_with_pretrained_file_runs_a_training_step(tmp_path):
     assert not torch.equal(model.conv1.weight, before)
     val_loss, _ = evaluate(model, loss_fn, images, labels, 2, torch.device("cpu"))
     assert np.isfinite(val_loss)
+
+
+def test_a_long_epoch_reports_its_images_as_it_goes():
+    """train_epoch's progress counts images per batch; the epoch's own summary line ends it, so the
+    progress reporter adds none at the end (``final=False``)."""
+    from tracinflow._util.progress import Progress
+
+    images, labels = color_images(20)
+    arch = make_arch("small_resnet", 3, hidden=[8, 4], width=4, image_size=(16, 16))
+    torch.manual_seed(0)
+    model = create_model(arch)
+    lines = []
+    progress = Progress(20, "stage 2 epoch 1", "images", lines.append, every=0, final=False)
+    train_epoch(
+        model, WeightedSmoothedCrossEntropy(None, 3, 0.1), torch.optim.AdamW(model.parameters()),
+        images, labels, 8, torch.Generator().manual_seed(0),
+        {"enabled": False, "crop_scale": [1.0, 1.0], "horizontal_flip": False},
+        torch.device("cpu"), head_only=False, progress=progress,
+    )  # fmt: skip
+    assert [line.split(",")[0] for line in lines] == [
+        "stage 2 epoch 1: 8/20 images (40%)",
+        "stage 2 epoch 1: 16/20 images (80%)",
+    ]

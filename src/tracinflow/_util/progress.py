@@ -35,7 +35,8 @@ class Progress:
     Without a message a line reads ``label: done/total unit (pct), rate unit/s, elapsed, ETA``;
     :meth:`update` with a message (training's per-epoch summary) logs ``message | elapsed, ETA``.
     ``start`` counts work done before this process (a resumed run), so the rate and the ETA come
-    from this process's work alone. ``bounded``: the total is an upper bound (early stopping may end
+    from this process's work alone. ``final=False``: no line at the end (a caller that logs its own
+    summary there, like a training epoch). ``bounded``: the total is an upper bound (early stopping may end
     sooner), and the ETA says so.
     """
 
@@ -48,6 +49,7 @@ class Progress:
         every: float = 5.0,
         start: int = 0,
         bounded: bool = False,
+        final: bool = True,
     ):
         self.total = max(int(total), 0)
         self.label, self.unit = label, unit
@@ -55,13 +57,15 @@ class Progress:
         self.every = every
         self.start_count = self.done = int(start)
         self.bounded = bounded
+        self.final = final
         self.start = time.perf_counter()
         self._last = self.start  # the first line comes after `every` seconds, with a real rate
 
     def update(self, count: int = 1, message: str | None = None) -> None:
         self.done += count
         now = time.perf_counter()
-        if now - self._last >= self.every or self.done >= self.total:
+        finished = self.final and self.done >= self.total
+        if (now - self._last >= self.every and self.done < self.total) or finished:
             self._last = now
             self.log(self.line(message, now))
 

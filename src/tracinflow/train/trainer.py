@@ -486,7 +486,7 @@ class Trainer:
             return *train, *evaluate_head(head, self.loss_fn, frozen[1], self.val_labels)
         # within an epoch, a line a minute: long epochs (a large dataset, a CPU) show how far they are
         images = Progress(len(self.train_labels), f"stage {stage} epoch {epoch}", "images",
-                          self.log, every=60)  # fmt: skip
+                          self.log, every=60, final=False)  # fmt: skip
         train = train_epoch(
             self.model, self.loss_fn, optimizer, self.train_images, self.train_labels,
             self.batch_size, self.generator, self.augment, self.device, head_only=stage == 1,
