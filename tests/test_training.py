@@ -542,3 +542,22 @@ def test_a_long_epoch_reports_its_images_as_it_goes():
         "stage 2 epoch 1: 8/20 images (40%)",
         "stage 2 epoch 1: 16/20 images (80%)",
     ]
+
+
+def test_stage1_on_cached_features_takes_read_only_labels_without_a_warning():
+    """The workflow's labels are read-only views of a table; stage 1 copies them (PyTorch warns on
+    a tensor over a read-only array, and the warning used to land in every training log)."""
+    import warnings
+
+    from tracinflow.train.trainer import evaluate_head, train_head_epoch
+
+    labels = np.array([0, 1, 2, 1, 0, 2])
+    labels.setflags(write=False)
+    head = torch.nn.Linear(4, 3)
+    feats = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    loss_fn = WeightedSmoothedCrossEntropy(None, 3, 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_head_epoch(head, loss_fn, torch.optim.AdamW(head.parameters()), feats, labels, 4,
+                         torch.Generator().manual_seed(0))  # fmt: skip
+        evaluate_head(head, loss_fn, feats, labels)

@@ -198,7 +198,9 @@ def train_head_epoch(
     """:func:`train_epoch` of stage 1 on the frozen backbone's stored features: the same
     permutation, the same batches, the same updates, without running the backbone."""
     order = torch.randperm(len(labels), generator=generator).numpy()
-    targets = torch.as_tensor(labels, dtype=torch.int64, device=feats.device)
+    targets = torch.tensor(
+        labels, dtype=torch.int64, device=feats.device
+    )  # a copy: labels may be read-only
     total_loss = torch.zeros((), dtype=torch.float64, device=feats.device)
     correct = torch.zeros((), dtype=torch.int64, device=feats.device)
     for rows in batch_rows(order, batch_size):
@@ -214,7 +216,7 @@ def evaluate_head(
     head: nn.Module, loss_fn: WeightedSmoothedCrossEntropy, feats: torch.Tensor, labels
 ) -> tuple[float, float]:
     """:func:`evaluate` on stored features of the frozen backbone."""
-    y = torch.as_tensor(labels, dtype=torch.int64, device=feats.device)
+    y = torch.tensor(labels, dtype=torch.int64, device=feats.device)
     logits = head(feats).float()
     loss = loss_fn(logits, y, reduction="none").to(torch.float64).sum()
     return float(loss) / len(y), int((logits.argmax(1) == y).sum()) / len(y)
