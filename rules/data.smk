@@ -41,6 +41,7 @@ rule build_manifest:
     params:
         extensions=config["dataset"]["extensions"],
         class_names=config["dataset"]["class_names"],
+        max_pixels=config["dataset"]["max_pixels"],
     script:
         "../workflow/scripts/build_manifest.py"
 

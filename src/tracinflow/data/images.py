@@ -4,12 +4,28 @@ gallery thumbnails."""
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 RESAMPLE = Image.Resampling.BILINEAR
+#: the default of ``dataset.max_pixels``: larger images are rejected before their pixels are decoded
+#: (40 megapixels decode to 120 MB of RGB; a 12,000 x 12,000 PNG of 485 KB would take 430 MB)
+MAX_PIXELS = 40_000_000
+
+
+class ImageTooLarge(ValueError):
+    """An image with more pixels than the limit; raised from its header, before decoding."""
+
+
+def stable_reason(error: Exception) -> str:
+    """``Type: message`` without what differs between runs (object addresses such as
+    ``<_io.BytesIO object at 0x7f39...>``), so rejection reasons are the same on every run."""
+    message = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file's bytes", str(error))
+    return f"{type(error).__name__}: {message}"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -42,9 +58,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_bytes(data: bytes) -> Image.Image:
-    """Fully decode an image (so truncation is caught here, not later), upright per EXIF, in RGB."""
-    with Image.open(io.BytesIO(data)) as image:
+def _open_header(data: bytes) -> Image.Image:
+    """Open an image, reading its header only, without PIL's decompression-bomb check (warning or
+    error at 89 / 179 megapixels): :func:`decode_bytes` checks ``dataset.max_pixels`` instead."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+
+
+def decode_bytes(data: bytes, max_pixels: int | None = MAX_PIXELS) -> Image.Image:
+    """Fully decode an image (so truncation is caught here, not later), upright per EXIF, in RGB.
+
+    An image of more than ``max_pixels`` raises :class:`ImageTooLarge` from its header, before any
+    pixel is decoded; ``None``: no limit (a file the scan has already accepted)."""
+    with _open_header(data) as image:
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLarge(
+                f"{width} x {height} = {width * height:,} pixels, more than dataset.max_pixels = "
+                f"{max_pixels:,} (raise it to read the file, at about 3 bytes per pixel)"
+            )
         image.load()
         upright = ImageOps.exif_transpose(image)
         return to_rgb(upright)
@@ -61,9 +99,10 @@ def resize_square(image: Image.Image, size: int, mode: str = "squash") -> Image.
 
 
 def load_for_cache(path, size: int, mode: str = "squash") -> np.ndarray:
-    """The cached pixels of one file: (size, size, 3) uint8."""
+    """The cached pixels of one file: (size, size, 3) uint8. No pixel limit: the scan has accepted
+    the file (the cache checks it is byte-identical to the one scanned)."""
     with open(path, "rb") as handle:
-        image = decode_bytes(handle.read())
+        image = decode_bytes(handle.read(), max_pixels=None)
     return np.asarray(resize_square(image, size, mode), dtype=np.uint8)
 
 

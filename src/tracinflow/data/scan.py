@@ -12,7 +12,7 @@ import pandas as pd
 
 from tracinflow._util.progress import Progress
 from tracinflow.data import DataError
-from tracinflow.data.images import decode_bytes
+from tracinflow.data.images import MAX_PIXELS, decode_bytes, stable_reason
 
 MANIFEST_COLUMNS = ["idx", "path", "class", "label", "split", "sha256", "width", "height"]
 REJECTED_COLUMNS = ["path", "reason"]
@@ -27,18 +27,30 @@ def ordered_map(function: Callable, items: Iterable, workers: int, chunksize: in
         yield from pool.imap(function, items, chunksize=chunksize)
 
 
-def _inspect_file(path: Path) -> dict:
-    """Read and fully decode one file: its hash and size, or why it is not a usable image."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        return {"ok": False, "reason": f"cannot read file: {error}"}
-    if not data:
-        return {"ok": False, "reason": "empty file (0 bytes)"}
-    try:
-        image = decode_bytes(data)
-    except Exception as error:  # PIL raises many types for corrupt data; all mean "not an image"
-        return {"ok": False, "reason": f"not a readable image: {type(error).__name__}: {error}"}
+class _FileInspector:
+    """Picklable per-file job for the pool: read and fully decode one file, giving its hash and
+    size, or why it is not a usable image (a reason that is the same on every run)."""
+
+    def __init__(self, max_pixels: int = MAX_PIXELS):
+        self.max_pixels = max_pixels
+
+    def __call__(self, path: Path) -> dict:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            return {"ok": False, "reason": f"cannot read file: {error.strerror or error}"}
+        if not data:
+            return {"ok": False, "reason": "empty file (0 bytes)"}
+        try:
+            image = decode_bytes(data, self.max_pixels)
+        except (
+            Exception
+        ) as error:  # PIL raises many types for corrupt data; all mean "not an image"
+            return {"ok": False, "reason": f"not a readable image: {stable_reason(error)}"}
+        return _accepted(data, image)
+
+
+def _accepted(data: bytes, image) -> dict:
     width, height = image.size
     return {
         "ok": True,
@@ -59,6 +71,7 @@ def list_image_folder(root, extensions: Iterable[str]):
     if not root.is_dir():
         raise DataError(f"dataset root '{root}' is not a folder; set dataset.root in the config")
     allowed = {ext.lower() for ext in extensions}
+    inside = root.resolve()
     classes, candidates, rejected = [], [], []
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
@@ -72,7 +85,10 @@ def list_image_folder(root, extensions: Iterable[str]):
         classes.append(entry.name)
         for file in sorted(p for p in entry.rglob("*") if p.is_file()):
             relative = file.relative_to(root).as_posix()
-            if file.suffix.lower() in allowed:
+            target = file.resolve()
+            if not target.is_relative_to(inside):
+                rejected.append((relative, _outside_reason(target)))
+            elif file.suffix.lower() in allowed:
                 candidates.append((relative, entry.name))
             else:
                 rejected.append(
@@ -84,18 +100,38 @@ def list_image_folder(root, extensions: Iterable[str]):
     return classes, candidates, rejected
 
 
+def _outside_reason(target: Path) -> str:
+    return (
+        f"a symbolic link to '{target}', outside the dataset root: only files under dataset.root "
+        f"are read (copy the file in, or point dataset.root higher)"
+    )
+
+
+def _refuse_empty_classes(classes, images: pd.DataFrame, rejected, root) -> None:
+    empty = sorted(set(classes) - set(images["folder"]))
+    if empty:
+        reasons = [f"{path}: {why}" for path, why in rejected if path.split("/")[0] in empty][:5]
+        raise DataError(
+            f"class folders without a single readable image: {empty} under '{root}'. Add images "
+            f"or remove the folders. "
+            + ("Rejected there: " + "; ".join(reasons) if reasons else "")
+        )
+
+
 def scan_image_folder(
     root,
     extensions: Iterable[str],
     class_names: dict | None = None,
     workers: int = 1,
     log=None,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decode every file under ``root`` and return ``(images, rejected)``.
 
     ``images`` has the manifest columns except ``split`` (plus ``folder``, the class folder name);
     ``class`` is the display name from ``class_names`` (folder name when unmapped) and ``label`` the
-    position of the folder in sorted order. Unreadable files go to ``rejected`` with the reason.
+    position of the folder in sorted order. Unreadable files, images of more than ``max_pixels``
+    and symbolic links to files outside ``root`` go to ``rejected`` with the reason.
     """
     root = Path(root)
     class_names = class_names or {}
@@ -111,7 +147,7 @@ def scan_image_folder(
     rows = []
     paths = [root / relative for relative, _ in candidates]
     for (relative, folder), result in zip(
-        candidates, ordered_map(_inspect_file, paths, workers), strict=True
+        candidates, ordered_map(_FileInspector(max_pixels), paths, workers), strict=True
     ):
         progress.update()
         if not result["ok"]:
@@ -131,14 +167,7 @@ def scan_image_folder(
     images = pd.DataFrame(
         rows, columns=["path", "class", "folder", "label", "sha256", "width", "height"]
     )
-    empty = sorted(set(classes) - set(images["folder"]))
-    if empty:
-        reasons = [f"{path}: {why}" for path, why in rejected if path.split("/")[0] in empty][:5]
-        raise DataError(
-            f"class folders without a single readable image: {empty} under '{root}'. Add images "
-            f"or remove the folders. "
-            + ("Rejected there: " + "; ".join(reasons) if reasons else "")
-        )
+    _refuse_empty_classes(classes, images, rejected, root)
     images = images.sort_values("path", kind="stable").reset_index(drop=True)
     images.insert(0, "idx", np.arange(len(images), dtype=np.int64))
     images = images.astype({"label": np.int64, "width": np.int64, "height": np.int64})

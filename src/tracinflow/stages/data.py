@@ -78,8 +78,9 @@ def build_manifest(inputs, outputs, params, threads=1, log=print) -> pd.DataFram
     """Every file under the dataset root decoded once: the readable images, the rejected files
     with their reason, and byte-identical duplicates."""
     images, rejected = scan_image_folder(
-        inputs["root"], params["extensions"], params["class_names"], workers=threads, log=log
-    )
+        inputs["root"], params["extensions"], params["class_names"], workers=threads, log=log,
+        max_pixels=int(params["max_pixels"]),
+    )  # fmt: skip
     duplicates = find_duplicates(images)
     log(
         f"{len(images)} images in {images['class'].nunique()} classes, {len(rejected)} rejected, "
