@@ -1,6 +1,8 @@
 rule extract_factors:
     input:
         checkpoint=get_checkpoint,
+        # the checkpoints' sha256, verified before one is loaded
+        checkpoints=rules.train_model.output.checkpoints,
         manifest=rules.split_dataset.output.manifest,
         train_set=rules.build_train_set.output.train_set,
         cache=rules.cache_images.output.cache,

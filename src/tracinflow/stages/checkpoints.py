@@ -6,6 +6,8 @@ pickled code) and written atomically.
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -16,18 +18,70 @@ from tracinflow.train.model import missing_weights_message, model_from_checkpoin
 
 
 def save_checkpoint(path, checkpoint: dict) -> None:
-    """Write a checkpoint (``{"model": state_dict, "arch": arch, ...}``, plain values) atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    """Write a checkpoint (``{"model": state_dict, "arch": arch, ...}``, plain values) atomically.
+
+    Through a file handle: given a path, torch.save names the archive's records after the file
+    (here a random temporary name), so equal checkpoints would differ byte for byte."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(checkpoint, handle)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, not what training wrote, or holding code."""
+
+
+RETRAIN = "retrain the version (snakemake -R train_model ...) to write it again"
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_checkpoint(path) -> dict:
-    """A checkpoint file's contents (or any state-dict file's), plain tensors and containers."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint file's contents (or any state-dict file's), plain tensors and containers.
+
+    ``torch.load(weights_only=True)``: a file that carries other pickled objects is refused
+    without running any of their code, and a truncated or corrupt file is an error naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused {path}: it holds pickled objects beyond tensors and plain containers, which "
+            f"could run code when loaded; it was read with torch.load(weights_only=True), so none "
+            f"ran. Only files of tensors, numbers, strings, lists and dicts load ({err})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is truncated or corrupt ({err}); {RETRAIN}"
+        ) from None
 
 
-def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model saved in ``path`` from the file alone; returns ``(model in eval mode, dict)``."""
+def verify_checkpoint(path, listed: list[dict]) -> None:
+    """Check ``path`` is byte for byte the checkpoint train_model wrote: its sha256 against the one
+    checkpoints.json (``listed``) records for that file name."""
+    path = Path(path)
+    recorded = {entry["file"]: entry.get("sha256") for entry in listed}
+    expected = recorded.get(path.name)
+    if expected is None:
+        raise CheckpointError(f"{path} is not listed with a sha256 in checkpoints.json; {RETRAIN}")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"{path} is not the checkpoint training wrote: its sha256 is {actual[:16]}..., "
+            f"checkpoints.json records {expected[:16]}... (the file was replaced, truncated or "
+            f"damaged after training); {RETRAIN}"
+        )
+
+
+def load_checkpoint(path, device="cpu", listed: list[dict] | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the model saved in ``path`` from the file alone; returns ``(model in eval mode, dict)``.
+    With ``listed`` (checkpoints.json), the file is verified against its recorded sha256 first."""
+    if listed is not None:
+        verify_checkpoint(path, listed)
     checkpoint = read_checkpoint(path)
     return model_from_checkpoint(checkpoint, device), checkpoint
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from tracinflow._util.files import read_json
 from tracinflow.stages.common import version_split
 from tracinflow.stages.factor_store import extract_to_dir
 from tracinflow.stages.predict import load_for_inference
@@ -28,7 +29,7 @@ def extract_factors(inputs, outputs, params, threads=1, log=print):
     layers = hooked_layers(params["layers"])
     target = params["target"] if split == "test" else "label"
     model, checkpoint, loss_fn, device = load_for_inference(
-        inputs["checkpoint"], threads, params["device"]
+        inputs["checkpoint"], threads, params["device"], listed=read_json(inputs["checkpoints"])
     )
     manifest = pd.read_parquet(inputs["manifest"])
     images, labels, idx = version_split(manifest, split, inputs["train_set"], inputs["cache"])

@@ -21,12 +21,13 @@ from tracinflow.train.loss import loss_from_checkpoint
 from tracinflow.train.predict import predict_split
 
 
-def load_for_inference(checkpoint_path, threads: int, device_name="auto"):
+def load_for_inference(checkpoint_path, threads: int, device_name="auto", listed=None):
     """``(model, checkpoint, loss, device)`` of a checkpoint on ``device_name`` (the config's
-    ``training.device``), the loss rebuilt from the checkpoint alone."""
+    ``training.device``), the loss rebuilt from the checkpoint alone; ``listed``: checkpoints.json,
+    to verify the file's sha256 against."""
     torch.set_num_threads(threads)
     device = select_device(device_name)
-    model, checkpoint = load_checkpoint(checkpoint_path, device=device)
+    model, checkpoint = load_checkpoint(checkpoint_path, device=device, listed=listed)
     return model, checkpoint, loss_from_checkpoint(checkpoint).to(device), device
 
 

@@ -26,6 +26,7 @@ from tracinflow.data.train_set import build_train_set as noisy_train_set
 from tracinflow.plots.training import plot_training_curves
 from tracinflow.stages.checkpoints import (
     fetch_weights,
+    file_sha256,
     read_backbone_weights,
     read_train_state,
     save_checkpoint,
@@ -174,6 +175,7 @@ def _finish(trainer: Trainer, files: Mapping, final: dict, work: dict, scratch) 
     listed = [
         {"epoch": c["epoch"], "file": Path(final[c["epoch"]]).name}
         | {key: c[key] for key in ("lr_head", "lr_backbone", "val_loss")}
+        | {"sha256": file_sha256(final[c["epoch"]])}  # verified when factor extraction loads it
         for c in trainer.progress.checkpoints
     ]
     write_json(files["checkpoints"], listed)

@@ -155,10 +155,19 @@ def set_train_mode(model: nn.Module, head_only: bool, train_batchnorm: bool) -> 
                 module.eval()
 
 
-def update(loss_fn, optimizer, logits: torch.Tensor, y: torch.Tensor):
+class NonFiniteLoss(FloatingPointError):
+    """A batch's loss is NaN or infinite: training stops before the optimizer step."""
+
+
+def update(loss_fn, optimizer, logits: torch.Tensor, y: torch.Tensor, batch: tuple[int, int]):
     """One optimizer step on the batch's mean loss; returns the batch's summed loss and its count
-    of correct predictions (detached tensors, so the epoch sums stay on the device)."""
+    of correct predictions (detached tensors, so the epoch sums stay on the device). A NaN or
+    infinite loss raises :class:`NonFiniteLoss` naming ``batch`` (number, count) before the step, so
+    no weight is changed by it."""
     per_sample = loss_fn(logits.float(), y, reduction="none")
+    if not bool(torch.isfinite(per_sample).all()):
+        kind = "NaN" if bool(torch.isnan(per_sample).any()) else "infinite"
+        raise NonFiniteLoss(f"the loss of batch {batch[0]} of {batch[1]} is {kind}")
     optimizer.zero_grad(set_to_none=True)
     per_sample.mean().backward()
     optimizer.step()
@@ -203,9 +212,11 @@ def train_head_epoch(
     )  # a copy: labels may be read-only
     total_loss = torch.zeros((), dtype=torch.float64, device=feats.device)
     correct = torch.zeros((), dtype=torch.int64, device=feats.device)
-    for rows in batch_rows(order, batch_size):
+    batches = batch_rows(order, batch_size)
+    for number, rows in enumerate(batches, start=1):
         rows = torch.from_numpy(rows).to(feats.device)
-        loss, right = update(loss_fn, optimizer, head(feats[rows]), targets[rows])
+        batch = (number, len(batches))
+        loss, right = update(loss_fn, optimizer, head(feats[rows]), targets[rows], batch)
         total_loss += loss
         correct += right
     return float(total_loss) / len(labels), int(correct) / len(labels)
@@ -248,7 +259,9 @@ def train_epoch(
     order = torch.randperm(len(labels), generator=generator).numpy()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for batch, y in iter_batches(images, labels, order, batch_size, pin=device.type == "cuda"):
+    count = -(-len(labels) // batch_size)
+    batches = iter_batches(images, labels, order, batch_size, pin=device.type == "cuda")
+    for number, (batch, y) in enumerate(batches, start=1):
         y = y.to(device, non_blocking=True)
         if augment_settings["enabled"]:
             x = augment(
@@ -262,7 +275,7 @@ def train_epoch(
             x = to_input(batch, arch, device)
         with autocast(device):
             logits = _logits(model, x, head_only)
-        loss, right = update(loss_fn, optimizer, logits, y)
+        loss, right = update(loss_fn, optimizer, logits, y, (number, count))
         total_loss += loss
         correct += right
         if progress is not None:
@@ -477,8 +490,21 @@ class Trainer:
         return optimizer
 
     def _train_and_validate(self, stage: int, epoch: int, optimizer, frozen) -> tuple[float, ...]:
-        """One epoch's (train loss, train accuracy, val loss, val accuracy); in stage 1 on the
-        ``frozen`` backbone's stored (train, val) features when it has them."""
+        """One epoch's (train loss, train accuracy, val loss, val accuracy), or
+        :class:`NonFiniteLoss` naming the stage, epoch and batch."""
+        try:
+            return self._epoch_numbers(stage, epoch, optimizer, frozen)
+        except NonFiniteLoss as err:
+            group = "stage1.lr" if stage == 1 else "stage2.lr_head / stage2.lr_backbone"
+            raise NonFiniteLoss(
+                f"training stopped in stage {stage}, epoch {epoch}: {err}. Lower the learning "
+                f"rate (training.{group}) or look for broken images; the state after the last "
+                f"completed epoch is kept, so a rerun resumes from it"
+            ) from None
+
+    def _epoch_numbers(self, stage: int, epoch: int, optimizer, frozen) -> tuple[float, ...]:
+        """:meth:`_train_and_validate`'s work; in stage 1 on the ``frozen`` backbone's stored
+        (train, val) features when it has them."""
         if frozen is not None:
             head = self.model.fc
             train = train_head_epoch(
