@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -135,3 +136,43 @@ def test_file_names_of_any_characters_are_read_and_cached(tmp_path_factory, name
     cached = list(decode_split(manifest, root, "train", size=12))
     for path, pixels in zip(train["path"], cached, strict=True):
         np.testing.assert_array_equal(pixels, expected[path])
+
+
+def test_an_empty_class_folder_one_class_or_a_tiny_class_stops_with_the_folder_named(tmp_path):
+    from tracinflow.data import DataError
+
+    root = two_classes(tmp_path / "empty")
+    (root / "bird").mkdir()
+    (root / "bird" / "broken.png").write_bytes(b"\x89PNG")
+    with pytest.raises(DataError, match=r"without a single readable image: \['bird'\].*broken"):
+        scan_image_folder(root, EXTENSIONS)
+
+    fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
+    lone = image(tmp_path / "one" / "cat" / "0.png").parents[1]
+    images, _ = scan_image_folder(lone, EXTENSIONS)
+    with pytest.raises(DataError, match=r"need at least 2 classes.*found 1 \(cat\)"):
+        split_images(images, fractions, seed=0)
+
+    small = two_classes(tmp_path / "small", per_class=3)
+    for extra in range(3):
+        image(small / "cat" / f"more{extra}.png", seed=50 + extra)
+    (small / "dog" / "1.png").unlink()
+    (small / "dog" / "2.png").unlink()
+    images, _ = scan_image_folder(small, EXTENSIONS)
+    with pytest.raises(DataError, match="'dog' has 1 readable images"):
+        split_images(images, fractions, seed=0)
+
+
+def test_an_image_changed_after_the_manifest_stops_the_cache_naming_it(tmp_path):
+    """Old and new pixels are never mixed: the cache checks every file's sha256 against the
+    manifest and stops at the first that differs, saying how to rebuild."""
+    from tracinflow.data import DataError
+
+    root = two_classes(tmp_path / "data", per_class=4)
+    images, _ = scan_image_folder(root, EXTENSIONS)
+    manifest = split_images(images, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
+    changed = manifest.loc[manifest["split"] == "train", "path"].iloc[0]
+    image(root / changed, seed=1234)  # same name, other pixels
+    with pytest.raises(DataError) as info:
+        list(decode_split(manifest, root, "train", size=12))
+    assert str(root / changed) in str(info.value) and "build_manifest" in str(info.value)
