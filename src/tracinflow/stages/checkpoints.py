@@ -87,8 +87,8 @@ def load_checkpoint(path, device="cpu", listed: list[dict] | None = None) -> tup
 
 
 def save_train_state(path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write a training run's resume state, as :func:`save_checkpoint` writes a checkpoint."""
+    save_checkpoint(path, state)
 
 
 def read_train_state(path, log) -> dict | None:

@@ -586,7 +586,10 @@ class Trainer:
         """The frozen backbone's features of the train and val images, once for all of stage 1."""
         start = time.perf_counter()
         count = len(self.train_labels) + len(self.val_labels)
-        progress = Progress(count, "stage 1: frozen-backbone features", "images", self.log)
+        # the summary below is the last line: the reporter adds none at the end
+        progress = Progress(
+            count, "stage 1: frozen-backbone features", "images", self.log, final=False
+        )
         frozen = tuple(
             frozen_features(self.model, images, self.batch_size, self.device, progress)
             for images in (self.train_images, self.val_images)
