@@ -19,8 +19,10 @@ include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/factors.smk"
 include: "rules/influence.smk"
+include: "rules/rankings.smk"
 include: "rules/reports.smk"
 include: "rules/versions.smk"
+include: "rules/study.smk"
 
 
 rule all:

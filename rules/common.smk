@@ -12,20 +12,24 @@ from tracinflow.config import (
     pretrained_weights_file,
     shared_checkpoint_epochs,
     version_settings,
+    with_study_versions,
 )
 
+# Before the schema fills in its default versions: a study config may name none of its own.
+OWN_VERSIONS = "versions" in config
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 try:
-    VERSIONS = version_settings(
-        config,
-        load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml")),
-    )
+    SCHEMA = load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml"))
+    CONFIG = with_study_versions(config, SCHEMA, OWN_VERSIONS)
+    VERSIONS = version_settings(CONFIG, SCHEMA)
     check_version_links(VERSIONS)
     check_dataset_source(config["dataset"])
 except ConfigError as error:
     raise WorkflowError(f"config error: {error}") from None
 
+# the noise study's settings (defaults filled in), or None
+STUDY = CONFIG.get("study")
 DATASET = config["dataset"]["name"]
 DATASET_ROOT = config["dataset"]["root"]
 DEMO = config["dataset"]["demo"]
@@ -124,8 +128,8 @@ def get_pretrained_weights(wildcards):
 
 def get_train_set_inputs(wildcards):
     """The manifest, and the other versions' outputs a training set is built from: the reference
-    model's predictions for confusing noise, the source version's training set, self-influence and
-    predictions for cleaning."""
+    model's predictions for confusing noise, the source version's training set, predictions and
+    suspicion scores for cleaning."""
     settings = VERSIONS[wildcards.version]
     inputs = {"manifest": rules.split_dataset.output.manifest}
     noise = settings["label_noise"]
@@ -133,18 +137,17 @@ def get_train_set_inputs(wildcards):
         inputs["reference"] = one(
             rules.predict.output.train, version=noise["reference"]
         )
-    if settings["clean"]:
-        source = settings["clean"]["from"]
+    clean = clean_setting(wildcards.version)
+    if clean:
+        source = clean["from"]
         inputs["source_train_set"] = one(
             rules.build_train_set.output.train_set, version=source
         )
-        inputs["source_self_influence"] = one(
-            rules.self_influence.output.self_influence, version=source
-        )
-        inputs["source_error_self_influence"] = one(
-            rules.self_influence.output.error_self_influence, version=source
-        )
         inputs["source_predictions"] = one(rules.predict.output.train, version=source)
+        if clean["ranking"] != "oracle":  # the oracle needs the planted flips alone
+            inputs["source_suspicion"] = one(
+                rules.suspicion_scores.output.scores, version=source
+            )
     return inputs
 
 
@@ -173,6 +176,31 @@ def get_shard_factors(wildcards):
 
 def get_train_factors(wildcards):
     return get_factor_dirs(wildcards.version, "train")
+
+
+def get_validation_factors(wildcards):
+    return {
+        "val": get_factor_dirs(wildcards.version, "val"),
+        "train": get_factor_dirs(wildcards.version, "train"),
+    }
+
+
+def get_cleanlab_inputs(wildcards):
+    """The out-of-fold probabilities cleanlab ranks: the logistic regression's on the frozen
+    pretrained features (pretrained backbones), and the k-fold models' (rankings.kfold folds).
+    """
+    settings = VERSIONS[wildcards.version]
+    inputs = {}
+    if settings["model"]["pretrained"]:
+        inputs["cleanlab_logistic"] = one(
+            rules.cleanlab_logistic.output.probs, version=wildcards.version
+        )
+    folds = settings["rankings"]["kfold"]
+    if folds:
+        inputs["kfold"] = expand(
+            rules.train_fold.output.probs, version=wildcards.version, fold=range(folds)
+        )
+    return inputs
 
 
 def get_shards(wildcards):
@@ -207,6 +235,8 @@ def get_version_outputs(version):
         rules.predict,
         rules.merge_topk,
         rules.self_influence,
+        rules.validation_influence,
+        rules.suspicion_scores,
         rules.report_tables,
         rules.report_plots,
         rules.report_galleries,
@@ -240,7 +270,10 @@ def get_cross_version_settings():
 
 
 def get_final_outputs():
-    """What `snakemake` with no target builds."""
+    """What `snakemake` with no target builds: with a study, the study's tables (each version's
+    full reports stay one `snakemake version_<name>` away)."""
+    if STUDY:
+        return get_data_outputs() + list(rules.study.output)
     return (
         get_data_outputs()
         + [path for version in VERSIONS for path in get_version_outputs(version)]

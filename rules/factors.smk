@@ -14,7 +14,7 @@ rule extract_factors:
         "results/benchmarks/extract_factors/{version}_epoch_{epoch}_{split}.tsv"
     wildcard_constraints:
         epoch=r"\d{3}",
-        split="train|test",
+        split="train|val|test",
     conda:
         "../workflow/envs/tracinflow.yaml"
     threads: 2

@@ -6,8 +6,7 @@ rule report_tables:
         metrics=rules.predict.output.metrics,
         checkpoints=rules.train_model.output.checkpoints,
         topk=rules.merge_topk.output.parquet,
-        self_influence=rules.self_influence.output.self_influence,
-        error_self_influence=rules.self_influence.output.error_self_influence,
+        suspicion=rules.suspicion_scores.output.scores,
     output:
         text=report(
             "results/{version}/reports/influence_report.txt",
@@ -144,9 +143,7 @@ rule report_galleries:
 rule noise_detection:
     input:
         train_set=rules.build_train_set.output.train_set,
-        self_influence=rules.self_influence.output.self_influence,
-        error_self_influence=rules.self_influence.output.error_self_influence,
-        train=rules.predict.output.train,
+        suspicion=rules.suspicion_scores.output.scores,
     output:
         table=report(
             "results/{version}/reports/noise_detection.csv",
@@ -171,6 +168,5 @@ rule noise_detection:
         runtime=10,
     params:
         default=setting("reports", "ranking"),
-        seed=setting("seed"),
     script:
         "../workflow/scripts/noise_detection.py"

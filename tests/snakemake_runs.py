@@ -95,3 +95,29 @@ def tiny_config() -> dict:
             "v3": {"clean": {"from": "v2", "count": 4, "ranking": "self_influence"}},
         },
     }  # fmt: skip
+
+
+def tiny_study_config() -> dict:
+    """A noise study small enough for CI: the pretrained EfficientNet-Lite0 on scikit-learn's
+    digits at 32 px, two seeds of 30% confusing noise, cleaned by the default ranking, the loss,
+    cleanlab, random and oracle removal (and relabelled by the default), with 2-fold cleanlab."""
+    return {
+        "dataset": {"name": "digits", "root": "results/datasets/digits",
+                    "demo": {"source": "digits", "images_per_class": 16}, "image_size": 32},
+        "split": {"train": 0.5, "val": 0.2, "test": 0.3},
+        "model": {"arch": "efficientnet_lite0", "pretrained": "imagenet"},
+        "training": {
+            "batch_size": 32,
+            "stage1": {"epochs": 3, "lr": 3e-3},
+            "stage2": {"max_epochs": 2, "lr_backbone": 1e-4, "lr_head": 1e-3,
+                       "checkpoint_epochs": [1, 2], "patience": None},
+        },
+        "rankings": {"cleanlab_folds": 2},
+        "study": {
+            "seeds": [0, 1],
+            "noise": [{"rate": 0.3, "mode": "confusing"}],
+            "drop": ["default", "loss", "cleanlab", "random", "oracle"],
+            "relabel": ["default"],
+            "kfold": {"rate": 0.3, "mode": "confusing", "folds": 2},
+        },
+    }  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,8 +16,8 @@ from tracinflow.analysis.detection import (
     detection_table,
     found_at,
     inspected_count,
-    random_scores,
 )
+from tracinflow.analysis.rankings import random_scores, suspicion_table
 from tracinflow.data.train_set import (
     TRAIN_SET_COLUMNS,
     apply_cleaning,
@@ -27,19 +29,25 @@ from tracinflow.stages.reports import noise_detection
 
 
 def write_noise_detection(
-    *, train_set_path, self_influence_path, train_predictions_path, out_csv, out_png, default,
-    error_self_influence_path=None, seed=0, log,
+    *, train_set_path, self_influence_path, train_predictions_path, error_self_influence_path,
+    out_csv, out_png, default, seed=0, log,
 ):  # fmt: skip
-    """The noise_detection rule's function, called as the rule calls it."""
-    inputs = {
-        "train_set": train_set_path,
-        "self_influence": self_influence_path,
-        "train": train_predictions_path,
-    }
-    if error_self_influence_path is not None:
-        inputs["error_self_influence"] = error_self_influence_path
+    """The suspicion table of the version's score files, then the noise_detection rule's function
+    called as the rule calls it."""
+    train_set = pd.read_parquet(train_set_path)
+    used = train_set.loc[~train_set["dropped"], "idx"].to_numpy()
+    table = suspicion_table(
+        used,
+        pd.read_parquet(self_influence_path),
+        pd.read_parquet(train_predictions_path),
+        pd.read_parquet(error_self_influence_path),
+        seed=seed,
+    )
+    suspicion = Path(out_csv).parent / "suspicion_scores.parquet"
+    write_parquet(suspicion, table)
+    inputs = {"train_set": train_set_path, "suspicion": suspicion}
     outputs = {"table": out_csv, "plot": out_png}
-    return noise_detection(inputs, outputs, {"default": default, "seed": seed}, log=log)
+    return noise_detection(inputs, outputs, {"default": default}, log=log)
 
 
 K = 5
@@ -461,10 +469,13 @@ def test_write_noise_detection(tmp_path):
         "self_influence",
         "self_influence_epoch_001",
         "self_influence_epoch_003",
+        "self_influence_first",
+        "self_influence_last",
+        "self_influence_normalized",
         "error_self_influence",
         "loss",
-        "self_influence_last",
         "combined",
+        "error_combined",
         "random",
     ]
     on_disk = pd.read_csv(tmp_path / "out" / "noise_detection.csv")
@@ -487,20 +498,16 @@ def test_write_noise_detection(tmp_path):
     assert "self_influence (default)" in lines[0]
 
 
-def test_write_noise_detection_without_error_file_and_with_missing_scores(tmp_path):
-    _version_files(tmp_path)
-    common = {
-        "train_set_path": tmp_path / "train_set.parquet",
-        "self_influence_path": tmp_path / "self_influence.parquet",
-        "train_predictions_path": tmp_path / "train_pred.parquet",
-        "out_csv": tmp_path / "d.csv",
-        "out_png": tmp_path / "d.png",
-        "log": lambda line: None,
-    }
-    table = write_noise_detection(default="loss", **common)
-    assert "error_self_influence" not in set(table["ranking"])
-    assert table.loc[table["default"], "ranking"].tolist() == ["loss"]
-
+def test_write_noise_detection_with_missing_scores(tmp_path):
     _version_files(tmp_path, drop_extra=True)
     with pytest.raises(KeyError, match="missing from"):
-        write_noise_detection(default="loss", **common)
+        write_noise_detection(
+            train_set_path=tmp_path / "train_set.parquet",
+            self_influence_path=tmp_path / "self_influence.parquet",
+            train_predictions_path=tmp_path / "train_pred.parquet",
+            error_self_influence_path=tmp_path / "error_self_influence.parquet",
+            default="loss",
+            out_csv=tmp_path / "d.csv",
+            out_png=tmp_path / "d.png",
+            log=lambda line: None,
+        )

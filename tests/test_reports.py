@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from tracinflow._util import files as io
+from tracinflow.analysis.rankings import suspicion_table
 from tracinflow.analysis.report_text import influence_report_text
 from tracinflow.analysis.reports import (
     CROSS_COLUMNS,
@@ -236,8 +237,17 @@ def test_unknown_kind_is_an_error(planted):
 # mislabeled inspection
 
 
+def inspection_from(
+    self_influence, train_pred, cross, manifest, class_names, ranking="self_influence"
+):
+    """mislabeled_inspection on the suspicion table of these self-influence scores and losses."""
+    idx = np.union1d(train_pred["idx"], self_influence["train_idx"])
+    suspicion = suspicion_table(idx, self_influence, train_pred)
+    return mislabeled_inspection(suspicion, train_pred, cross, manifest, class_names, ranking)
+
+
 def inspect(data, ranking="self_influence", cross=None):
-    return mislabeled_inspection(
+    return inspection_from(
         data["self_influence"],
         data["train_pred"],
         cross_of(data) if cross is None else cross,
@@ -295,7 +305,7 @@ def ranking_inputs(loss_scale=1.0):
     ],
 )
 def test_each_ranking_gives_the_known_order(ranking, order):
-    report = mislabeled_inspection(*ranking_inputs(), ["a", "b"], ranking=ranking)
+    report = inspection_from(*ranking_inputs(), ["a", "b"], ranking=ranking)
 
     assert report["train_idx"].tolist() == order
     assert report["rank"].tolist() == [1, 2, 3, 4, 5]
@@ -306,8 +316,8 @@ def test_each_ranking_gives_the_known_order(ranking, order):
 
 
 def test_combined_score_is_the_mean_percentile_and_ignores_scale():
-    small = mislabeled_inspection(*ranking_inputs(), ["a", "b"], ranking="combined")
-    large = mislabeled_inspection(*ranking_inputs(1e6), ["a", "b"], ranking="combined")
+    small = inspection_from(*ranking_inputs(), ["a", "b"], ranking="combined")
+    large = inspection_from(*ranking_inputs(1e6), ["a", "b"], ranking="combined")
 
     expected = {0: 0.6, 1: 0.9, 2: 0.5, 3: 0.6, 4: 0.4}
     assert small.set_index("train_idx")["suspicion"].to_dict() == pytest.approx(expected)
@@ -317,7 +327,7 @@ def test_combined_score_is_the_mean_percentile_and_ignores_scale():
 
 def test_unknown_ranking_names_the_allowed_values():
     with pytest.raises(ValueError, match=r"self_influence.*loss.*combined"):
-        mislabeled_inspection(*ranking_inputs(), ["a", "b"], ranking="margin")
+        inspection_from(*ranking_inputs(), ["a", "b"], ranking="margin")
 
 
 def test_training_image_missing_from_self_influence_is_an_error(planted):
@@ -415,7 +425,7 @@ def test_k_larger_than_the_train_split():
     test_pred = make_predictions(test_idx, [0, 1], [1, 1], num_classes=2)
 
     cross = misprediction_cross_analysis(topk, test_pred, train_pred, ["a", "b"])
-    inspection = mislabeled_inspection(
+    inspection = inspection_from(
         make_self_influence(train_idx, [1.0, 2.0, 3.0]), train_pred, cross, manifest, ["a", "b"]
     )
     influential = influential_samples(topk, train_pred, manifest, ["a", "b"])
@@ -507,7 +517,7 @@ def test_hundred_classes_match_a_row_by_row_reference():
         by_hand[train_class[r.train_idx], test_class[r.test_idx]] += r.influence
     np.testing.assert_allclose(table[names].to_numpy(), by_hand, atol=1e-9)
 
-    inspection = mislabeled_inspection(
+    inspection = inspection_from(
         make_self_influence(train_idx, rng.random(n_train)),
         train_pred,
         cross,
@@ -607,7 +617,7 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
         "train": folder / "predictions" / "train.parquet",
         "test": folder / "predictions" / "test.parquet",
         "topk": folder / "influence" / "top_k_influences.parquet",
-        "self": folder / "influence" / "self_influence.parquet",
+        "self": folder / "rankings" / "suspicion_scores.parquet",
         "checkpoints": folder / "model" / "checkpoints.json",
         "metrics": folder / "metrics.json",
     }
@@ -615,13 +625,16 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
     io.write_parquet(paths["train"], planted["train_pred"])
     io.write_parquet(paths["test"], test_pred)
     io.write_parquet(paths["topk"], planted["topk"])
-    io.write_parquet(paths["self"], planted["self_influence"])
+    suspicion = suspicion_table(
+        planted["train_pred"]["idx"], planted["self_influence"], planted["train_pred"]
+    )
+    io.write_parquet(paths["self"], suspicion)
     io.write_json(paths["checkpoints"], CHECKPOINTS)
     io.write_json(paths["metrics"], METRICS)
     lines = []
 
     inputs = {key: paths[key] for key in ("manifest", "train", "test", "topk", "checkpoints")}
-    inputs |= {"self_influence": paths["self"], "metrics": paths["metrics"]}
+    inputs |= {"suspicion": paths["self"], "metrics": paths["metrics"]}
     written = {name: tmp_path / "reports" / name for name in REPORT_FILES.values()}
     outputs = {key: written[name] for key, name in REPORT_FILES.items()}
     params = {"version": "v_planted", "ranking": "combined", "top_n": 3}
@@ -653,7 +666,7 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
     assert (NO_MISPREDICTIONS in text) is not mispredicted
 
 
-def test_suspicion_scores_of_every_ranking():
+def test_suspicion_table_gives_every_ranking_its_known_scores():
     from tracinflow.analysis.rankings import RANKINGS, suspicion_scores
 
     idx = np.array([3, 1, 2])
@@ -663,19 +676,42 @@ def test_suspicion_scores_of_every_ranking():
     )  # fmt: skip
     error = pd.DataFrame({"train_idx": [3, 2, 1], "self_influence": [0.3, 0.2, 0.1]})
     train_pred = pd.DataFrame({"idx": [2, 3, 1], "loss": [9.0, 1.0, 2.0]})
+    validation = pd.DataFrame(
+        {"train_idx": [2, 1, 3], "val_harm": [0.5, -1.0, 2.0], "val_opponent": [0.0, 3.0, 1.0]}
+    )
+    quality = pd.DataFrame(
+        {"train_idx": [1, 2, 3], "label_quality": [0.9, 0.25, 0.5], "label_issue": [0, 1, 0]}
+    )
+    table = suspicion_table(
+        idx, self_influence, train_pred, error, validation=validation,
+        cleanlab={"cleanlab": quality, "cleanlab_kfold": quality.assign(label_quality=0.5)},
+        seed=4,
+    )  # fmt: skip
     expected = {
         "self_influence": [3.0, 5.0, 1.0],
+        "self_influence_first": [0.5, 4.0, 0.5],  # epoch 2, the first
         "self_influence_last": [2.5, 1.0, 0.5],  # epoch 10, not epoch 2
+        # epoch means 5/3 and 4/3: 0.5 / (5/3) + 2.5 / (4/3), ...
+        "self_influence_normalized": [0.3 + 1.875, 2.4 + 0.75, 0.3 + 0.375],
         "error_self_influence": [0.3, 0.1, 0.2],
         "loss": [1.0, 2.0, 9.0],
         # percentile ranks (self, loss): idx 3 (2, 1), idx 1 (3, 2), idx 2 (1, 3); / (2 * 3)
         "combined": [3 / 6, 5 / 6, 4 / 6],
+        # (error, loss): idx 3 (3, 1), idx 1 (1, 2), idx 2 (2, 3)
+        "error_combined": [4 / 6, 3 / 6, 5 / 6],
+        "val_harm": [2.0, -1.0, 0.5],
+        "val_opponent": [1.0, 3.0, 0.0],
+        "cleanlab": [0.5, 0.1, 0.75],  # 1 - label quality: the lowest quality first
+        "cleanlab_kfold": [0.5, 0.5, 0.5],
     }
     assert set(expected) == set(RANKINGS)
     for ranking, values in expected.items():
-        scores = suspicion_scores(ranking, idx, self_influence, train_pred, error)
-        np.testing.assert_allclose(scores, values, err_msg=ranking)
-    with pytest.raises(ValueError, match="needs the error-signal"):
-        suspicion_scores("error_self_influence", idx, self_influence, train_pred)
+        np.testing.assert_allclose(suspicion_scores(ranking, idx, table), values, err_msg=ranking)
+    assert table["train_idx"].tolist() == [3, 1, 2]
+    assert table["cleanlab_issue"].tolist() == [False, False, True]
+    np.testing.assert_array_equal(table["random"], np.random.default_rng(4).random(3))
     with pytest.raises(KeyError, match=r"missing from self_influence, e\.g\. \[7\]"):
-        suspicion_scores("self_influence", [7], self_influence, train_pred)
+        suspicion_table([7], self_influence, train_pred, error)
+    without = suspicion_table(idx, self_influence, train_pred, error)
+    with pytest.raises(ValueError, match=r"cleanlab is not in .* needs model\.pretrained"):
+        suspicion_scores("cleanlab", idx, without)

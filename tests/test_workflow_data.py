@@ -41,10 +41,13 @@ def test_demo_config_dry_run_then_real_run(tmp_path):
         "build_train_set": 3,
         "train_model": 3,
         "predict": 3,
-        "extract_factors": 18,  # 3 versions x 3 checkpoints x (train, test)
+        "extract_factors": 27,  # 3 versions x 3 checkpoints x (train, val, test)
         "influence_shard": 3,
         "merge_topk": 3,
         "self_influence": 3,
+        "validation_influence": 3,
+        "cleanlab_logistic": 3,  # the pretrained backbone's features: cleanlab's ranking
+        "suspicion_scores": 3,
         "report_tables": 3,
         "report_plots": 3,
         "report_galleries": 3,

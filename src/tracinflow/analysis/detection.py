@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tracinflow._util.tables import row_positions
-from tracinflow.analysis.rankings import checkpoint_columns, suspicion_scores
+from tracinflow.analysis.rankings import ranking_columns
 from tracinflow.data.train_set import check_train_set
 
 DETECTION_FRACTIONS = (0.05, 0.10, 0.20)
@@ -111,53 +111,20 @@ def detection_table(rankings: Mapping, flipped, default: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DETECTION_COLUMNS)
 
 
-def random_scores(n: int, seed: int) -> np.ndarray:
-    """``n`` uniform scores in [0, 1) from ``np.random.default_rng(seed)``: the random floor."""
-    return np.random.default_rng(seed).random(int(n))
-
-
-def _aligned(frame: pd.DataFrame, key: str, columns, idx: np.ndarray, what: str) -> pd.DataFrame:
-    """``columns`` of ``frame`` in the order of ``idx`` (matched on ``key``); missing idx error."""
-    if not frame[key].is_unique:
-        raise ValueError(f"{what}: a {key} appears more than once")
-    positions = row_positions(frame[key], idx, what)
-    return frame.iloc[positions][list(columns)].reset_index(drop=True)
-
-
 def detection_rankings(
-    train_set: pd.DataFrame,
-    self_influence: pd.DataFrame,
-    train_pred: pd.DataFrame,
-    error_self_influence: pd.DataFrame | None = None,
-    seed: int = 0,
+    train_set: pd.DataFrame, suspicion: pd.DataFrame
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every suspicion ranking of one version, aligned with its planted flips: ``(rankings,
-    flipped)`` over the train set's non-dropped rows (flipped = ``noisy``).
-
-    Rankings, in this order: ``self_influence`` (summed), one per checkpoint column
-    (``self_influence_epoch_EEE``), ``error_self_influence`` (summed, when given), ``loss`` (train
-    predictions), ``self_influence_last`` (when there are checkpoint columns), ``combined`` and
-    ``random`` (:func:`random_scores` with ``seed``). Every score table must cover every evaluated
-    idx; its missing rows are an error, never dropped.
+    flipped)`` over the train set's non-dropped rows (flipped = ``noisy``), the rankings in the
+    suspicion table's column order (:func:`~tracinflow.analysis.rankings.suspicion_table`). The
+    table must cover every evaluated idx; a missing row is an error, never dropped.
     """
     check_train_set(train_set)
     train_set = train_set.loc[~train_set["dropped"].to_numpy(bool)]
     idx = train_set["idx"].to_numpy(np.int64)
     flipped = train_set["noisy"].to_numpy(bool)
-    per_checkpoint = checkpoint_columns(self_influence)
-    columns = ["self_influence", *per_checkpoint]
-    aligned = _aligned(self_influence, "train_idx", columns, idx, "self_influence")
-    rankings = {column: aligned[column].to_numpy(np.float64) for column in columns}
-    if error_self_influence is not None:
-        rankings["error_self_influence"] = _aligned(
-            error_self_influence, "train_idx", ["self_influence"], idx, "error self-influence"
-        )["self_influence"].to_numpy(np.float64)
-    rankings["loss"] = _aligned(train_pred, "idx", ["loss"], idx, "the train predictions")[
-        "loss"
-    ].to_numpy(np.float64)
-    if per_checkpoint:
-        # The configurable rankings (reports.ranking) by their own names, so the default is a row.
-        rankings["self_influence_last"] = rankings[per_checkpoint[-1]]
-    rankings["combined"] = suspicion_scores("combined", idx, self_influence, train_pred)
-    rankings["random"] = random_scores(len(idx), seed)
+    positions = row_positions(suspicion["train_idx"], idx, "the suspicion scores")
+    rankings = {
+        name: suspicion[name].to_numpy(np.float64)[positions] for name in ranking_columns(suspicion)
+    }
     return rankings, flipped

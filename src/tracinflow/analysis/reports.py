@@ -149,20 +149,21 @@ def _appearance_counts(cross: pd.DataFrame, train_idx: np.ndarray) -> dict[str, 
 
 
 def mislabeled_inspection(
-    self_influence: pd.DataFrame,
+    suspicion: pd.DataFrame,
     train_pred: pd.DataFrame,
     cross: pd.DataFrame,
     manifest: pd.DataFrame,
     class_names,
     ranking: str = "self_influence",
-    error_self_influence: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every training image, most suspicious first: the candidates to check for a wrong label.
 
-    ``ranking`` picks the suspicion score (see :func:`suspicion_scores`). The training images are
-    the rows of ``train_pred`` and ``self_influence`` (the images the version trained on, with the
-    labels it trained with; the manifest's train split minus any dropped by cleaning); one missing
-    from either table, or from the manifest, is an error, never dropped. Ties break by the lower train idx.
+    ``suspicion`` is the version's suspicion table
+    (:func:`~tracinflow.analysis.rankings.suspicion_table`); ``ranking`` picks its score. The
+    training images are the rows of ``train_pred`` and ``suspicion`` (the images the version
+    trained on, with the labels it trained with; the manifest's train split minus any dropped by
+    cleaning); one missing from either table, or from the manifest, is an error, never dropped.
+    Ties break by the lower train idx.
     Columns: ``rank, train_idx, ranking, suspicion, self_influence, self_influence_rank, loss,
     loss_rank`` (ranks: 1 = largest), ``true_label`` (the training label), ``predicted_label,
     confidence``, the number of times the image is an opponent / a proponent of a mispredicted test
@@ -173,13 +174,11 @@ def mislabeled_inspection(
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     train_idx = np.unique(
         np.concatenate(
-            [train_pred["idx"].to_numpy(np.int64), self_influence["train_idx"].to_numpy(np.int64)]
+            [train_pred["idx"].to_numpy(np.int64), suspicion["train_idx"].to_numpy(np.int64)]
         )
     )
-    suspicion = suspicion_scores(
-        ranking, train_idx, self_influence, train_pred, error_self_influence
-    )
-    scores = suspicion_scores("self_influence", train_idx, self_influence, train_pred)
+    suspicion_score = suspicion_scores(ranking, train_idx, suspicion)
+    scores = suspicion_scores("self_influence", train_idx, suspicion)
     pred_rows = row_positions(train_pred["idx"], train_idx, "the train predictions")
     loss = train_pred["loss"].to_numpy(np.float64)[pred_rows]
     paths = manifest["path"].to_numpy()[row_positions(manifest["idx"], train_idx, "the manifest")]
@@ -187,10 +186,10 @@ def mislabeled_inspection(
     counts = _appearance_counts(cross, train_idx)
     frame = pd.DataFrame(
         {
-            "rank": descending_rank(suspicion, train_idx),
+            "rank": descending_rank(suspicion_score, train_idx),
             "train_idx": train_idx,
             "ranking": ranking,
-            "suspicion": suspicion,
+            "suspicion": suspicion_score,
             "self_influence": scores,
             "self_influence_rank": descending_rank(scores, train_idx),
             "loss": loss,

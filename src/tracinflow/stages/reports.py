@@ -50,12 +50,10 @@ def report_tables(inputs, outputs, params, threads=1, log=print) -> dict:
     names = class_names_of(manifest)
     train_pred, test_pred = pd.read_parquet(inputs["train"]), pd.read_parquet(inputs["test"])
     topk = pd.read_parquet(inputs["topk"])
-    error = inputs.get("error_self_influence")
     cross = misprediction_cross_analysis(topk, test_pred, train_pred, names)
     inspection = mislabeled_inspection(
-        pd.read_parquet(inputs["self_influence"]), train_pred, cross, manifest, names, ranking,
-        pd.read_parquet(error) if error is not None else None,
-    )  # fmt: skip
+        pd.read_parquet(inputs["suspicion"]), train_pred, cross, manifest, names, ranking
+    )
     influential = influential_samples(topk, train_pred, manifest, names)
     tables = {
         "cross": (cross, write_csv),
@@ -181,14 +179,9 @@ def report_galleries(inputs, outputs, params, threads=1, log=print) -> list[Path
 def noise_detection(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     """Score one version's suspicion rankings against its planted flips: the table (share found at
     5/10/20% inspected, ROC AUC, average precision; ``params["default"]`` marked) and the plot of
-    the detection curves. ``params["seed"]`` seeds the random ranking."""
-    error = inputs.get("error_self_influence")
+    the detection curves."""
     rankings, flipped = detection_rankings(
-        pd.read_parquet(inputs["train_set"]),
-        pd.read_parquet(inputs["self_influence"]),
-        pd.read_parquet(inputs["train"], columns=["idx", "loss"]),
-        pd.read_parquet(error) if error is not None else None,
-        seed=params["seed"],
+        pd.read_parquet(inputs["train_set"]), pd.read_parquet(inputs["suspicion"])
     )
     default = params["default"]
     table = detection_table(rankings, flipped, default)

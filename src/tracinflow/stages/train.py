@@ -38,19 +38,21 @@ from tracinflow.train.trainer import HISTORY_COLUMNS, Trainer, resolve_settings
 # --- build_train_set ----------------------------------------------------------------------------
 
 
+def _cleaning_scores(ranking: str, source_set: pd.DataFrame, idx, inputs) -> np.ndarray:
+    """The suspicion score of each ``idx`` under ``ranking``; ``oracle`` scores the planted flips
+    1 and the rest 0 (the control that drops exactly them; it needs no suspicion scores)."""
+    if ranking == "oracle":
+        return source_set.set_index("idx").loc[idx, "noisy"].to_numpy(np.float64)
+    return suspicion_scores(ranking, idx, pd.read_parquet(inputs["source_suspicion"]))
+
+
 def _cleaned(inputs, clean: dict, log) -> pd.DataFrame:
     """The source version's training set with its top suspects (by ``clean["ranking"]``) dropped
     or relabelled."""
     source_set = pd.read_parquet(inputs["source_train_set"])
     predictions = pd.read_parquet(inputs["source_predictions"])
     idx = source_set.loc[~source_set["dropped"].to_numpy(bool), "idx"].to_numpy(np.int64)
-    scores = suspicion_scores(
-        clean["ranking"],
-        idx,
-        pd.read_parquet(inputs["source_self_influence"]),
-        predictions,
-        pd.read_parquet(inputs["source_error_self_influence"]),
-    )
+    scores = _cleaning_scores(clean["ranking"], source_set, idx, inputs)
     suspects = pd.DataFrame({"train_idx": idx, "rank": descending_rank(scores, idx)})
     train_set, acted = apply_cleaning(
         source_set,

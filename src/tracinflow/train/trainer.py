@@ -195,6 +195,39 @@ def frozen_features(
     return torch.cat(chunks)
 
 
+def arch_from_settings(settings: dict, num_classes: int, image_size) -> dict:
+    """The network description (:func:`~tracinflow.train.model.make_arch`) of a version's
+    ``model`` settings for images of ``image_size`` (H, W)."""
+    model = resolve_settings(settings)["model"]
+    return make_arch(
+        model["arch"],
+        num_classes,
+        hidden=model["head"]["hidden"],
+        negative_slope=model["head"]["negative_slope"],
+        image_size=image_size,
+        width=int(model.get("width", 16)),
+        pretrained=model["pretrained"],
+    )
+
+
+def pretrained_features(
+    settings: dict,
+    num_classes: int,
+    images,
+    pretrained_state: dict,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+) -> np.ndarray:
+    """The frozen pretrained backbone's pooled features (N, d) of ``images``, normalised as the
+    version's model would see them; float32 on the CPU."""
+    images = as_image_array(images)
+    arch = arch_from_settings(settings, num_classes, images.shape[1:3])
+    model = create_model(arch, pretrained_state).to(device)
+    batch_size = int(resolve_settings(settings)["training"]["batch_size"])
+    progress = Progress(len(images), "pretrained features", "images", log)
+    return frozen_features(model, images, batch_size, device, progress).cpu().numpy()
+
+
 def train_head_epoch(
     head: nn.Module,
     loss_fn: WeightedSmoothedCrossEntropy,
@@ -411,16 +444,7 @@ class Trainer:
         self._describe()
 
     def _arch(self) -> dict:
-        model = self.settings["model"]
-        return make_arch(
-            model["arch"],
-            self.num_classes,
-            hidden=model["head"]["hidden"],
-            negative_slope=model["head"]["negative_slope"],
-            image_size=self.train_images.shape[1:3],
-            width=int(model.get("width", 16)),
-            pretrained=model["pretrained"],
-        )
+        return arch_from_settings(self.settings, self.num_classes, self.train_images.shape[1:3])
 
     def _describe(self) -> None:
         arch, spec = self.arch, self.loss_spec

@@ -1,0 +1,62 @@
+# The noise study (config `study:`): every version it generates is an ordinary version, so Snakemake
+# schedules, caches and reruns each; this rule reads what the study compares.
+if STUDY:
+
+    STUDY_NOISY = [name for name in VERSIONS if has_planted_noise(name)]
+    STUDY_NOISY = [name for name in STUDY_NOISY if not VERSIONS[name]["clean"]]
+
+    rule study:
+        input:
+            detection=expand(rules.noise_detection.output.table, version=STUDY_NOISY),
+            metrics=expand(rules.predict.output.metrics, version=list(VERSIONS)),
+            train_sets=expand(
+                rules.build_train_set.output.train_set, version=list(VERSIONS)
+            ),
+        output:
+            detection=report(
+                "results/study/detection.csv",
+                caption="../workflow/report/study.rst",
+                category="Noise study",
+            ),
+            detection_seeds="results/study/detection_per_seed.csv",
+            cleaning=report(
+                "results/study/cleaning.csv",
+                caption="../workflow/report/study.rst",
+                category="Noise study",
+            ),
+            cleaning_seeds="results/study/cleaning_per_seed.csv",
+            detection_plot=report(
+                "results/study/detection.png",
+                caption="../workflow/report/study.rst",
+                category="Noise study",
+            ),
+            cleaning_plot=report(
+                "results/study/cleaning.png",
+                caption="../workflow/report/study.rst",
+                category="Noise study",
+            ),
+            summary=report(
+                "results/study/summary.md",
+                caption="../workflow/report/study.rst",
+                category="Noise study",
+            ),
+        log:
+            "logs/study/study.log",
+        localrule: True
+        conda:
+            "../workflow/envs/tracinflow.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            settings={
+                name: {
+                    key: VERSIONS[name][key]
+                    for key in ("seed", "label_noise", "clean")
+                }
+                for name in VERSIONS
+            },
+            noisy=STUDY_NOISY,
+        script:
+            "../workflow/scripts/study.py"

@@ -1,0 +1,195 @@
+"""The noise study's tables: how well each ranking finds planted flips, and how much of the accuracy
+the noise cost each cleaning gets back, as mean and standard deviation over seeds.
+
+The study's versions come from :func:`tracinflow.config.study_versions`; each is described here by
+its settings alone (:func:`study_roles`): a clean ``baseline``, a ``noisy`` version (a noise rate
+and mode), or a ``cleaned`` one (an action and a ranking applied to a noisy version).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from tracinflow.analysis.detection import DETECTION_COLUMNS
+
+DETECTION_METRICS = DETECTION_COLUMNS[1:6]
+ROLE_COLUMNS = ["version", "role", "rate", "mode", "seed", "variant", "source"]
+
+
+def study_roles(settings: Mapping[str, dict]) -> pd.DataFrame:
+    """One row per version (``ROLE_COLUMNS``): its role, noise setting (rate, mode; the source's
+    for a cleaned version), seed, variant (``baseline``, ``noisy`` or ``<action>_<ranking>``, a
+    null ranking read as ``default``) and source (the noisy version a cleaned one cleans)."""
+    rows = []
+    for name, s in settings.items():
+        noise, clean = s.get("label_noise"), s.get("clean")
+        row = {"version": name, "seed": int(s["seed"]), "source": None}
+        if clean:
+            source = settings[clean["from"]]["label_noise"]
+            ranking = clean.get("ranking") or "default"
+            row |= {"role": "cleaned", "rate": source["rate"], "mode": source["mode"]}
+            row |= {"variant": f"{clean['action']}_{ranking}", "source": clean["from"]}
+        elif noise and noise["rate"] > 0:
+            row |= {"role": "noisy", "rate": noise["rate"], "mode": noise["mode"]}
+            row["variant"] = "noisy"
+        else:
+            row |= {"role": "baseline", "rate": np.nan, "mode": None, "variant": "baseline"}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=ROLE_COLUMNS)
+
+
+def _mean_std(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation (ddof 1; NaN for one seed) of ``metrics`` per group of
+    ``keys``, with the number of seeds, in the groups' first-seen order."""
+    grouped = frame.groupby(keys, sort=False)
+    out = grouped[metrics].agg(["mean", "std"])
+    out.columns = [f"{metric}_{stat}" for metric, stat in out.columns]
+    out["seeds"] = grouped.size()
+    return out.reset_index()
+
+
+def detection_summary(roles: pd.DataFrame, tables: Mapping[str, pd.DataFrame]):
+    """``(per seed, summary)`` of the noisy versions' detection tables (noise_detection.csv,
+    ``tables`` by version): per (rate, mode, ranking) the mean and std over seeds of the share of
+    flips found at 5/10/20% inspected, ROC AUC and average precision."""
+    noisy = roles.loc[roles["role"] == "noisy"]
+    missing = sorted(set(noisy["version"]) - set(tables))
+    if missing:
+        raise ValueError(f"no detection table for the noisy versions {missing}")
+    frames = []
+    for row in noisy.itertuples(index=False):
+        table = tables[row.version].copy()
+        table.insert(0, "version", row.version)
+        table.insert(1, "rate", row.rate)
+        table.insert(2, "mode", row.mode)
+        table.insert(3, "seed", row.seed)
+        frames.append(table)
+    per_seed = pd.concat(frames, ignore_index=True)
+    summary = _mean_std(per_seed, ["rate", "mode", "ranking"], DETECTION_METRICS)
+    defaults = per_seed.groupby(["rate", "mode", "ranking"], sort=False)["default"].any()
+    summary["default"] = defaults.to_numpy()
+    return per_seed, summary
+
+
+def flips_fixed(train_set: pd.DataFrame, planted: int) -> float:
+    """The share of ``planted`` flips a cleaned training set no longer trains on with a wrong
+    label (dropped, or relabelled to the true class)."""
+    left = int((train_set["noisy"].to_numpy(bool) & ~train_set["dropped"].to_numpy(bool)).sum())
+    return 1.0 - left / planted if planted else float("nan")
+
+
+def _baseline_accuracy(per_seed: pd.DataFrame, seed: int) -> float:
+    rows = per_seed.loc[(per_seed["role"] == "baseline") & (per_seed["seed"] == seed)]
+    if rows.empty:
+        raise ValueError(f"the study has no baseline version for seed {seed}")
+    return float(rows["accuracy"].iloc[0])
+
+
+def _with_recovery(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Each noisy / cleaned row with the paired comparisons of its seed: the accuracy cost of the
+    noise (baseline - noisy), the gain over noisy and over random removal, and the share of the
+    cost recovered."""
+    rows = per_seed.loc[per_seed["role"] != "baseline"].copy()
+    accuracy = per_seed.set_index("version")["accuracy"]
+    noisy_version = np.where(rows["role"] == "noisy", rows["version"], rows["source"])
+    rows["noisy_accuracy"] = accuracy.loc[noisy_version].to_numpy()
+    rows["baseline_accuracy"] = [_baseline_accuracy(per_seed, s) for s in rows["seed"]]
+    rows["cost"] = rows["baseline_accuracy"] - rows["noisy_accuracy"]
+    rows["gain"] = rows["accuracy"] - rows["noisy_accuracy"]
+    rows["recovered"] = rows["gain"] / rows["cost"].where(rows["cost"] != 0)
+    random_version = {v: f"{v}_drop_random" for v in noisy_version}
+    random_accuracy = [accuracy.get(random_version[v], np.nan) for v in noisy_version]
+    rows["gain_over_random"] = rows["accuracy"] - np.asarray(random_accuracy, dtype=np.float64)
+    return rows
+
+
+def cleaning_summary(
+    roles: pd.DataFrame,
+    accuracies: Mapping[str, float],
+    train_sets: Mapping[str, pd.DataFrame],
+):
+    """``(per seed, summary)`` of the study's test accuracies (``accuracies`` by version): per
+    (rate, mode, variant) the mean and std over seeds of the accuracy, the gain over the noisy
+    version of the same seed, the share of the noise's accuracy cost recovered, the gain over
+    dropping as many random images, and the share of the planted flips fixed (``train_sets``)."""
+    per_seed = roles.copy()
+    per_seed["accuracy"] = [float(accuracies[v]) for v in per_seed["version"]]
+    planted = {
+        v: int(train_sets[v]["noisy"].sum())
+        for v in per_seed.loc[per_seed["role"] == "noisy", "version"]
+    }
+    per_seed["flips_fixed"] = [
+        flips_fixed(train_sets[r.version], planted[r.source if r.role == "cleaned" else r.version])
+        if r.role != "baseline"
+        else np.nan
+        for r in per_seed.itertuples(index=False)
+    ]
+    compared = _with_recovery(per_seed)
+    per_seed = per_seed.merge(
+        compared[["version", "cost", "gain", "recovered", "gain_over_random"]], on="version",
+        how="left",
+    )  # fmt: skip
+    metrics = ["accuracy", "gain", "recovered", "gain_over_random", "flips_fixed"]
+    baselines = per_seed.loc[per_seed["role"] == "baseline"]
+    summary = pd.concat(
+        [
+            _mean_std(
+                baselines.assign(rate=0.0, mode="none"), ["rate", "mode", "variant"], metrics
+            ),
+            _mean_std(
+                per_seed.loc[per_seed["role"] != "baseline"], ["rate", "mode", "variant"], metrics
+            ),
+        ],
+        ignore_index=True,
+    )
+    return per_seed, summary
+
+
+def _cell(mean: float, std: float, percent: bool) -> str:
+    """``mean ± std`` (in percent when ``percent``); no ``± std`` for one seed."""
+    if np.isnan(mean):
+        return ""
+    scale, digits = (100.0, ".1f") if percent else (1.0, ".3f")
+    text = f"{mean * scale:{digits}}"
+    return text if np.isnan(std) else f"{text} ± {std * scale:{digits}}"
+
+
+def detection_markdown(summary: pd.DataFrame) -> str:
+    """The detection summary as a markdown table: per setting and ranking, the share of flips
+    found at 5/10/20% inspected (%), ROC AUC and AP, mean ± std over seeds."""
+    lines = [
+        "| noise | ranking | found at 5% | found at 10% | found at 20% | ROC AUC | AP | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in summary.itertuples(index=False):
+        d = row._asdict()
+        name = f"**{row.ranking}** (default)" if row.default else row.ranking
+        cells = [
+            _cell(d[f"{m}_mean"], d[f"{m}_std"], percent=m.startswith("found"))
+            for m in DETECTION_METRICS
+        ]
+        lines.append(
+            f"| {row.mode} {row.rate:.0%} | {name} | " + " | ".join(cells) + f" | {row.seeds} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cleaning_markdown(summary: pd.DataFrame) -> str:
+    """The cleaning summary as a markdown table (percentage points; mean ± std over seeds)."""
+    lines = [
+        "| noise | variant | test accuracy % | gain over noisy | share of cost recovered % "
+        "| gain over random | flips fixed % | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in summary.itertuples(index=False):
+        d = row._asdict()
+        noise = "none" if row.mode == "none" else f"{row.mode} {row.rate:.0%}"
+        cells = [
+            _cell(d[f"{m}_mean"], d[f"{m}_std"], percent=True)
+            for m in ("accuracy", "gain", "recovered", "gain_over_random", "flips_fixed")
+        ]
+        lines.append(f"| {noise} | {row.variant} | " + " | ".join(cells) + f" | {row.seeds} |")
+    return "\n".join(lines) + "\n"
