@@ -185,13 +185,29 @@ def get_validation_factors(wildcards):
     }
 
 
+def ranks_by_cleanlab(version):
+    """Whether a version's cleanlab ranking is used: its planted noise is evaluated, it reports by
+    it, or another version cleans by it (the logistic regression costs a pass over the training
+    images, so a version that needs none skips it)."""
+    if (
+        has_planted_noise(version)
+        or VERSIONS[version]["reports"]["ranking"] == "cleanlab"
+    ):
+        return True
+    return any(
+        (clean_setting(other) or {}).get("from") == version
+        and clean_setting(other)["ranking"] == "cleanlab"
+        for other in VERSIONS
+    )
+
+
 def get_cleanlab_inputs(wildcards):
     """The out-of-fold probabilities cleanlab ranks: the logistic regression's on the frozen
-    pretrained features (pretrained backbones), and the k-fold models' (rankings.kfold folds).
-    """
+    pretrained features (pretrained backbones whose cleanlab ranking is used), and the k-fold
+    models' (rankings.kfold folds)."""
     settings = VERSIONS[wildcards.version]
     inputs = {}
-    if settings["model"]["pretrained"]:
+    if settings["model"]["pretrained"] and ranks_by_cleanlab(wildcards.version):
         inputs["cleanlab_logistic"] = one(
             rules.cleanlab_logistic.output.probs, version=wildcards.version
         )
