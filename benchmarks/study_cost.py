@@ -66,15 +66,17 @@ def main() -> None:
     full = {**study, "drop": [*RANKINGS, "random", "oracle"], "relabel": [*RANKINGS, "random"]}
     cleaned_now = len(versions) - len(study["seeds"]) * (1 + len(study["noise"]))
     cleaned_full = len(study_versions(full)) - len(study["seeds"]) * (1 + len(study["noise"]))
-    per_version = sum(per_rule.loc[r, "mean"] for r in PER_VERSION_RULES if r in per_rule.index)
+    priced = [r for r in PER_VERSION_RULES if r in per_rule.index]  # the rules with a benchmark
+    per_version = sum(per_rule.loc[r, "mean"] for r in priced)
     extra = (cleaned_full - cleaned_now) * per_version
     print()
     print(
         f"Full matrix (every one of the {len(RANKINGS)} rankings and both controls, dropped and "
         f"relabelled): {cleaned_full} cleaned versions instead of {cleaned_now}, "
         f"{cleaned_full * len(PER_VERSION_RULES)} cleaned-version jobs; at the measured "
-        f"{per_version:.0f} s per cleaned version (one CPU job each of "
-        f"{', '.join(PER_VERSION_RULES)}), {(total + extra) / 3600:.1f} CPU-hours in all "
+        f"{per_version:.0f} s per cleaned version (one 1-thread job each of "
+        f"{', '.join(PER_VERSION_RULES)}; priced by {', '.join(priced)}), "
+        f"{(total + extra) / 3600:.1f} CPU-hours in all "
         f"({total / 3600:.1f} for the study as run)."
     )
 

@@ -230,7 +230,7 @@ def roles_and_tables():
 def test_cleaning_summary_gives_the_share_of_the_noise_cost_each_variant_recovers():
     roles = roles_and_tables()
     accuracy = {
-        "baseline_s0": 0.90, "baseline_s1": 0.80, "u30_s0": 0.80, "u30_s1": 0.70,
+        "baseline_s0": 0.90, "baseline_s1": 0.76, "u30_s0": 0.80, "u30_s1": 0.70,
         "u30_s0_drop_default": 0.85, "u30_s1_drop_default": 0.80,
         "u30_s0_drop_random": 0.80, "u30_s1_drop_random": 0.71,
         "u30_s0_drop_oracle": 0.90, "u30_s1_drop_oracle": 0.78,
@@ -240,13 +240,17 @@ def test_cleaning_summary_gives_the_share_of_the_noise_cost_each_variant_recover
     train_sets["u30_s0_drop_oracle"] = planted.assign(dropped=planted["noisy"])
     per_seed, summary = cleaning_summary(roles, accuracy, train_sets)
     row = summary.set_index("variant")
-    assert row.loc["drop_default", "recovered_mean"] == pytest.approx((0.5 + 1.0) / 2)
+    # the noise cost 0.10 and 0.06: the share recovered is the mean gain over the mean cost
+    assert row.loc["noisy", "cost_mean"] == pytest.approx(0.08)
+    assert row.loc["drop_default", "recovered"] == pytest.approx(0.075 / 0.08)
     assert row.loc["drop_default", "gain_over_random_mean"] == pytest.approx((0.05 + 0.09) / 2)
-    assert row.loc["drop_oracle", "recovered_mean"] == pytest.approx((1.0 + 0.8) / 2)
-    assert row.loc["baseline", "accuracy_mean"] == pytest.approx(0.85)
+    assert row.loc["drop_oracle", "recovered"] == pytest.approx(0.09 / 0.08)
+    assert row.loc["baseline", "accuracy_mean"] == pytest.approx(0.83)
     assert row.loc["noisy", "gain_mean"] == 0.0
     assert row.loc["drop_default", "seeds"] == 2
-    fixed = per_seed.set_index("version")["flips_fixed"]
+    by_version = per_seed.set_index("version")
+    assert by_version.loc["u30_s1_drop_default", "recovered"] == pytest.approx(0.10 / 0.06)
+    fixed = by_version["flips_fixed"]
     assert fixed["u30_s0_drop_oracle"] == 1.0 and fixed["u30_s1_drop_oracle"] == 0.0
 
 

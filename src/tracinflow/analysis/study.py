@@ -112,9 +112,12 @@ def cleaning_summary(
     train_sets: Mapping[str, pd.DataFrame],
 ):
     """``(per seed, summary)`` of the study's test accuracies (``accuracies`` by version): per
-    (rate, mode, variant) the mean and std over seeds of the accuracy, the gain over the noisy
-    version of the same seed, the share of the noise's accuracy cost recovered, the gain over
-    dropping as many random images, and the share of the planted flips fixed (``train_sets``)."""
+    (rate, mode, variant) the mean and std over seeds of the accuracy, the noise's accuracy cost
+    (baseline - noisy of the same seed), the gain over that noisy version, the gain over dropping
+    as many random images and the share of the planted flips fixed (``train_sets``); and
+    ``recovered``, the mean gain over the mean cost where the noise cost accuracy (the per-seed
+    shares are in the per-seed table), and ``gain_over_random_t``, the paired t statistic of the
+    gain over random removal."""
     per_seed = roles.copy()
     per_seed["accuracy"] = [float(accuracies[v]) for v in per_seed["version"]]
     planted = {
@@ -132,7 +135,7 @@ def cleaning_summary(
         compared[["version", "cost", "gain", "recovered", "gain_over_random"]], on="version",
         how="left",
     )  # fmt: skip
-    metrics = ["accuracy", "gain", "recovered", "gain_over_random", "flips_fixed"]
+    metrics = ["accuracy", "cost", "gain", "gain_over_random", "flips_fixed"]
     baselines = per_seed.loc[per_seed["role"] == "baseline"]
     summary = pd.concat(
         [
@@ -145,6 +148,13 @@ def cleaning_summary(
         ],
         ignore_index=True,
     )
+    # A ratio of means: the per-seed ratios explode where the noise cost is near zero; none where
+    # the noise cost nothing.
+    cost = summary["cost_mean"].where(summary["cost_mean"] > 0)
+    summary["recovered"] = summary["gain_mean"] / cost
+    # the paired t statistic of the gain over random removal, mean / (std / sqrt(seeds))
+    spread = summary["gain_over_random_std"] / np.sqrt(summary["seeds"])
+    summary["gain_over_random_t"] = summary["gain_over_random_mean"] / spread.where(spread > 0)
     return per_seed, summary
 
 
@@ -180,16 +190,20 @@ def detection_markdown(summary: pd.DataFrame) -> str:
 def cleaning_markdown(summary: pd.DataFrame) -> str:
     """The cleaning summary as a markdown table (percentage points; mean ± std over seeds)."""
     lines = [
-        "| noise | variant | test accuracy % | gain over noisy | share of cost recovered % "
-        "| gain over random | flips fixed % | seeds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| noise | variant | test accuracy % | noise cost | gain over noisy | share of cost "
+        "recovered % | gain over random | flips fixed % | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in summary.itertuples(index=False):
         d = row._asdict()
         noise = "none" if row.mode == "none" else f"{row.mode} {row.rate:.0%}"
         cells = [
-            _cell(d[f"{m}_mean"], d[f"{m}_std"], percent=True)
-            for m in ("accuracy", "gain", "recovered", "gain_over_random", "flips_fixed")
+            _cell(d[f"{m}_mean"], d[f"{m}_std"], percent=True) for m in ("accuracy", "cost", "gain")
         ]
+        cells.append(_cell(row.recovered, np.nan, percent=True) if row.variant != "noisy" else "")
+        over_random = _cell(row.gain_over_random_mean, row.gain_over_random_std, percent=True)
+        if not np.isnan(row.gain_over_random_t):
+            over_random += f" (t {row.gain_over_random_t:.1f})"
+        cells += [over_random, _cell(row.flips_fixed_mean, row.flips_fixed_std, percent=True)]
         lines.append(f"| {noise} | {row.variant} | " + " | ".join(cells) + f" | {row.seeds} |")
     return "\n".join(lines) + "\n"
