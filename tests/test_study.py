@@ -53,7 +53,8 @@ def resolved(config: dict, own_versions: bool = False) -> dict:
 def test_study_config_generates_every_version_with_its_settings():
     versions = resolved(study_config())
     noisy = [f"{m}{r}_s{s}" for m in "uc" for r in (10, 30) for s in range(3)]
-    cleaned = [f"{v}_{x}" for v in noisy for x in [*VARIANTS, "relabel_default"]]
+    variants = ["drop_default", "drop_combined", "drop_cleanlab", "drop_random", "drop_oracle"]
+    cleaned = [f"{v}_{x}" for v in noisy for x in [*variants, "relabel_default"]]
     assert sorted(versions) == sorted(
         ["baseline_s0", "baseline_s1", "baseline_s2", *noisy, *cleaned]
     )
