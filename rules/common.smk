@@ -9,6 +9,7 @@ from tracinflow.config import (
     check_dataset_source,
     check_version_links,
     load_schema,
+    plants_noise,
     pretrained_weights_file,
     shared_checkpoint_epochs,
     version_settings,
@@ -92,10 +93,7 @@ def get_training_settings(wildcards):
 def has_planted_noise(version):
     """Whether the version's training set carries planted label flips (its own or, when it cleans
     another version's training set, that version's)."""
-    settings = VERSIONS[version]
-    if settings["label_noise"] and settings["label_noise"]["rate"] > 0:
-        return True
-    return bool(settings["clean"]) and has_planted_noise(settings["clean"]["from"])
+    return plants_noise(VERSIONS, version)
 
 
 # --- files of other rules, by the names those rules give them --------------------------------------
@@ -194,10 +192,9 @@ def ranks_by_cleanlab(version):
         or VERSIONS[version]["reports"]["ranking"] == "cleanlab"
     ):
         return True
+    cleanings = [clean_setting(other) or {} for other in VERSIONS]
     return any(
-        (clean_setting(other) or {}).get("from") == version
-        and clean_setting(other)["ranking"] == "cleanlab"
-        for other in VERSIONS
+        c.get("from") == version and c["ranking"] == "cleanlab" for c in cleanings
     )
 
 

@@ -2,8 +2,10 @@
 # schedules, caches and reruns each; this rule reads what the study compares.
 if STUDY:
 
-    STUDY_NOISY = [name for name in VERSIONS if has_planted_noise(name)]
-    STUDY_NOISY = [name for name in STUDY_NOISY if not VERSIONS[name]["clean"]]
+    # the versions that plant noise themselves (the cleaned ones inherit theirs)
+    STUDY_NOISY = [
+        n for n in VERSIONS if has_planted_noise(n) and not VERSIONS[n]["clean"]
+    ]
 
     rule study:
         input:

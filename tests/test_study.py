@@ -23,6 +23,7 @@ from tracinflow.config import (
     ConfigError,
     check_version_links,
     load_schema,
+    plants_noise,
     version_settings,
     with_study_versions,
 )
@@ -102,6 +103,21 @@ def test_rankings_a_version_cannot_compute_stop_the_config():
     }
     with pytest.raises(ConfigError, match="oracle drops the planted flips"):
         resolved(config, own_versions=True)
+
+
+def test_planted_noise_follows_the_cleaning_chain_and_ends_on_a_cycle():
+    versions = {
+        "clean": {"label_noise": None, "clean": None},
+        "zero": {"label_noise": {"rate": 0.0}, "clean": None},
+        "noisy": {"label_noise": {"rate": 0.2}, "clean": None},
+        "cleaned": {"label_noise": None, "clean": {"from": "noisy"}},
+        "twice": {"label_noise": None, "clean": {"from": "cleaned"}},
+        "of_clean": {"label_noise": None, "clean": {"from": "clean"}},
+        "a": {"label_noise": None, "clean": {"from": "b"}},
+        "b": {"label_noise": None, "clean": {"from": "a"}},
+    }
+    planted = {name for name in versions if plants_noise(versions, name)}
+    assert planted == {"noisy", "cleaned", "twice"}
 
 
 @pytest.mark.workflow

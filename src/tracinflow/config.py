@@ -232,16 +232,19 @@ RANKING_NEEDS = {
 }
 
 
-def _plants_noise(versions: dict, name: str, depth: int = 0) -> bool:
-    settings = versions[name]
-    noise, clean = settings.get("label_noise"), settings.get("clean")
-    if noise and noise.get("rate", 0) > 0:
-        return True
-    # depth bounds a cycle, which check_version_links reports below
-    source = clean and clean.get("from")
-    return bool(
-        source in versions and depth < len(versions) and _plants_noise(versions, source, depth + 1)
-    )
+def plants_noise(versions: dict, name: str) -> bool:
+    """Whether version ``name``'s training set carries planted label flips: its own, or, when it
+    cleans another version's training set, that version's (the chain is followed at most as many
+    steps as there are versions, so a cycle, which check_version_links reports, ends)."""
+    for _ in range(len(versions)):
+        settings = versions[name]
+        noise, clean = settings.get("label_noise"), settings.get("clean")
+        if noise and noise.get("rate", 0) > 0:
+            return True
+        if not clean or clean.get("from") not in versions:
+            return False
+        name = clean["from"]
+    return False
 
 
 def _check_rankings(name: str, settings: dict, versions: dict) -> None:
@@ -265,7 +268,7 @@ def _check_rankings(name: str, settings: dict, versions: dict) -> None:
                 + (f" in version {clean['from']}" if key == "clean.ranking" else "")
             )
     if clean and clean.get("ranking") == "oracle" and clean["from"] in versions:
-        if not _plants_noise(versions, clean["from"]):
+        if not plants_noise(versions, clean["from"]):
             raise ConfigError(
                 f"versions.{name}.clean.ranking: oracle drops the planted flips, and version "
                 f"{clean['from']} plants none"

@@ -35,8 +35,6 @@ VALIDATION_RANKINGS = ("val_harm", "val_opponent")
 CLEANLAB_RANKINGS = ("cleanlab", "cleanlab_kfold")
 #: the choices of reports.ranking (and of clean.ranking)
 RANKINGS = TRACIN_RANKINGS + VALIDATION_RANKINGS + CLEANLAB_RANKINGS
-#: the controls a cleaning may use: random images, or exactly the planted flips
-CONTROLS = ("random", "oracle")
 RANKING_MEANINGS = {
     "self_influence": "TracIn self-influence summed over checkpoints, largest first",
     "self_influence_first": "TracIn self-influence at the first checkpoint, largest first",

@@ -23,8 +23,6 @@ import pandas as pd
 from tracinflow.influence.inputs import Checkpoints, checkpoint_list
 from tracinflow.influence.kernel import score_block
 
-SIGNALS = ("val_harm", "val_opponent")
-
 
 def validation_signals(
     val: Checkpoints,

@@ -25,11 +25,10 @@ from tracinflow.analysis.rankings import suspicion_table
 from tracinflow.data.cache import CacheRows
 from tracinflow.data.split import class_names_of, split_rows
 from tracinflow.influence.validation import validation_signals
-from tracinflow.stages.checkpoints import read_backbone_weights
 from tracinflow.stages.common import load_cache, optional_input, version_split
 from tracinflow.stages.factor_store import load_checkpoints
 from tracinflow.stages.predict import load_for_inference
-from tracinflow.stages.train import fit
+from tracinflow.stages.train import fit, starting_weights
 from tracinflow.train.predict import predict_split
 from tracinflow.train.trainer import pretrained_features
 
@@ -50,10 +49,9 @@ def cleanlab_logistic(inputs, outputs, params, threads=1, log=print) -> pd.DataF
     manifest = pd.read_parquet(inputs["manifest"])
     images, labels, idx = version_split(manifest, "train", inputs["train_set"], inputs["train"])
     settings = params["settings"]
-    weights = optional_input(inputs, "weights")
-    if not weights:
+    state = starting_weights(inputs, settings)
+    if state is None:
         raise ValueError("cleanlab_logistic needs the pretrained backbone's weights file")
-    state = read_backbone_weights(weights, settings["model"]["arch"])
     num_classes = len(class_names_of(manifest))
     device = select_device(settings["training"]["device"])
     features = pretrained_features(settings, num_classes, images, state, device, log)
@@ -88,7 +86,6 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     log(
         f"fold {fold + 1} of {folds}: training on {len(trained)} images, predicting {len(held_out)}"
     )
-    weights = optional_input(inputs, "weights")
     val = split_rows(manifest, "val")
     epochs = settings["training"]["stage2"]["checkpoint_epochs"]
     Path(outputs["probs"]).parent.mkdir(parents=True, exist_ok=True)
@@ -107,9 +104,7 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
             scratch=f"{work}/scratch",
             threads=threads,
             log=log,
-            pretrained_state=read_backbone_weights(weights, settings["model"]["arch"])
-            if weights
-            else None,
+            pretrained_state=starting_weights(inputs, settings),
         )
         model, _, loss_fn, device = load_for_inference(
             files["best"], threads, settings["training"]["device"]

@@ -107,6 +107,14 @@ def build_train_set(inputs, outputs, params, threads=1, log=print) -> pd.DataFra
 
 # --- train_model --------------------------------------------------------------------------------
 
+
+def starting_weights(inputs, settings: dict) -> dict | None:
+    """The state dict of the backbone weights file a version starts from (its input ``weights``),
+    or None when it starts from none."""
+    weights = optional_input(inputs, "weights")
+    return read_backbone_weights(weights, settings["model"]["arch"]) if weights else None
+
+
 TRAIN_STATE = "train_state.pt"  # the resume state, in the scratch folder
 
 
@@ -196,7 +204,6 @@ def train_model(inputs, outputs, params, threads=1, log=print) -> dict:
     )
     val = split_rows(manifest, "val")
     settings = params["settings"]
-    weights = optional_input(inputs, "weights")  # the backbone's file, when it starts from one
     summary = fit(
         train_images,
         train_labels,
@@ -208,9 +215,7 @@ def train_model(inputs, outputs, params, threads=1, log=print) -> dict:
         scratch=params["scratch"],
         threads=threads,
         log=log,
-        pretrained_state=read_backbone_weights(weights, settings["model"]["arch"])
-        if weights
-        else None,
+        pretrained_state=starting_weights(inputs, settings),
     )
     log(f"best epoch {summary['best_epoch']}, val loss {summary['best_val_loss']:.4f}")
     return summary
