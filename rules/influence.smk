@@ -22,6 +22,7 @@ rule influence_shard:
         train_tile="{r}",
         k=setting("influence", "top_k"),
         memory_mb=setting("influence", "memory_mb"),
+        precision=setting("influence", "precision"),
         tiles=setting("influence", "shards"),
         device=setting("training", "device"),
     script:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tracinflow.influence.factors import extract_factors
 from tracinflow.stages.factor_store import (
+    NpyRows,
     extract_to_dir,
     is_complete,
     load_factor_dir,
@@ -280,6 +281,15 @@ def test_round_trip_through_a_factor_folder(tmp_path):
         np.testing.assert_array_equal(part.err["fc.4"], expected.err["fc.4"][3:8])
         np.testing.assert_array_equal(part.logits, expected.logits[3:8])
         np.testing.assert_array_equal(part.idx, idx.numpy()[3:8])
+    streamed = load_factor_dir(folder, rows=(2, 9), stream=True)
+    assert isinstance(streamed.act["fc.4"], NpyRows) and streamed.act["fc.4"].shape == (
+        7,
+        expected.act["fc.4"].shape[1],
+    )
+    np.testing.assert_array_equal(np.asarray(streamed.act["fc.4"]), expected.act["fc.4"][2:9])
+    # a slice of a slice reads exactly its rows, and an empty one reads nothing
+    np.testing.assert_array_equal(np.asarray(streamed.err["fc.2"][1:4]), expected.err["fc.2"][3:6])
+    assert np.asarray(streamed.act["fc.2"][5:5]).shape == (0, expected.act["fc.2"].shape[1])
     assert load_factor_dir(folder, rows=slice(9, None)).row_offset == 9
     with pytest.raises(ValueError, match="not stored"):
         load_factor_dir(folder, layers=["fc.0"])

@@ -123,6 +123,33 @@ def test_scores_equal_brute_force_autograd(setup, layers):
     assert rel_err(score_block(test, train, LRS, device="cpu"), expected) < 1e-4
 
 
+def test_bf16_operands_stay_close_and_other_precisions_are_refused_where_they_cannot_run(setup):
+    models, loss_fn, (x_test, y_test), (x_train, y_train) = setup
+    expected = brute_force_scores(
+        models, LRS, loss_fn, x_test, y_test, x_train, y_train, HEAD_LAYERS
+    )
+    test = extract(models, loss_fn, x_test, y_test, HEAD_LAYERS, np.float32)
+    train = extract(models, loss_fn, x_train, y_train, HEAD_LAYERS, np.float32)
+    exact = score_block(test, train, LRS, device="cpu", block=(3, 4))
+    bf16 = score_block(test, train, LRS, device="cpu", block=(3, 4), precision="bf16")
+    # bfloat16 keeps 8 bits of mantissa: errors of a few 1e-3, far above float32's, far below 1
+    assert 1e-5 < rel_err(bf16, expected) < 3e-2, rel_err(bf16, expected)
+    assert rel_err(exact, expected) < 1e-4
+    # the top-k sees the same bf16 scores as the dense matrix
+    top = topk_influence(test, train, 3, LRS, device="cpu", block=(3, 4), precision="bf16")
+    np.testing.assert_array_equal(
+        top.loc[top["kind"] == "proponent", "influence"].to_numpy()[:3],
+        np.sort(bf16[0])[::-1][:3],
+    )
+    with pytest.raises(ValueError, match="tf32 is a CUDA mode"):
+        score_block(test, train, LRS, device="cpu", precision="tf32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        score_block(test, train, LRS, device="cpu", precision="fp8")
+    wide = extract(models, loss_fn, x_test, y_test, HEAD_LAYERS, np.float64)
+    with pytest.raises(ValueError, match="needs float32 factors"):
+        score_block(wide, wide, LRS, device="cpu", precision="bf16")
+
+
 def test_scores_drop_the_bias_term_without_bias(setup):
     _, _, (x_test, y_test), (x_train, y_train) = setup
     torch.manual_seed(7)

@@ -6,8 +6,9 @@ The math (``docs/math.md``)::
     SelfInfluence(z) = sum_ckpt lr * sum_layers |e|^2 * (|a|^2 + 1)
 
 For blocks of rows the score is ``sum_ckpt lr * sum_L (A_t A_r^T + 1) * (E_t E_r^T)``: two matrix
-products per (checkpoint, layer) and an elementwise multiply-add. The ``+1`` rides along as a column of
-ones appended to ``A`` (only for layers with a bias) and ``lr`` is folded into the test side's ``E``.
+products per (checkpoint, layer) and an elementwise multiply-add. The ``+1`` (only for layers with a
+bias) is the GEMM's own ``C`` term (``addmm`` onto ones), so the products run over exactly ``d_in``
+columns (a column of ones would pad 256 to 272), and ``lr`` is folded into the test side's ``E``.
 
 Top-k per test row is exact: scores are summed over all checkpoints and layers before any selection,
 and ties break by the lower train idx (a total order: ``(score desc, train_idx asc)`` for proponents,
@@ -26,6 +27,7 @@ dtype and the thread count the same across the shards of one run.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -45,6 +47,8 @@ from tracinflow.influence.inputs import (
 )
 
 KINDS = ("proponent", "opponent")
+#: Operand precisions of the score GEMMs (``float32``, exact, is the default).
+PRECISIONS = ("float32", "bf16", "tf32")
 COLUMNS = ["test_idx", "kind", "rank", "train_idx", "influence"]
 # Score workspace per grid block. Small blocks keep a CPU's work in cache (measured best on a 2-core
 # CPU at 16 MiB, benchmarks/bench_influence.py); on CUDA larger blocks, but not so large that padding a
@@ -81,41 +85,18 @@ def block_shape(memory_bytes: int, itemsize: int = 4) -> tuple[int, int]:
     return bt, br
 
 
-class _Side:
-    """One side's factor terms on the device, zero-padded out to whole grid blocks.
+class _Grid:
+    """Where one side's rows sit on the block grid: row ``p`` of grid block ``b`` is row
+    ``start + b * block + p`` of the whole split, and the side holds rows ``[lo, lo + n)``."""
 
-    ``terms[j] = (A, E)`` for (checkpoint, layer) number ``j``: ``A`` is ``[a, 1]`` (the 1 only for a
-    layer with a bias), ``E`` is ``e`` (times ``lr`` on the test side). Row ``p`` of the padded arrays is
-    row ``start + p`` of the whole split; padding rows are zero.
-    """
-
-    def __init__(self, side, layers, lrs, block, dtype, device, scale_lr, name):
+    def __init__(self, side, block: int):
         first = side[0]
         self.n = len(first)
         self.lo = int(first.row_offset)
         self.block = block
         self.start = self.lo // block * block
         self.nblocks = -(-(self.lo + self.n - self.start) // block) if self.n else 0
-        padded = self.nblocks * block
-        off = self.lo - self.start
-        rows = slice(off, off + self.n)
-        self.terms = []
-        for c, f in enumerate(side):
-            for layer in layers:
-                a = _tensor(f.act[layer], dtype, device)
-                e = _tensor(f.err[layer], dtype, device)
-                if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(e).all())):
-                    raise ValueError(f"{name}: checkpoint {c} layer {layer}: non-finite factors")
-                bias = bool(f.has_bias[layer])
-                d_in, d_out = a.shape[1], e.shape[1]
-                A = torch.zeros(padded, _aligned(d_in + bias, dtype), dtype=dtype, device=device)
-                A[rows, :d_in] = a
-                if bias:
-                    A[rows, d_in] = 1
-                E = torch.zeros(padded, _aligned(d_out, dtype), dtype=dtype, device=device)
-                E[rows, :d_out] = e * lrs[c] if scale_lr else e
-                self.terms.append((A, E))
-        self.idx = torch.from_numpy(np.array(first.idx, dtype=np.int64)).to(device)
+        self.idx = np.array(first.idx, dtype=np.int64)
 
     def valid(self, b: int) -> tuple[slice, slice]:
         """(rows of grid block ``b`` that are data, within the block; the same rows in the side)."""
@@ -125,6 +106,107 @@ class _Side:
         return slice(v0, v1), slice(b * self.block + v0 - off, b * self.block + v1 - off)
 
 
+class _Operands:
+    """How factor rows become GEMM operands: the compute dtype, the device, and ``precision``
+    (``float32``: exact; ``bf16``: operands rounded to bfloat16, products accumulated and summed in
+    float32 (native bfloat16 GEMMs on CUDA, the same rounding emulated on the CPU); ``tf32``: CUDA's
+    TF32 matrix products)."""
+
+    def __init__(self, dtype, device, precision: str):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "tf32" and device.type != "cuda":
+            raise ValueError(f"precision tf32 is a CUDA mode; this runs on {device}: use float32")
+        if precision != "float32" and dtype != torch.float32:
+            raise ValueError(f"precision {precision} needs float32 factors, not {dtype}")
+        self.dtype, self.device, self.precision = dtype, device, precision
+        self.native_bf16 = precision == "bf16" and device.type == "cuda"
+        self.storage = torch.bfloat16 if self.native_bf16 else dtype
+
+    def tensor(self, array, name: str, scale: float = 1.0) -> torch.Tensor:
+        if isinstance(array, torch.Tensor):
+            t = array.detach().to(device=self.device, dtype=self.dtype)
+        else:  # a fresh copy: memory maps and NpyRows are read here
+            t = torch.from_numpy(np.array(array, copy=True)).to(self.device, self.dtype)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: non-finite factors")
+        if scale != 1.0:
+            t = t * scale
+        if self.precision == "bf16":
+            t = t.to(torch.bfloat16).to(self.storage)
+        return t
+
+    def buffer(self, rows: int, width: int) -> torch.Tensor:
+        return torch.zeros(
+            rows, _aligned(width, self.storage), dtype=self.storage, device=self.device
+        )
+
+
+def _sources(side, layers):
+    """(checkpoint, Factors, layer) of every score term, in term order."""
+    return [(c, f, layer) for c, f in enumerate(side) for layer in layers]
+
+
+class _Side(_Grid):
+    """The test side: every row's operands on the device at once, zero-padded out to whole grid
+    blocks. ``terms[n] = (A, E, bias)`` for (checkpoint, layer) number ``n``: ``A`` is ``a``, ``E``
+    is ``lr * e``, ``bias`` whether the layer adds the ``+1``."""
+
+    def __init__(self, side, layers, lrs, block, ops: _Operands, name):
+        super().__init__(side, block)
+        rows = self.valid(0)[0].start
+        rows = slice(rows, rows + self.n)
+        self.terms = []
+        for c, f, layer in _sources(side, layers):
+            where = f"{name}: checkpoint {c} layer {layer}"
+            a = ops.tensor(f.act[layer], where)
+            e = ops.tensor(f.err[layer], where, scale=lrs[c])
+            A, E = (
+                ops.buffer(self.nblocks * block, a.shape[1]),
+                ops.buffer(self.nblocks * block, e.shape[1]),
+            )
+            A[rows, : a.shape[1]] = a
+            E[rows, : e.shape[1]] = e
+            self.terms.append((A, E, bool(f.has_bias[layer])))
+
+    def block_terms(self, b: int):
+        rows = slice(b * self.block, (b + 1) * self.block)
+        return [(A[rows], E[rows], bias) for A, E, bias in self.terms]
+
+
+class _StreamSide(_Grid):
+    """The train side, read one grid block at a time into reused buffers (memory maps and
+    :class:`~tracinflow.stages.factor_store.NpyRows` read only that block's rows), so a scan over
+    any number of train rows holds one block of them; padding rows are zero."""
+
+    def __init__(self, side, layers, block, ops: _Operands, name):
+        super().__init__(side, block)
+        self.ops, self.name = ops, name
+        self.sources = _sources(side, layers)
+        self.buffers = [
+            (ops.buffer(block, f.act[layer].shape[1]), ops.buffer(block, f.err[layer].shape[1]))
+            for _, f, layer in self.sources
+        ]
+
+    def block_terms(self, b: int):
+        inside, rows = self.valid(b)
+        partial = inside.stop - inside.start < self.block
+        terms = []
+        for (c, f, layer), (A, E) in zip(self.sources, self.buffers, strict=True):
+            where = f"{self.name}: checkpoint {c} layer {layer}"
+            a, e = (
+                self.ops.tensor(f.act[layer][rows], where),
+                self.ops.tensor(f.err[layer][rows], where),
+            )
+            if partial:
+                A.zero_()
+                E.zero_()
+            A[inside, : a.shape[1]] = a
+            E[inside, : e.shape[1]] = e
+            terms.append((A, E, bool(f.has_bias[layer])))
+        return terms
+
+
 def _aligned(width: int, dtype: torch.dtype) -> int:
     """``width`` rounded up to whole 64-byte rows (zero columns): every row, hence every grid block,
     starts 64-byte aligned, since BLAS results may depend on the operands' alignment."""
@@ -132,29 +214,32 @@ def _aligned(width: int, dtype: torch.dtype) -> int:
     return -(-width // per_row) * per_row
 
 
-def _tensor(array, dtype, device) -> torch.Tensor:
-    if isinstance(array, torch.Tensor):
-        return array.detach().to(device=device, dtype=dtype)
-    return torch.from_numpy(np.array(array, copy=True)).to(device=device, dtype=dtype)
-
-
 class _Kernel:
-    """Scores grid block ``(i, j)`` into a reused ``(BT, BR)`` buffer: always the same shapes."""
+    """Scores one grid block (test terms x train terms) into a reused ``(BT, BR)`` buffer: always
+    the same shapes."""
 
-    def __init__(self, test: _Side, train: _Side, dtype, device):
-        self.test, self.train = test, train
-        shape = (test.block, train.block)
-        self.score = torch.empty(shape, dtype=dtype, device=device)
-        self.gram_a = torch.empty(shape, dtype=dtype, device=device)
-        self.gram_e = torch.empty(shape, dtype=dtype, device=device)
+    def __init__(self, shape, ops: _Operands):
+        self.ops = ops
+        self.score = torch.empty(shape, dtype=ops.dtype, device=ops.device)
+        self.gram_a = torch.empty(shape, dtype=ops.dtype, device=ops.device)
+        self.gram_e = torch.empty(shape, dtype=ops.dtype, device=ops.device)
+        self.one = torch.ones((1, 1), dtype=ops.dtype, device=ops.device)
 
-    def __call__(self, i: int, j: int) -> torch.Tensor:
-        rt = slice(i * self.test.block, (i + 1) * self.test.block)
-        rr = slice(j * self.train.block, (j + 1) * self.train.block)
-        terms = zip(self.test.terms, self.train.terms, strict=True)
-        for n, ((a_t, e_t), (a_r, e_r)) in enumerate(terms):
-            torch.mm(a_t[rt], a_r[rr].T, out=self.gram_a)
-            torch.mm(e_t[rt], e_r[rr].T, out=self.gram_e)
+    def _gemm(self, a, b, out, plus_one: bool) -> None:
+        if self.ops.native_bf16:  # bfloat16 operands, float32 results
+            out.copy_(torch.mm(a, b.T, out_dtype=torch.float32))
+            if plus_one:
+                out.add_(1)
+        elif plus_one:  # 1 + a b^T as one GEMM (beta = 1 onto ones)
+            torch.addmm(self.one, a, b.T, out=out)
+        else:
+            torch.mm(a, b.T, out=out)
+
+    def __call__(self, test_terms, train_terms) -> torch.Tensor:
+        terms = zip(test_terms, train_terms, strict=True)
+        for n, ((a_t, e_t, bias), (a_r, e_r, _)) in enumerate(terms):
+            self._gemm(a_t, a_r, self.gram_a, bias)
+            self._gemm(e_t, e_r, self.gram_e, False)
             if n == 0:
                 torch.mul(self.gram_a, self.gram_e, out=self.score)
             else:
@@ -162,7 +247,22 @@ class _Kernel:
         return self.score
 
 
-def _prepare(test, train, lrs, layers, memory_bytes, block, device, dtype):
+@contextlib.contextmanager
+def _matmul_precision(ops: _Operands):
+    """TF32 products on CUDA only when asked for; otherwise exact float32 products."""
+    if ops.precision != "tf32":
+        with exact_matmul(ops.device):
+            yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _prepare(test, train, lrs, layers, memory_bytes, block, device, dtype, precision):
     test, train = checkpoint_list(test), checkpoint_list(train)
     layers = common_layers([test, train], layers)
     check_pair(test, train, layers)
@@ -170,17 +270,17 @@ def _prepare(test, train, lrs, layers, memory_bytes, block, device, dtype):
     check_side(train, layers, "train")
     lrs = learning_rates([test, train], lrs)
     device = select_device(device)
-    dtype = _dtype([test, train], layers, dtype)
+    ops = _Operands(_dtype([test, train], layers, dtype), device, precision)
     if block is None:
         if memory_bytes is None:
             memory_bytes = DEFAULT_MEMORY_BYTES["cuda" if device.type == "cuda" else "cpu"]
-        block = block_shape(memory_bytes, torch.empty((), dtype=dtype).element_size())
+        block = block_shape(memory_bytes, torch.empty((), dtype=ops.dtype).element_size())
     bt, br = (int(b) for b in block)
     if bt < 1 or br < 1:
         raise ValueError(f"bad block shape {block}")
-    test_side = _Side(test, layers, lrs, bt, dtype, device, True, "test")
-    train_side = _Side(train, layers, lrs, br, dtype, device, False, "train")
-    return test_side, train_side, _Kernel(test_side, train_side, dtype, device), device
+    test_side = _Side(test, layers, lrs, bt, ops, "test")
+    train_side = _StreamSide(train, layers, br, ops, "train")
+    return test_side, train_side, _Kernel((bt, br), ops), ops
 
 
 def score_block(
@@ -193,24 +293,27 @@ def score_block(
     block: tuple[int, int] | None = None,
     device=None,
     dtype=None,
+    precision: str = "float32",
 ) -> np.ndarray:
     """Dense TracIn scores ``(n_test, n_train)`` (for small sizes and library users).
 
     ``test`` and ``train`` are one :class:`Factors` per checkpoint, in the same checkpoint order;
     ``lrs`` default to each one's meta ``lr``. ``layers`` default to all stored
     layers. Computed on the same block grid as :func:`topk_influence`, so its entries are bit-identical
-    to the scores the top-k sees. float64 factors give float64 scores, float32 give float32.
+    to the scores the top-k sees. float64 factors give float64 scores, float32 give float32;
+    ``precision`` as in :func:`topk_influence`.
     """
-    test_side, train_side, kernel, device = _prepare(
-        test, train, lrs, layers, memory_bytes, block, device, dtype
+    test_side, train_side, kernel, ops = _prepare(
+        test, train, lrs, layers, memory_bytes, block, device, dtype, precision
     )
     out = torch.empty(test_side.n, train_side.n, dtype=kernel.score.dtype)
-    with exact_matmul(device), torch.inference_mode():
-        for i in range(test_side.nblocks):
-            vt, rows_t = test_side.valid(i)
-            for j in range(train_side.nblocks):
-                vr, rows_r = train_side.valid(j)
-                out[rows_t, rows_r] = kernel(i, j)[vt, vr].cpu()
+    with _matmul_precision(ops), torch.inference_mode():
+        for j in range(train_side.nblocks):
+            vr, rows_r = train_side.valid(j)
+            train_terms = train_side.block_terms(j)
+            for i in range(test_side.nblocks):
+                vt, rows_t = test_side.valid(i)
+                out[rows_t, rows_r] = kernel(test_side.block_terms(i), train_terms)[vt, vr].cpu()
     return out.numpy()
 
 
@@ -227,27 +330,30 @@ def _order(values: torch.Tensor, index: torch.Tensor, largest: bool):
 
 
 def _block_candidates(score: torch.Tensor, cols: torch.Tensor, k: int, largest: bool):
-    """The exact top-``k`` of each row of ``score`` under the tie rule (``cols``: train idx per column).
+    """The exact top-``k`` of each row of ``score`` under the tie rule, as a set: values in order,
+    but entries of equal value in any order. ``cols`` is the train idx per column (1-D) or per entry
+    (2-D, the shape of ``score``).
 
     ``torch.topk`` gets the values right but may pick any of several equal values at the k-th place, so
     when the (k+1)-th value equals the k-th one the row's candidates are taken as every entry at least as
     good as the k-th value, and the lower train idx wins among them.
     """
     n, m = score.shape
+    cols = cols.expand(n, m)
     if k >= m:
-        return score, cols.expand(n, m)
+        return score, cols
     values, where = torch.topk(score, k + 1, dim=1, largest=largest, sorted=True)
     if largest and bool(torch.isnan(values).any()):
         raise ValueError("NaN influence scores")
     tied = values[:, k - 1] == values[:, k]
-    values, where = values[:, :k], where[:, :k]
+    values, index = values[:, :k], cols.gather(1, where[:, :k])
     if not bool(tied.any()):
-        return values, cols[where]
+        return values, index
     rows = torch.nonzero(tied).squeeze(1)
     sub = score[rows]
     threshold = values[rows, k - 1 : k]
     r, c = torch.nonzero(sub >= threshold if largest else sub <= threshold, as_tuple=True)
-    v, ix = sub[r, c], cols[c]
+    v, ix = sub[r, c], cols[rows][r, c]
     o = torch.argsort(ix, stable=True)
     o = o[torch.argsort(v[o], descending=largest, stable=True)]
     o = o[torch.argsort(r[o], stable=True)]
@@ -256,7 +362,6 @@ def _block_candidates(score: torch.Tensor, cols: torch.Tensor, k: int, largest: 
     starts = torch.cumsum(counts, 0) - counts
     keep = (torch.arange(r.numel(), device=r.device) - starts[r]) < k
     values = values.clone()
-    index = cols[where]
     values[rows] = v[keep].view(-1, k)
     index[rows] = ix[keep].view(-1, k)
     return values, index
@@ -289,8 +394,9 @@ class _RunningTopK:
 
     Once ``k`` are held, a new block only contributes entries at least as good as the row's k-th value
     (anything worse cannot enter): a cheap comparison instead of a top-k over the block. Candidates
-    wait in a buffer and are merged (sorted) only once about ``k`` have gathered per row; the k-th
-    value used meanwhile is a stale, lower bar, which only lets more candidates through.
+    wait in a buffer and are merged (a top-k selection) only once about ``k`` have gathered per row;
+    the k-th value used meanwhile is a stale, lower bar, which only lets more candidates through.
+    Only the final result is sorted by the tie rule.
     """
 
     def __init__(self, k: int, largest: bool):
@@ -304,7 +410,9 @@ class _RunningTopK:
         found = None
         if self.values is not None and self.values.shape[1] == self.k:
             limit = 4 * self.k  # wider than that: a top-k of the block is cheaper
-            found = _threshold_candidates(score, cols, self.values[:, -1], self.largest, limit)
+            # the held set's worst value (the set is not kept sorted)
+            worst = self.values.amin(1) if self.largest else self.values.amax(1)
+            found = _threshold_candidates(score, cols, worst, self.largest, limit)
         if found is None:
             found = _block_candidates(score, cols, self.k, self.largest)
         if found[0].shape[1] == 0:
@@ -321,12 +429,13 @@ class _RunningTopK:
             return
         values = torch.cat([v for v, _ in parts], dim=1)
         index = torch.cat([i for _, i in parts], dim=1)
-        values, index = _order(values, index, self.largest)
-        self.values, self.index = values[:, : self.k], index[:, : self.k]
+        self.values, self.index = _block_candidates(values, index, self.k, self.largest)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._merge()
-        return self.values, self.index
+        if self.values is None:
+            return None, None
+        return _order(self.values, self.index, self.largest)
 
 
 def _frame(test_idx: np.ndarray, results: dict, dtype) -> pd.DataFrame:
@@ -363,20 +472,26 @@ def canonical_topk(cols: dict, dtype) -> pd.DataFrame:
 
 
 def _scan_blocks(test_side, train_side, kernel, k: int, progress: Progress | None) -> dict:
-    """Per kind, the (values, train idx) arrays of every test row's top-k, block row by block
-    row of the grid: each test block keeps a running top-k over all train blocks."""
-    results = {kind: ([], []) for kind in KINDS}
-    for i in range(test_side.nblocks):
-        vt, _ = test_side.valid(i)
-        running = {kind: _RunningTopK(k, kind == "proponent") for kind in KINDS}
-        for j in range(train_side.nblocks):
-            vr, rows_r = train_side.valid(j)
-            score = kernel(i, j)[vt, vr]
-            for tracker in running.values():
-                tracker.update(score, train_side.idx[rows_r])
+    """Per kind, the (values, train idx) arrays of every test row's top-k. The train side is read
+    once, block by block; each test block keeps a running top-k over the train blocks seen."""
+    running = [
+        {kind: _RunningTopK(k, kind == "proponent") for kind in KINDS}
+        for _ in range(test_side.nblocks)
+    ]
+    for j in range(train_side.nblocks):
+        vr, rows_r = train_side.valid(j)
+        train_terms = train_side.block_terms(j)
+        cols = torch.from_numpy(train_side.idx[rows_r]).to(kernel.ops.device)
+        for i, trackers in enumerate(running):
+            vt, _ = test_side.valid(i)
+            score = kernel(test_side.block_terms(i), train_terms)[vt, vr]
+            for tracker in trackers.values():
+                tracker.update(score, cols)
             if progress is not None:
                 progress.update(score.numel())
-        for kind, tracker in running.items():
+    results = {kind: ([], []) for kind in KINDS}
+    for trackers in running:
+        for kind, tracker in trackers.items():
             values, index = tracker.result()
             results[kind][0].append(values.cpu().numpy())
             results[kind][1].append(index.cpu().numpy())
@@ -394,6 +509,7 @@ def topk_influence(
     block: tuple[int, int] | None = None,
     device=None,
     dtype=None,
+    precision: str = "float32",
     log: Log | None = None,
     label: str = "scores",
     progress_every: float = 5.0,
@@ -404,9 +520,12 @@ def topk_influence(
     ``lrs`` default to each one's meta ``lr``. Scores are summed over every checkpoint and layer,
     block by block on the grid (at most ``memory_bytes`` of score workspace, default 16 MiB on CPU,
     512 MiB on CUDA; or an explicit ``block`` ``(BT, BR)``), and a running top-k per test row is
-    kept: the full test x train matrix never exists. (The rows' factors themselves also sit on the
-    device, padded to the grid, in the compute dtype.) Ties break by the lower train idx. ``k``
-    larger than the train rows returns them all, ranked.
+    kept: the full test x train matrix never exists. The test rows' factors sit on the device,
+    padded to the grid, in the compute dtype; the train rows are read one block at a time (memory
+    maps or :class:`~tracinflow.stages.factor_store.NpyRows`), so memory does not grow with the
+    train rows. Ties break by the lower train idx. ``k`` larger than the train rows returns them
+    all, ranked. ``precision`` (:data:`PRECISIONS`): ``float32`` (exact, the default), ``bf16``
+    operands (float32 sums) or ``tf32`` products (CUDA only); keep it the same across shards.
 
     Returns a DataFrame ``test_idx, kind ("proponent"|"opponent"), rank (1 = strongest), train_idx,
     influence`` ordered by test_idx, kind, rank; idx values are the factors' dataset idx. With
@@ -415,16 +534,16 @@ def topk_influence(
     if int(k) < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     k = int(k)
-    test_side, train_side, kernel, device = _prepare(
-        test, train, lrs, layers, memory_bytes, block, device, dtype
+    test_side, train_side, kernel, ops = _prepare(
+        test, train, lrs, layers, memory_bytes, block, device, dtype, precision
     )
     np_dtype = np.float64 if kernel.score.dtype == torch.float64 else np.float32
     progress = None
     if log is not None:
         progress = Progress(test_side.n * train_side.n, label, "pairs", log, every=progress_every)
-    with exact_matmul(device), torch.inference_mode():
+    with _matmul_precision(ops), torch.inference_mode():
         results = _scan_blocks(test_side, train_side, kernel, k, progress)
-    test_idx = test_side.idx.cpu().numpy()
+    test_idx = test_side.idx
     if not test_side.n or not train_side.n:
         empty = np.empty((test_side.n, 0))
         stacked = {kind: (empty.astype(np_dtype), empty.astype(np.int64)) for kind in KINDS}

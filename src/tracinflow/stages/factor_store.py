@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -216,14 +217,76 @@ def read_meta(path) -> dict:
     return json.loads(meta_path.read_text())
 
 
+class NpyRows:
+    """Rows of a C-ordered ``.npy`` file, read on demand with ``os.pread``: slicing gives another
+    NpyRows and reads nothing; ``np.asarray`` reads the rows into fresh memory.
+
+    A memory map streamed through keeps every page it touched in the process's resident set (the
+    whole file, by the end); reading into buffers keeps a scan over any number of rows at the size of
+    one block. The influence kernel reads train blocks this way.
+    """
+
+    def __init__(self, path, start: int = 0, stop: int | None = None):
+        self.path = Path(path)
+        header = np.load(self.path, mmap_mode="r")
+        if header.dtype.hasobject or not header.flags.c_contiguous or header.ndim not in (1, 2):
+            raise ValueError(f"{self.path}: not a C-ordered 1-D or 2-D numeric array")
+        self.dtype, self._offset = header.dtype, header.offset
+        self._total, self._width = header.shape[0], (header.shape[1:] or (None,))[0]
+        self.start, self.stop = start, header.shape[0] if stop is None else stop
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        rows = self.stop - self.start
+        return (rows,) if self._width is None else (rows, self._width)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> NpyRows:
+        if not isinstance(rows, slice):
+            raise TypeError("NpyRows takes row slices only")
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise ValueError("only contiguous row ranges (step 1) are supported")
+        view = object.__new__(NpyRows)
+        view.__dict__.update(self.__dict__)
+        view.start, view.stop = self.start + start, self.start + max(stop, start)
+        return view
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        row_bytes = out.itemsize * (self._width or 1)
+        with open(self.path, "rb", buffering=0) as handle:
+            view, pos = memoryview(out.reshape(-1).view(np.uint8)), 0
+            while pos < out.nbytes:  # pread may return fewer bytes than asked
+                got = os.preadv(
+                    handle.fileno(), [view[pos:]], self._offset + self.start * row_bytes + pos
+                )
+                if got <= 0:
+                    raise OSError(f"{self.path}: file ends before row {self.stop}")
+                pos += got
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 def load_factor_dir(
-    path, rows: slice | tuple[int, int] | None = None, mmap: bool = True, layers=None
+    path,
+    rows: slice | tuple[int, int] | None = None,
+    mmap: bool = True,
+    layers=None,
+    stream: bool = False,
 ) -> Factors:
     """Load a factor folder, or only ``rows`` (a slice or ``(start, stop)``) of it.
 
     With ``mmap=True`` arrays are read-only memory maps (row slices read nothing until used); with
-    ``mmap=False`` only the requested rows are read into memory. ``layers`` selects a subset of the
-    stored layers. The returned :class:`Factors` carries meta.json and the row offset of the slice.
+    ``mmap=False`` only the requested rows are read into memory; with ``stream=True`` the act and err
+    arrays are :class:`NpyRows`, read block by block when used (a scan stays at one block's memory).
+    ``layers`` selects a subset of the stored layers. The returned :class:`Factors` carries meta.json
+    and the row offset of the slice.
     """
     path = Path(path)
     meta = read_meta(path)
@@ -244,15 +307,17 @@ def load_factor_dir(
         raise ValueError("only contiguous row ranges (step 1) are supported")
     sl = slice(start, stop)
 
-    def load(name):
+    def load(name, lazy=False):
         array = np.load(path / name, mmap_mode="r")
         if array.shape[0] != n:
             raise ValueError(f"{path / name}: {array.shape[0]} rows, meta.json says {n}")
+        if lazy:
+            return NpyRows(path / name)[sl]
         return array[sl] if mmap else np.array(array[sl])
 
     return Factors(
-        act={layer: load(_file(layer, "act")) for layer in layers},
-        err={layer: load(_file(layer, "err")) for layer in layers},
+        act={layer: load(_file(layer, "act"), stream) for layer in layers},
+        err={layer: load(_file(layer, "err"), stream) for layer in layers},
         labels=load("labels.npy"),
         logits=load("logits.npy"),
         idx=load("idx.npy"),
@@ -272,6 +337,7 @@ def folder_rows(paths: Sequence, what: str) -> int:
     return sizes.pop()
 
 
-def load_checkpoints(paths: Sequence, rows=None, layers=None) -> list[Factors]:
-    """The factor folders of every checkpoint of one split (or ``rows`` of them), in order."""
-    return [load_factor_dir(path, rows=rows, layers=layers) for path in paths]
+def load_checkpoints(paths: Sequence, rows=None, layers=None, stream=False) -> list[Factors]:
+    """The factor folders of every checkpoint of one split (or ``rows`` of them), in order; with
+    ``stream``, act and err as :class:`NpyRows`."""
+    return [load_factor_dir(path, rows=rows, layers=layers, stream=stream) for path in paths]

@@ -35,17 +35,18 @@ def shard_topk(
 ) -> pd.DataFrame:
     """Top-k candidates of test tile ``test_tile = (t, T)`` against train tile ``train_tile =
     (r, R)``, summed over every checkpoint: the factor folders of every checkpoint (same order)
-    for the test and the train split, of which only the tiles' rows are read (memory-mapped
-    slices); learning rates come from each folder's meta.json. ``kernel``: the keyword arguments
-    of :func:`~tracinflow.influence.kernel.topk_influence` (layers, memory_bytes, block, device,
-    dtype). The merge over all ``R`` train tiles of a test tile gives the exact top-k."""
+    for the test and the train split, of which only the tiles' rows are read (the train rows one
+    grid block at a time, so a shard's memory does not grow with its train tile); learning rates
+    come from each folder's meta.json. ``kernel``: the keyword arguments of
+    :func:`~tracinflow.influence.kernel.topk_influence` (layers, memory_bytes, block, device,
+    dtype, precision). The merge over all ``R`` train tiles of a test tile gives the exact top-k."""
     if len(test_dirs) != len(train_dirs) or not test_dirs:
         raise ValueError(f"{len(test_dirs)} test folders but {len(train_dirs)} train folders")
     rows_t = tile_rows(*test_tile, folder_rows(test_dirs, "test"))
     rows_r = tile_rows(*train_tile, folder_rows(train_dirs, "train"))
     layers = kernel.get("layers")
-    test = load_checkpoints(test_dirs, rows=rows_t, layers=layers)
-    train = load_checkpoints(train_dirs, rows=rows_r, layers=layers)
+    test = load_checkpoints(test_dirs, rows=rows_t, layers=layers, stream=True)
+    train = load_checkpoints(train_dirs, rows=rows_r, layers=layers, stream=True)
     return topk_influence(test, train, k, log=log, label="shard", **kernel)
 
 
@@ -54,7 +55,11 @@ def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFra
     torch.set_num_threads(threads)
     tiles = params["tiles"]
     t, r = int(params["test_tile"]), int(params["train_tile"])
-    log(f"shard test tile {t}/{tiles['test']}, train tile {r}/{tiles['train']}, k {params['k']}")
+    precision = params.get("precision", "float32")
+    log(
+        f"shard test tile {t}/{tiles['test']}, train tile {r}/{tiles['train']}, k {params['k']}, "
+        f"precision {precision}"
+    )
     frame = shard_topk(
         list(inputs["test"]),
         list(inputs["train"]),
@@ -63,6 +68,7 @@ def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFra
         train_tile=(r, tiles["train"]),
         memory_bytes=params["memory_mb"] * 2**20,
         device=select_device(params["device"]),
+        precision=precision,
         log=log,
     )
     write_parquet(outputs["shard"], frame[COLUMNS])
