@@ -8,7 +8,7 @@ CORES ?= all
 # Idle OpenMP threads spin by default; with concurrent jobs on few cores that costs 10x.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo study test install fetch-demo-data lint format config-docs rulegraph clean-results
+.PHONY: demo study bench test install fetch-demo-data lint format config-docs rulegraph clean-results
 
 demo: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
@@ -22,6 +22,24 @@ study: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The speed benchmarks (benchmarks/README.md), about 20 minutes on 2 cores, each table also kept in
+# results/bench/. The Captum comparison and the stage table read the demo's results, so the demo
+# runs first (a no-op once it has run).
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCHMARKS := bench_influence bench_scale bench_captum bench_demo
+
+bench: demo $(BENCH_STAMP)
+	mkdir -p results/bench
+	for name in $(BENCHMARKS); do \
+		$(BIN)/python benchmarks/$$name.py > results/bench/$$name.md.tmp || exit 1; \
+		mv results/bench/$$name.md.tmp results/bench/$$name.md; \
+		cat results/bench/$$name.md; \
+	done
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $@
 
 install: $(STAMP)
 

@@ -7,6 +7,7 @@ and writes every output atomically.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import pandas as pd
@@ -60,6 +61,7 @@ def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFra
         f"shard test tile {t}/{tiles['test']}, train tile {r}/{tiles['train']}, k {params['k']}, "
         f"precision {precision}"
     )
+    started = time.perf_counter()
     frame = shard_topk(
         list(inputs["test"]),
         list(inputs["train"]),
@@ -72,6 +74,7 @@ def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFra
         log=log,
     )
     write_parquet(outputs["shard"], frame[COLUMNS])
+    log(f"shard scored in {time.perf_counter() - started:.2f} s: {len(frame)} candidate rows")
     return frame
 
 
