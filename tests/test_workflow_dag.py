@@ -117,8 +117,9 @@ def test_a_change_to_a_version_reruns_the_versions_built_from_it(tiny_workflow):
     assert planned_jobs(dry)["train_model"] == 2
 
 
-def test_top_k_reruns_shards_merge_and_reports_not_training_or_factors(tiny_workflow):
-    dry = plan_after_change(tiny_workflow, lambda c: c["influence"].update(top_k=4))
+@pytest.mark.parametrize("change", [{"top_k": 4}, {"precision": "bf16"}], ids=str)
+def test_top_k_reruns_shards_merge_and_reports_not_training_or_factors(tiny_workflow, change):
+    dry = plan_after_change(tiny_workflow, lambda c: c["influence"].update(change))
     jobs = set(planned_jobs(dry))
     assert jobs == {"influence_shard", "merge_topk", "cross_version", "all"} | REPORT_RULES
     assert planned_versions(dry) == {"v1", "v2", "v3"}
