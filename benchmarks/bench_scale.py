@@ -98,7 +98,7 @@ def shard_memory_mib(test_rows: int, d_in: int, d_out: int, ckpts: int, k: int) 
     """A shard's working memory by the kernel's layout: the test tile's operands (padded to 64-byte
     rows), one train block's operands, the three score buffers, the running top-k (values, idx and
     pending candidates: at most 4k per row and kind) and the output frame."""
-    bt, br = block_shape(16 * 2**20)
+    bt, br = block_shape(32 * 2**20)
     width = (-(-d_in // 16) * 16 + -(-d_out // 16) * 16) * 4 * ckpts
     test = test_rows * width
     train = br * width
