@@ -61,7 +61,7 @@ def scale(quick: bool) -> dict:
         return dict(n_train=6000, n_test=1200, ckpts=5, k=100, naive_rows=50, rss_base=3000,
                     images=128, per_sample=16, batch=64, memory_images=1024)  # fmt: skip
     return dict(n_train=26179, n_test=5979, ckpts=5, k=100, naive_rows=200, rss_base=26179,
-                images=512, per_sample=64, batch=64, memory_images=8192)  # fmt: skip
+                images=512, per_sample=64, batch=64, memory_images=42000)  # fmt: skip
 
 
 def pair_flops(dims: dict) -> int:

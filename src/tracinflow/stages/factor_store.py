@@ -56,12 +56,14 @@ def _meta(*, epoch, lr, layers, has_bias, loss, target, num_samples) -> dict:
 
 
 class FactorWriter:
-    """Streams factor batches into preallocated memory-mapped ``.npy`` files of one folder.
+    """Streams factor batches into the ``.npy`` files of one folder, appending rows in order.
 
-    Every array goes to a temporary file beside its final name (``np.lib.format.open_memmap``), so memory
-    stays bounded by one batch. :meth:`close` flushes, renames every file into place and writes
-    ``meta.json`` last; leaving the ``with`` block on an exception deletes the temporary files. An
-    existing ``meta.json`` is removed first, so a half-rewritten folder never looks complete.
+    Every array goes to a temporary file beside its final name: its ``.npy`` header (the final
+    shape) first, then each batch's rows as they come, written with plain file writes. Memory stays
+    bounded by one batch (a memory map would keep every written page in the process's resident set).
+    :meth:`close` checks the row count, renames every file into place and writes ``meta.json``
+    last; leaving the ``with`` block on an exception deletes the temporary files. An existing
+    ``meta.json`` is removed first, so a half-rewritten folder never looks complete.
     """
 
     def __init__(
@@ -79,7 +81,7 @@ class FactorWriter:
         self.layers = list(dims)
         self.pos = 0
         self._stack = contextlib.ExitStack()
-        self._arrays: dict[str, np.ndarray] = {}
+        self._files: dict[str, tuple] = {}  # name -> (open file, dtype, row shape)
         shapes = {}
         for layer, (d_in, d_out) in dims.items():
             shapes[_file(layer, "act")] = ((self.num_samples, d_in), dtype)
@@ -90,34 +92,46 @@ class FactorWriter:
         try:
             for name, (shape, dt) in shapes.items():
                 tmp = self._stack.enter_context(atomic_path(self.path / name))
-                self._arrays[name] = np.lib.format.open_memmap(
-                    tmp, mode="w+", dtype=dt, shape=shape
-                )
+                handle = self._stack.enter_context(open(tmp, "wb"))
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dt)),
+                          "fortran_order": False, "shape": shape}  # fmt: skip
+                np.lib.format.write_array_header_1_0(handle, header)
+                self._files[name] = (handle, np.dtype(dt), shape[1:])
         except BaseException:
             self._stack.close()
             raise
+
+    def _append(self, name: str, rows) -> None:
+        handle, dtype, row_shape = self._files[name]
+        array = np.ascontiguousarray(to_numpy(rows), dtype=dtype)
+        if array.shape[1:] != row_shape:
+            raise ValueError(f"{name}: rows of shape {array.shape[1:]}, expected {row_shape}")
+        handle.write(array.data)
 
     def write(self, act: dict, err: dict, labels, logits, idx) -> None:
         """Append one batch (arrays or tensors, one row per sample)."""
         n = int(np.shape(labels)[0])
         if self.pos + n > self.num_samples:
             raise ValueError(f"more rows than the {self.num_samples} announced")
-        rows = slice(self.pos, self.pos + n)
+        for name, rows in (("labels.npy", labels), ("logits.npy", logits), ("idx.npy", idx)):
+            if int(np.shape(rows)[0]) != n:
+                raise ValueError(f"{name}: {np.shape(rows)[0]} rows in a batch of {n}")
         for layer in self.layers:
-            self._arrays[_file(layer, "act")][rows] = to_numpy(act[layer])
-            self._arrays[_file(layer, "err")][rows] = to_numpy(err[layer])
-        self._arrays["labels.npy"][rows] = to_numpy(labels)
-        self._arrays["logits.npy"][rows] = to_numpy(logits)
-        self._arrays["idx.npy"][rows] = to_numpy(idx)
+            for kind, rows in (("act", act[layer]), ("err", err[layer])):
+                if int(np.shape(rows)[0]) != n:
+                    raise ValueError(f"{layer} {kind}: {np.shape(rows)[0]} rows in a batch of {n}")
+                self._append(_file(layer, kind), rows)
+        self._append("labels.npy", labels)
+        self._append("logits.npy", logits)
+        self._append("idx.npy", idx)
         self.pos += n
 
     def close(self, meta: dict) -> None:
-        """Flush, move every array into place, then write ``meta.json`` (the completion mark)."""
+        """Move every array into place (the files are closed first), then write ``meta.json``
+        (the completion mark)."""
         if self.pos != self.num_samples:
             raise ValueError(f"wrote {self.pos} rows, expected {self.num_samples}")
-        for array in self._arrays.values():
-            array.flush()
-        self._arrays.clear()
+        self._files.clear()
         self._stack.close()
         write_json(self.path / META, meta)
 
@@ -126,7 +140,7 @@ class FactorWriter:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            self._arrays.clear()
+            self._files.clear()
             self._stack.__exit__(exc_type, exc, tb)
         return False
 
