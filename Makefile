@@ -23,7 +23,7 @@ study: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The speed benchmarks (benchmarks/README.md), about 20 minutes on 2 cores, each table also kept in
+# The speed benchmarks (benchmarks/README.md), about 13 minutes on 2 cores, each table also kept in
 # results/bench/. The Captum comparison and the stage table read the demo's results, so the demo
 # runs first (a no-op once it has run).
 BENCH_STAMP := $(VENV)/.bench-installed
