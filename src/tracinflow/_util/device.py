@@ -51,14 +51,15 @@ def fast_cuda_math(device: torch.device):
 
 
 @contextlib.contextmanager
-def exact_matmul(device: torch.device):
-    """No TF32 in float32 matrix products on CUDA inside the block (influence scores), restored
-    afterwards."""
+def float32_matmul(device: torch.device, precision: str = "highest"):
+    """float32 matrix products on CUDA at ``precision`` inside the block (torch's
+    ``set_float32_matmul_precision``: ``highest`` = no TF32, for influence scores; ``high`` = TF32),
+    restored afterwards; nothing changes on other devices."""
     if device.type != "cuda":
         yield
         return
     previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+    torch.set_float32_matmul_precision(precision)
     try:
         yield
     finally:

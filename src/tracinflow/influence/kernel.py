@@ -27,7 +27,6 @@ dtype and the thread count the same across the shards of one run.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
@@ -35,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tracinflow._util.device import exact_matmul, select_device
+from tracinflow._util.device import float32_matmul, select_device
 from tracinflow._util.progress import Log, Progress
 from tracinflow.influence.inputs import (
     Checkpoints,
@@ -122,6 +121,8 @@ class _Operands:
             raise ValueError(f"precision {precision} needs float32 factors, not {dtype}")
         self.dtype, self.device, self.precision = dtype, device, precision
         self.native_bf16 = precision == "bf16" and device.type == "cuda"
+        # TF32 products only when asked for; otherwise exact float32 products
+        self.matmul_precision = "high" if precision == "tf32" else "highest"
         self.storage = torch.bfloat16 if self.native_bf16 else dtype
 
     def tensor(self, array, name: str, scale: float = 1.0) -> torch.Tensor:
@@ -155,8 +156,8 @@ class _Side(_Grid):
 
     def __init__(self, side, layers, lrs, block, ops: _Operands, name):
         super().__init__(side, block)
-        rows = self.valid(0)[0].start
-        rows = slice(rows, rows + self.n)
+        off = self.lo - self.start  # the side's first row, within the padded arrays
+        rows = slice(off, off + self.n)
         self.terms = []
         for c, f, layer in _sources(side, layers):
             where = f"{name}: checkpoint {c} layer {layer}"
@@ -248,21 +249,6 @@ class _Kernel:
         return self.score
 
 
-@contextlib.contextmanager
-def _matmul_precision(ops: _Operands):
-    """TF32 products on CUDA only when asked for; otherwise exact float32 products."""
-    if ops.precision != "tf32":
-        with exact_matmul(ops.device):
-            yield
-        return
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
 def _prepare(test, train, lrs, layers, memory_bytes, block, device, dtype, precision):
     test, train = checkpoint_list(test), checkpoint_list(train)
     layers = common_layers([test, train], layers)
@@ -308,7 +294,7 @@ def score_block(
         test, train, lrs, layers, memory_bytes, block, device, dtype, precision
     )
     out = torch.empty(test_side.n, train_side.n, dtype=kernel.score.dtype)
-    with _matmul_precision(ops), torch.inference_mode():
+    with float32_matmul(ops.device, ops.matmul_precision), torch.inference_mode():
         for j in range(train_side.nblocks):
             vr, rows_r = train_side.valid(j)
             train_terms = train_side.block_terms(j)
@@ -542,7 +528,7 @@ def topk_influence(
     progress = None
     if log is not None:
         progress = Progress(test_side.n * train_side.n, label, "pairs", log, every=progress_every)
-    with _matmul_precision(ops), torch.inference_mode():
+    with float32_matmul(ops.device, ops.matmul_precision), torch.inference_mode():
         results = _scan_blocks(test_side, train_side, kernel, k, progress)
     test_idx = test_side.idx
     if not test_side.n or not train_side.n:
