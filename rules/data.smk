@@ -42,6 +42,7 @@ rule build_manifest:
         extensions=config["dataset"]["extensions"],
         class_names=config["dataset"]["class_names"],
         max_pixels=config["dataset"]["max_pixels"],
+        conflicting_duplicates=config["dataset"]["conflicting_duplicates"],
     script:
         "../workflow/scripts/build_manifest.py"
 

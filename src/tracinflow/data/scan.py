@@ -183,3 +183,65 @@ def find_duplicates(images: pd.DataFrame) -> pd.DataFrame:
     dups["copies"] = counts[counts > 1].to_numpy()
     dups["conflicting_labels"] = dups.groupby("sha256")["class"].transform("nunique").gt(1)
     return dups.sort_values(["sha256", "idx"]).reset_index(drop=True)
+
+
+#: what ``dataset.conflicting_duplicates`` may say about byte-identical copies in different classes
+CONFLICT_POLICIES = ("exclude", "keep")
+
+
+def _conflict_reason(others: pd.DataFrame, shown: int = 3) -> str:
+    classes = ", ".join(sorted(set(others["class"].astype(str))))
+    copies = [
+        f"{path} ({name})" for path, name in zip(others["path"], others["class"], strict=True)
+    ]
+    more = f" and {len(copies) - shown} more" if len(copies) > shown else ""
+    return (
+        f"label conflict: the same bytes are also labelled {classes} "
+        f"({', '.join(copies[:shown])}{more}); every copy is excluded from training "
+        f"(dataset.conflicting_duplicates: keep trains on them)"
+    )
+
+
+def conflicting_copies(duplicates: pd.DataFrame) -> pd.DataFrame:
+    """Every copy of a file whose byte-identical copies carry different classes, as rejected
+    ``(path, reason)`` rows sorted by path; each reason names the other copies and their classes."""
+    rows = []
+    for _, group in duplicates[duplicates["conflicting_labels"]].groupby("sha256", sort=False):
+        for path in group["path"]:
+            rows.append((path, _conflict_reason(group[group["path"] != path])))
+    frame = pd.DataFrame(rows, columns=REJECTED_COLUMNS).sort_values("path", kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def _refuse_emptied_classes(images: pd.DataFrame, kept: pd.DataFrame) -> None:
+    emptied = sorted(set(images["folder"]) - set(kept["folder"]))
+    if emptied:
+        raise DataError(
+            f"every image of the class folders {emptied} is a byte-identical copy of a file in "
+            f"another class (a label conflict, see duplicates.csv): fix the labels, or set "
+            f"dataset.conflicting_duplicates: keep to train on the copies"
+        )
+
+
+def exclude_conflicting_duplicates(
+    images: pd.DataFrame, policy: str = "exclude"
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Apply ``dataset.conflicting_duplicates`` to a scan: ``(images, excluded, duplicates)``.
+
+    With ``exclude``, every copy in a sha256 group whose copies carry different classes leaves
+    ``images`` and is an ``excluded`` ``(path, reason)`` row; with ``keep``, none is. Same-class
+    copies always stay. ``images`` is renumbered so ``idx`` stays 0..n-1 in path order, and
+    ``duplicates`` (:func:`find_duplicates` of the whole scan) carries that ``idx``: empty (NA) for
+    an excluded copy, which is in no manifest.
+    """
+    if policy not in CONFLICT_POLICIES:
+        raise ValueError(
+            f"conflicting_duplicates must be one of {CONFLICT_POLICIES}, got {policy!r}"
+        )
+    duplicates = find_duplicates(images)
+    excluded = conflicting_copies(duplicates if policy == "exclude" else duplicates.iloc[0:0])
+    kept = images[~images["path"].isin(excluded["path"])]
+    _refuse_emptied_classes(images, kept)
+    kept = kept.reset_index(drop=True).assign(idx=np.arange(len(kept), dtype=np.int64))
+    duplicates["idx"] = duplicates["path"].map(kept.set_index("path")["idx"]).astype("Int64")
+    return kept, excluded, duplicates

@@ -20,7 +20,7 @@ from tracinflow._util.files import atomic_path, write_csv, write_parquet
 from tracinflow._util.progress import Progress
 from tracinflow.data.cache import decode_split
 from tracinflow.data.demo import DemoImages, digits_demo, fashion_mnist_demo, parse_idx
-from tracinflow.data.scan import find_duplicates, scan_image_folder
+from tracinflow.data.scan import exclude_conflicting_duplicates, scan_image_folder
 from tracinflow.data.split import split_images, split_rows, split_summary
 
 
@@ -74,18 +74,41 @@ def make_demo_dataset(inputs, outputs, params, threads=1, log=print) -> int:
     return count
 
 
+def _log_conflicts(duplicates: pd.DataFrame, excluded: pd.DataFrame, log) -> None:
+    conflicting = duplicates[duplicates["conflicting_labels"]]
+    if conflicting.empty:
+        return
+    groups = conflicting["sha256"].nunique()
+    if len(excluded):
+        log(
+            f"excluded {len(excluded)} copies of {groups} files whose byte-identical copies carry "
+            f"different classes (label conflicts; dataset.conflicting_duplicates: keep trains on them)"
+        )
+    else:
+        log(
+            f"kept {len(conflicting)} copies of {groups} files whose byte-identical copies carry "
+            f"different classes (dataset.conflicting_duplicates: keep): each trains with its own label"
+        )
+
+
 def build_manifest(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     """Every file under the dataset root decoded once: the readable images, the rejected files
-    with their reason, and byte-identical duplicates."""
+    with their reason, and byte-identical duplicates; copies in different classes are rejected
+    unless ``params["conflicting_duplicates"]`` is ``keep``."""
     images, rejected = scan_image_folder(
         inputs["root"], params["extensions"], params["class_names"], workers=threads, log=log,
         max_pixels=int(params["max_pixels"]),
     )  # fmt: skip
-    duplicates = find_duplicates(images)
+    images, excluded, duplicates = exclude_conflicting_duplicates(
+        images, params["conflicting_duplicates"]
+    )
+    rejected = pd.concat([rejected, excluded], ignore_index=True).sort_values("path", kind="stable")
+    rejected = rejected.reset_index(drop=True)
     log(
         f"{len(images)} images in {images['class'].nunique()} classes, {len(rejected)} rejected, "
         f"{len(duplicates)} files in byte-identical duplicate groups"
     )
+    _log_conflicts(duplicates, excluded, log)
     for path, reason in rejected.itertuples(index=False):
         log(f"rejected {path}: {reason}")
     write_csv(outputs["rejected"], rejected)
