@@ -225,11 +225,12 @@ def test_self_influence_ties_rank_lower_idx_first_and_columns_name_epochs(tmp_pa
 
 
 def reference_topk(scores: np.ndarray, test_idx, train_idx, k: int) -> pd.DataFrame:
-    """Sort every row whole: (score desc, train idx asc) for proponents, (asc, asc) for opponents."""
+    """Sort every row whole: (score desc, train idx asc) for proponents, (asc, asc) for opponents;
+    only positive scores are proponents and only negative ones opponents."""
     rows = []
     for i, t in enumerate(test_idx):
         for kind, key in (("proponent", -scores[i]), ("opponent", scores[i])):
-            order = np.lexsort((train_idx, key))[:k]
+            order = [j for j in np.lexsort((train_idx, key)) if key[j] < 0][:k]
             for rank, j in enumerate(order, start=1):
                 rows.append((t, kind, rank, train_idx[j], scores[i, j]))
     frame = pd.DataFrame(rows, columns=["test_idx", "kind", "rank", "train_idx", "influence"])
@@ -317,7 +318,10 @@ def test_tiled_topk_with_ties_equals_whole_row_sort(p):
     expected = reference_topk(dense, np.arange(n_test), train_idx, k)
     got = topk_influence(test, train, k, lrs, device="cpu", block=p["block"])
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
-    assert len(got) == n_test * 2 * min(k, n_train)  # k > n_train: every row, ranked
+    # k > n_train: every row of the kind's sign, ranked; a zero score is neither kind
+    signs = np.sign(dense)
+    expected_rows = np.minimum((signs > 0).sum(1), k) + np.minimum((signs < 0).sum(1), k)
+    assert len(got) == expected_rows.sum()
 
 
 def test_ties_at_the_kth_place_go_to_the_lower_train_idx():
@@ -332,8 +336,10 @@ def test_ties_at_the_kth_place_go_to_the_lower_train_idx():
         f.err["fc.4"][:] = f.err["fc.4"][0]
     for block in ((2, 8), (1, 40), (2, 13)):
         got = topk_influence(test, train, 3, [1.0], device="cpu", block=block)
-        assert list(got["train_idx"]) == [0, 10, 20] * 4
-        assert got["influence"].nunique() == 1
+        # each test row's scores all share one sign, so it has one kind, of the three lowest idx
+        assert got.groupby(["test_idx", "kind"]).ngroups == 2
+        assert list(got["train_idx"]) == [0, 10, 20] * 2
+        assert got.groupby("test_idx")["influence"].nunique().eq(1).all()
 
 
 def write_folders(root: Path, split: str, factors, lrs):

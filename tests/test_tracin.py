@@ -64,7 +64,7 @@ def dense_from_topk(top: pd.DataFrame, test_idx, train_idx) -> np.ndarray:
     dense = np.full((len(test_idx), len(train_idx)), np.nan)
     rows = {t: i for i, t in enumerate(test_idx)}
     cols = {r: j for j, r in enumerate(train_idx)}
-    for row in top[top["kind"] == "proponent"].itertuples():
+    for row in top.itertuples():  # positive scores are proponents, negative ones opponents
         dense[rows[row.test_idx], cols[row.train_idx]] = row.influence
     return dense
 
@@ -94,7 +94,10 @@ def test_tracin_equals_brute_force_autograd_in_float64(data, layers, loss_kind):
     dense = tracin.scores(batches_of(x_test, y_test, test_idx))
     assert rel_err(dense, expected) < 1e-10
     top = tracin.topk(batches_of(x_test, y_test, test_idx), k=13)
-    assert list(top.columns) == COLUMNS and len(top) == 7 * 2 * 13
+    # k = all 13 train rows: every positive score is listed as a proponent, every negative one
+    # as an opponent
+    assert list(top.columns) == COLUMNS and len(top) == np.count_nonzero(expected) == 7 * 13
+    assert (top["influence"].gt(0) == top["kind"].eq("proponent")).all()
     assert rel_err(dense_from_topk(top, test_idx.tolist(), train_idx.tolist()), expected) < 1e-10
     first = top[(top["test_idx"] == 7) & (top["rank"] == 1)].set_index("kind")["train_idx"]
     assert first["proponent"] == 100 + int(np.argmax(expected[0]))

@@ -99,14 +99,20 @@ def check_topk_against_brute_force(workdir, version, layers, epochs, k):
     scale = np.abs(scores).max()
     for t, test_idx in enumerate(rows["test"]["idx"]):
         mine = topk[topk["test_idx"] == test_idx]
+        row = scores[t]
         for kind, best in (
-            ("proponent", np.sort(scores[t])[::-1]),
-            ("opponent", np.sort(scores[t])),
+            ("proponent", np.sort(row[row > 0])[::-1]),
+            ("opponent", np.sort(row[row < 0])),
         ):
             listed = mine[mine["kind"] == kind].sort_values("rank")
-            assert len(listed) == k
+            # proponents are positive, opponents negative: up to k of each sign
+            assert len(listed) == min(k, len(best)) and listed["rank"].tolist() == list(
+                range(1, len(listed) + 1)
+            )
             # the listed scores are the k best, in order, and each equals its brute-force value
-            np.testing.assert_allclose(listed["influence"], best[:k], rtol=0, atol=1e-4 * scale)
+            np.testing.assert_allclose(
+                listed["influence"], best[: len(listed)], rtol=0, atol=1e-4 * scale
+            )
             exact = [scores[t, train_pos[i]] for i in listed["train_idx"]]
             np.testing.assert_allclose(listed["influence"], exact, rtol=0, atol=1e-4 * scale)
     self_inf = pd.read_parquet(out / "influence/self_influence.parquet")

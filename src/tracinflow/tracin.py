@@ -154,8 +154,10 @@ class TracIn:
     ) -> pd.DataFrame:
         """The ``k`` strongest proponents and/or opponents of every test sample over the whole
         training set: ``test_idx, kind, rank, train_idx, influence``, exact (ties by the lower
-        train idx). ``kind``: ``"both"``, ``"proponent"`` or ``"opponent"``; ``target``: the test
-        loss at the ``"label"`` or at the model's ``"prediction"``."""
+        train idx). Proponents have positive influence and opponents negative: a sample with fewer
+        than ``k`` scores of a sign gets fewer rows of that kind. ``kind``: ``"both"``,
+        ``"proponent"`` or ``"opponent"``; ``target``: the test loss at the ``"label"`` or at the
+        model's ``"prediction"``."""
         if kind not in KIND_CHOICES:
             raise ValueError(f"kind must be one of {KIND_CHOICES}, got {kind!r}")
         test = self._factors(test_loader, target)

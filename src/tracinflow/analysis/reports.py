@@ -3,8 +3,9 @@
 Pure functions on the workflow's tables (manifest, predictions, top-k influences, self-influence)
 build the report tables; the report_tables stage reads and writes them. Influence signs follow
 :mod:`tracinflow.influence`: positive = proponent (helped the test loss go down), negative =
-opponent. Everything is vectorised over the top-k table, which holds
-``2 * k`` rows per test image (over a million for 6,000 test images at k = 100).
+opponent. Everything is vectorised over the top-k table, which holds up to
+``2 * k`` rows per test image (over a million for 6,000 test images at k = 100; fewer where a test
+image has fewer than ``k`` scores of a sign: proponents are positive, opponents negative).
 """
 
 from __future__ import annotations

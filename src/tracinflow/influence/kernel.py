@@ -440,7 +440,12 @@ def _frame(test_idx: np.ndarray, results: dict, dtype) -> pd.DataFrame:
             }
         )
     cols = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-    return canonical_topk(cols, dtype)
+    # Opponents are negative influence and proponents positive (docs/math.md): a score of the
+    # other sign (or zero) ranked among a row's k lowest or highest is neither, so it is dropped.
+    # Dropping it per block or shard keeps the merge exact: a signed top-k entry of the whole row
+    # is a signed top-k entry of its own shard.
+    signed = np.where(cols["kind_code"] == 0, cols["influence"] > 0, cols["influence"] < 0)
+    return canonical_topk({key: value[signed] for key, value in cols.items()}, dtype)
 
 
 def canonical_topk(cols: dict, dtype) -> pd.DataFrame:
@@ -510,8 +515,9 @@ def topk_influence(
     kept: the full test x train matrix never exists. The test rows' factors sit on the device,
     padded to the grid, in the compute dtype; the train rows are read one block at a time (memory
     maps or :class:`~tracinflow.stages.factor_store.NpyRows`), so memory does not grow with the
-    train rows. Ties break by the lower train idx. ``k`` larger than the train rows returns them
-    all, ranked. ``precision`` (:data:`PRECISIONS`): ``float32`` (exact, the default), ``bf16``
+    train rows. Ties break by the lower train idx. Only positive scores are proponents and
+    only negative ones opponents: a row with fewer than ``k`` of either sign gets fewer rows of that
+    kind (``k`` larger than the train rows returns every one of that sign, ranked). ``precision`` (:data:`PRECISIONS`): ``float32`` (exact, the default), ``bf16``
     operands (float32 sums) or ``tf32`` products (CUDA only); keep it the same across shards.
 
     Returns a DataFrame ``test_idx, kind ("proponent"|"opponent"), rank (1 = strongest), train_idx,
