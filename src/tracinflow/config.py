@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import itertools
 import json
 from pathlib import Path
 
@@ -91,10 +92,43 @@ def load_schema(path) -> dict:
         return yaml.safe_load(handle)
 
 
-def _format_error(error: jsonschema.ValidationError, prefix: str) -> str:
-    parts = ([prefix] if prefix else []) + [str(part) for part in error.absolute_path]
-    key = ".".join(parts)
-    return f"{key or '<top level>'}: {error.message}"
+def _either(values) -> str:
+    return " or ".join(map(repr, values))
+
+
+def _schema_messages(error: jsonschema.ValidationError) -> list[tuple[list[str], str]]:
+    """(key path, message) pairs that say which key is wrong and what it should be.
+
+    jsonschema's own words for an ``anyOf`` ("is not valid under any of the given schemas") name
+    neither the key nor the type: descend into the branch whose type fits the value (a mapping
+    beside null), naming its deepest keys, or, when no branch's type fits, list the types accepted.
+    An unknown key is named itself, with the keys allowed beside it."""
+    path = [str(part) for part in error.absolute_path]
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        known = list(error.schema.get("properties", {}))
+        return [
+            ([*path, str(key)], f"unknown key ({key!r} was unexpected); known: {', '.join(known)}")
+            for key in error.instance
+            if key not in known
+        ]
+    if error.validator == "not" and isinstance(error.validator_value, dict):
+        barred = error.validator_value.get("enum") or [error.validator_value.get("const")]
+        return [(path, f"{error.instance!r} is not allowed (must not be {_either(barred)})")]
+    if error.validator not in ("anyOf", "oneOf") or not error.context:
+        return [(path, error.message)]
+    branches: dict = {}
+    for sub in error.context:
+        branches.setdefault(sub.schema_path[0], []).append(sub)
+    misfit = [
+        [s for s in subs if s.validator == "type" and not s.path] for subs in branches.values()
+    ]
+    fitting = [subs for subs, bad in zip(branches.values(), misfit, strict=True) if not bad]
+    if not fitting:
+        accepted = [s.validator_value for bad in misfit for s in bad]
+        types = [t for value in accepted for t in (value if isinstance(value, list) else [value])]
+        return [(path, f"{error.instance!r} is not of type {_either(types)}")]
+    deepest = max(fitting, key=lambda subs: max(len(s.absolute_path) for s in subs))
+    return [message for sub in deepest for message in _schema_messages(sub)]
 
 
 def with_defaults(value, node: dict):
@@ -119,9 +153,15 @@ def with_defaults(value, node: dict):
 def check_against_schema(settings: dict, schema: dict, prefix: str = "") -> None:
     """Raise ConfigError listing every schema violation as ``key.path: what is expected``."""
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(settings), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = "\n  ".join(_format_error(e, prefix) for e in errors)
+    found = {
+        (tuple(([prefix] if prefix else []) + path), message)
+        for error in validator.iter_errors(settings)
+        for path, message in _schema_messages(error)
+    }
+    if found:
+        lines = "\n  ".join(
+            f"{'.'.join(key) or '<top level>'}: {text}" for key, text in sorted(found)
+        )
         raise ConfigError(f"invalid config:\n  {lines}")
 
 
@@ -133,6 +173,9 @@ def version_settings(config: dict, schema: dict) -> dict[str, dict]:
         raise ConfigError(
             "versions: at least one version is needed, e.g. `versions: {baseline: {}}`"
         )
+    # the shared settings first, so that their errors are named at the top level, not in a version
+    check_against_schema(config, schema)
+    _check_split_fractions(config, schema)
     base = {key: value for key, value in config.items() if key != "versions"}
     resolved = {}
     for name, overrides in versions.items():
@@ -159,6 +202,18 @@ def version_settings(config: dict, schema: dict) -> dict[str, dict]:
             raise ConfigError(f"versions.{name}.model.pretrained: {err}") from None
         resolved[name] = settings
     return resolved
+
+
+def _check_split_fractions(config: dict, schema: dict) -> None:
+    """split.train + split.val + split.test must be 1, said when the workflow is parsed rather than
+    when build_manifest splits the images."""
+    split = with_defaults(config.get("split") or {}, schema["properties"]["split"])
+    total = sum(split[name] for name in ("train", "val", "test"))
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(
+            f"split: split.train + split.val + split.test = {split['train']:g} + {split['val']:g} "
+            f"+ {split['test']:g} = {total:g}; the three fractions must sum to 1"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,16 +363,21 @@ def shared_checkpoint_epochs(versions: dict[str, dict]) -> list[int]:
     return list(epochs.pop())
 
 
-def version_sources(settings: dict) -> list[str]:
-    """The versions whose outputs this version's training set is built from (noise reference, the
-    cleaning source)."""
+def _source_keys(settings: dict) -> list[tuple[str, str]]:
+    """(key, version) of each version this one's training set is built from."""
     sources = []
     noise = settings.get("label_noise")
     if noise and noise.get("mode") == "confusing" and noise.get("reference"):
-        sources.append(noise["reference"])
+        sources.append(("label_noise.reference", noise["reference"]))
     if settings.get("clean"):
-        sources.append(settings["clean"]["from"])
+        sources.append(("clean.from", settings["clean"]["from"]))
     return sources
+
+
+def version_sources(settings: dict) -> list[str]:
+    """The versions whose outputs this version's training set is built from (noise reference, the
+    cleaning source)."""
+    return [source for _, source in _source_keys(settings)]
 
 
 def check_version_links(versions: dict[str, dict]) -> None:
@@ -350,14 +410,14 @@ def check_version_links(versions: dict[str, dict]) -> None:
                     f"{where}.clean: give exactly one of `fraction` or `count` (got "
                     f"{', '.join(given) or 'neither'})"
                 )
-        for source in version_sources(settings):
+        for key, source in _source_keys(settings):
             if source not in versions:
                 raise ConfigError(
-                    f"{where}: refers to version '{source}', which is not configured "
+                    f"{where}.{key}: refers to version '{source}', which is not configured "
                     f"(versions: {', '.join(versions)})"
                 )
             if source == name:
-                raise ConfigError(f"{where}: refers to itself")
+                raise ConfigError(f"{where}: refers to itself ({where}.{key}: {source!r})")
         if noise and noise.get("mode") == "confusing":
             source_clean = versions[noise["reference"]].get("clean")
             if source_clean and source_clean.get("action") == "drop":
@@ -365,6 +425,11 @@ def check_version_links(versions: dict[str, dict]) -> None:
                     f"{where}.label_noise.reference: '{noise['reference']}' drops training images, "
                     "so its model has no prediction for them; use a version that trains on all"
                 )
+    _check_no_cycles(versions)
+
+
+def _check_no_cycles(versions: dict[str, dict]) -> None:
+    """No version is built, through a chain of sources, from itself; the error names each link."""
     for name in versions:
         # Depth-first walk of everything this version is built from; reaching it again is a cycle.
         stack = [[name, source] for source in version_sources(versions[name])]
@@ -372,8 +437,15 @@ def check_version_links(versions: dict[str, dict]) -> None:
         while stack:
             path = stack.pop()
             if path[-1] == name:
+                links = ", ".join(
+                    f"versions.{user}.{key}: {source!r}"
+                    for user, target in itertools.pairwise(path)
+                    for key, source in _source_keys(versions[user])
+                    if source == target
+                )
                 raise ConfigError(
-                    f"versions: {' -> '.join(path)}: the versions depend on each other in a cycle"
+                    f"versions: {' -> '.join(path)}: the versions depend on each other in a cycle "
+                    f"({links})"
                 )
             if path[-1] in seen:
                 continue

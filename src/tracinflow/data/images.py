@@ -32,11 +32,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB.
 
     Grayscale, palette, CMYK and the like convert directly; transparent images are composited on
-    white (dropping alpha would expose whatever colour the transparent pixels happen to hold);
+    white (dropping alpha would expose whatever colour the transparent pixels happen to hold),
+    including those whose transparency is one key colour or palette entries (PNG's tRNS, GIF's);
     16-bit and 32-bit integer images are scaled to 8 bits rather than clipped, which would turn a
     16-bit scan almost white.
     """
-    if image.mode == "RGB":
+    keyed = "transparency" in image.info  # a transparent key colour, value or palette alphas
+    if image.mode == "RGB" and not keyed:
         return image
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
@@ -47,9 +49,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         else:
             top = 65535.0
         gray = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        if keyed and image.mode != "F":  # the 16-bit key value is transparent: white
+            gray[values == image.info["transparency"]] = 255
         return Image.fromarray(gray).convert("RGB")
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
+        keyed and image.mode in ("1", "L", "P", "RGB")
     )
     if has_alpha:
         rgba = image.convert("RGBA")
