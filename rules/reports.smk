@@ -1,6 +1,7 @@
 rule report_tables:
     input:
         manifest=rules.split_dataset.output.manifest,
+        rejected=rules.build_manifest.output.rejected,
         train=rules.predict.output.train,
         test=rules.predict.output.test,
         metrics=rules.predict.output.metrics,

@@ -620,8 +620,10 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
         "self": folder / "rankings" / "suspicion_scores.parquet",
         "checkpoints": folder / "model" / "checkpoints.json",
         "metrics": folder / "metrics.json",
+        "rejected": folder / "rejected.csv",
     }
     io.write_parquet(paths["manifest"], planted["manifest"])
+    io.write_csv(paths["rejected"], pd.DataFrame({"path": ["cat/x.jpg"], "reason": ["empty file"]}))
     io.write_parquet(paths["train"], planted["train_pred"])
     io.write_parquet(paths["test"], test_pred)
     io.write_parquet(paths["topk"], planted["topk"])
@@ -634,7 +636,11 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
     lines = []
 
     inputs = {key: paths[key] for key in ("manifest", "train", "test", "topk", "checkpoints")}
-    inputs |= {"suspicion": paths["self"], "metrics": paths["metrics"]}
+    inputs |= {
+        "suspicion": paths["self"],
+        "metrics": paths["metrics"],
+        "rejected": paths["rejected"],
+    }
     written = {name: tmp_path / "reports" / name for name in REPORT_FILES.values()}
     outputs = {key: written[name] for key, name in REPORT_FILES.items()}
     params = {"version": "v_planted", "ranking": "combined", "top_n": 3}
@@ -642,6 +648,8 @@ def test_write_version_reports_writes_every_file(tmp_path, planted, mispredicted
 
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == sorted(REPORT_FILES.values())
     assert len(lines) == len(REPORT_FILES)
+    text = written["influence_report.txt"].read_text()
+    assert "Not used: 1 file (rejected.csv gives each one's reason)\n" in text
     for path in written.values():
         assert any(str(path) in line for line in lines)
     names = class_names_of(planted["manifest"])

@@ -125,3 +125,21 @@ def test_an_unknown_policy_is_refused(tmp_path):
     images = scan_image_folder(folder_with_duplicates(tmp_path / "images"), [".png"])[0]
     with pytest.raises(ValueError, match=r"exclude.*keep.*'drop'"):
         exclude_conflicting_duplicates(images, "drop")
+
+
+def test_the_report_counts_the_excluded_conflicting_copies(tmp_path):
+    from tracinflow.analysis.report_text import dataset_section
+
+    tables, _ = run_stage(tmp_path, "exclude")
+    manifest = split_images(tables["images"], {"train": 0.5, "val": 0.25, "test": 0.25}, 0)
+    lines = dataset_section(manifest, tables["rejected"])
+    assert lines[0] == f"Dataset: {len(manifest)} images, 2 classes"
+    assert lines[1] == (
+        "Not used: 2 files (rejected.csv gives each one's reason), of them 2 byte-identical "
+        "copies of files in other classes, excluded as label conflicts "
+        "(dataset.conflicting_duplicates)"
+    )
+    kept, _ = run_stage(tmp_path / "keep", "keep")
+    assert not any(
+        line.startswith("Not used") for line in dataset_section(manifest, kept["rejected"])
+    )

@@ -7,6 +7,7 @@ import pandas as pd
 
 from tracinflow.analysis.rankings import RANKING_MEANINGS
 from tracinflow.analysis.reports import KINDS, NO_MISPREDICTIONS, same_error_rates
+from tracinflow.data.scan import LABEL_CONFLICT
 
 
 def _number(value) -> str:
@@ -42,8 +43,23 @@ def _percent(value: float) -> str:
     return "n/a" if np.isnan(value) else f"{100 * value:.1f}%"
 
 
-def dataset_section(manifest: pd.DataFrame) -> list[str]:
-    """Images per split, and per class and split."""
+def _not_used(rejected: pd.DataFrame | None) -> list[str]:
+    """How many files of the dataset folder were not used, and how many of them as label conflicts."""
+    if rejected is None or not len(rejected):
+        return []
+    conflicts = int(rejected["reason"].astype(str).str.startswith(LABEL_CONFLICT).sum())
+    files = f"{len(rejected)} file{'' if len(rejected) == 1 else 's'}"
+    line = f"Not used: {files} (rejected.csv gives each one's reason)"
+    if conflicts:
+        line += (
+            f", of them {conflicts} byte-identical copies of files in other classes, excluded as "
+            f"label conflicts (dataset.conflicting_duplicates)"
+        )
+    return [line]
+
+
+def dataset_section(manifest: pd.DataFrame, rejected: pd.DataFrame | None = None) -> list[str]:
+    """Images per split, and per class and split; the files not used (``rejected``: rejected.csv)."""
     splits = [s for s in ("train", "val", "test") if s in set(manifest["split"])]
     classes = manifest.drop_duplicates("label").sort_values("label")
     counts = manifest.groupby(["label", "split"]).size().unstack(fill_value=0)
@@ -55,6 +71,7 @@ def dataset_section(manifest: pd.DataFrame) -> list[str]:
     ]
     return [
         f"Dataset: {len(manifest)} images, {len(classes)} classes",
+        *_not_used(rejected),
         _table([*per_split, ["all", len(manifest)]], ["split", "images"]),
         "",
         _table(per_class, ["label", "class", *splits]),
@@ -193,6 +210,7 @@ def influence_report_text(
     influential: pd.DataFrame,
     k: int,
     top_n: int = 10,
+    rejected: pd.DataFrame | None = None,
 ) -> str:
     """The run at a glance, as plain text.
 
@@ -205,7 +223,7 @@ def influence_report_text(
         [
             f"TracIn influence report: {version}",
             "",
-            *dataset_section(manifest),
+            *dataset_section(manifest, rejected),
             *checkpoints_section(checkpoints),
             *accuracy_section(metrics),
             *mispredictions_section(test_pred, train_pred),

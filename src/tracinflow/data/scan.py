@@ -187,6 +187,8 @@ def find_duplicates(images: pd.DataFrame) -> pd.DataFrame:
 
 #: what ``dataset.conflicting_duplicates`` may say about byte-identical copies in different classes
 CONFLICT_POLICIES = ("exclude", "keep")
+#: how the rejected.csv reason of an excluded conflicting copy begins
+LABEL_CONFLICT = "label conflict:"
 
 
 def _conflict_reason(others: pd.DataFrame, shown: int = 3) -> str:
@@ -196,7 +198,7 @@ def _conflict_reason(others: pd.DataFrame, shown: int = 3) -> str:
     ]
     more = f" and {len(copies) - shown} more" if len(copies) > shown else ""
     return (
-        f"label conflict: the same bytes are also labelled {classes} "
+        f"{LABEL_CONFLICT} the same bytes are also labelled {classes} "
         f"({', '.join(copies[:shown])}{more}); every copy is excluded from training "
         f"(dataset.conflicting_duplicates: keep trains on them)"
     )

@@ -72,7 +72,7 @@ def report_tables(inputs, outputs, params, threads=1, log=print) -> dict:
         version=version, manifest=manifest, metrics=read_json(inputs["metrics"]),
         checkpoints=read_json(inputs["checkpoints"]), test_pred=test_pred, train_pred=train_pred,
         topk=topk, cross=cross, inspection=inspection, influential=influential, k=k,
-        top_n=params["top_n"],
+        top_n=params["top_n"], rejected=pd.read_csv(inputs["rejected"], keep_default_na=False),
     )  # fmt: skip
     write_text(outputs["text"], text)
     log(f"{version}: wrote {outputs['text']} ({text.count(chr(10))} lines)")
