@@ -6,6 +6,7 @@ from snakemake.utils import validate
 from tracinflow.config import (
     FASHION_MNIST_FILES,
     ConfigError,
+    check_against_schema,
     check_dataset_source,
     check_version_links,
     load_schema,
@@ -18,10 +19,17 @@ from tracinflow.config import (
 
 # Before the schema fills in its default versions: a study config may name none of its own.
 OWN_VERSIONS = "versions" in config
+SCHEMA = load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml"))
+try:
+    # first the library's check, whose messages name the deepest failing key and what it expects
+    # (Snakemake's validate() reports a nested mistake as "not valid under any of the schemas")
+    check_against_schema(config, SCHEMA)
+except ConfigError as error:
+    raise WorkflowError(f"config error: {error}") from None
+# fills in the defaults
 validate(config, schema="../workflow/schemas/config.schema.yaml")
 
 try:
-    SCHEMA = load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml"))
     CONFIG = with_study_versions(config, SCHEMA, OWN_VERSIONS)
     VERSIONS = version_settings(CONFIG, SCHEMA)
     check_version_links(VERSIONS)
@@ -216,15 +224,19 @@ def get_cleanlab_inputs(wildcards):
     return inputs
 
 
-def get_shards(wildcards):
+def shard_files(version):
     """Every (test tile, train tile) shard of a version; counts come from config, so the whole
     fan-out is known when the workflow is parsed."""
-    tiles = VERSIONS[wildcards.version]["influence"]["shards"]
+    tiles = VERSIONS[version]["influence"]["shards"]
     return [
-        one(rules.influence_shard.output.shard, version=wildcards.version, t=t, r=r)
+        one(rules.influence_shard.output.shard, version=version, t=t, r=r)
         for t in range(tiles["test"])
         for r in range(tiles["train"])
     ]
+
+
+def get_shards(wildcards):
+    return shard_files(wildcards.version)
 
 
 def get_data_outputs():
@@ -238,10 +250,10 @@ def get_data_outputs():
 
 
 def get_version_outputs(version):
-    """Every file of one version a user relies on: all outputs of its training, prediction,
-    influence and report rules (the factor folders and shard tables are intermediate). Asking for
-    each of them, not only the last, makes a run restore one that was deleted (Snakemake leaves a
-    missing intermediate file alone while what was made from it is up to date)."""
+    """Every file of one version: all outputs of its training, prediction, factor, influence and
+    report rules. Asking for each of them, not only the last, makes a run restore one that was
+    deleted, and rerun exactly what was made from it (Snakemake leaves a missing intermediate
+    file alone while what was made from it is up to date)."""
     final_rules = [
         rules.build_train_set,
         rules.train_model,
@@ -255,8 +267,14 @@ def get_version_outputs(version):
         rules.report_galleries,
         *([rules.noise_detection] if has_planted_noise(version) else []),
     ]
-    return expand(
-        [pattern for rule in final_rules for pattern in rule.output], version=version
+    factors = [path for split in SPLITS for path in get_factor_dirs(version, split)]
+    return (
+        expand(
+            [pattern for rule in final_rules for pattern in rule.output],
+            version=version,
+        )
+        + factors
+        + shard_files(version)
     )
 
 
