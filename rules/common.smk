@@ -73,6 +73,14 @@ def setting(*keys):
     return lookup
 
 
+def get_factor_target(wildcards):
+    """influence.target on the test split; train and val factors are always taken at the label
+    (tracinflow.stages.factors), so a change of target reruns only the test side."""
+    if wildcards.split != "test":
+        return "label"
+    return VERSIONS[wildcards.version]["influence"]["target"]
+
+
 def memory_mb(base):
     """``mem_mb`` that doubles on every retry of a failed job (``retries`` in the profile)."""
     return lambda wildcards, attempt: base * attempt

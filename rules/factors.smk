@@ -25,7 +25,7 @@ rule extract_factors:
     params:
         split="{split}",
         layers=setting("influence", "layers"),
-        target=setting("influence", "target"),
+        target=get_factor_target,
         batch_size=setting("influence", "batch_size"),
         device=setting("training", "device"),
     script:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import subprocess
@@ -121,3 +122,18 @@ def tiny_study_config() -> dict:
             "kfold": {"rate": 0.3, "mode": "confusing", "folds": 2},
         },
     }  # fmt: skip
+
+
+# --- rerun plans ------------------------------------------------------------------------------------
+
+REPORT_RULES = {"report_tables", "report_plots", "report_galleries"}
+
+
+def plan_after_change(workflow, change) -> str:
+    """Dry run of the finished tiny tree with a changed config (written beside the original)."""
+    config = copy.deepcopy(workflow.config)
+    change(config)
+    changed = write_config(workflow.workdir, config, name="changed.yaml")
+    return run_snakemake(
+        workflow.workdir, "-n", "--cores", "1", "--configfile", str(changed)
+    ).stdout

@@ -3,12 +3,13 @@ of exactly the stale jobs after a setting changes, targeted builds, the SLURM pr
 and the HTML report."""
 
 import contextlib
-import copy
 import os
 
 import pytest
 from conftest import REPO
 from snakemake_runs import (
+    REPORT_RULES,
+    plan_after_change,
     planned_job_blocks,
     planned_jobs,
     planned_versions,
@@ -19,8 +20,6 @@ from snakemake_runs import (
 )
 
 pytestmark = pytest.mark.workflow
-
-REPORT_RULES = {"report_tables", "report_plots", "report_galleries"}
 
 
 def test_dry_run_shows_every_job_of_every_version_before_anything_ran(tmp_path):
@@ -83,16 +82,6 @@ def test_targeted_report_build_on_a_fresh_tree_runs_only_that_versions_chain(tin
     assert "v2" not in tiny_workflow.results_after_targeted
     assert "v3" not in tiny_workflow.results_after_targeted
     assert "v1" in tiny_workflow.results_after_targeted
-
-
-def plan_after_change(workflow, change) -> str:
-    """Dry run of the finished tiny tree with a changed config (written beside the original)."""
-    config = copy.deepcopy(workflow.config)
-    change(config)
-    changed = write_config(workflow.workdir, config, name="changed.yaml")
-    return run_snakemake(
-        workflow.workdir, "-n", "--cores", "1", "--configfile", str(changed)
-    ).stdout
 
 
 def test_finished_tree_plans_nothing(tiny_workflow):
