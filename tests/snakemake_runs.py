@@ -15,14 +15,22 @@ from conftest import REPO
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
-def run_snakemake(workdir: Path, *args, check=True):
+def snakemake_command(workdir: Path, *args) -> tuple[list[str], dict]:
+    """The command line and environment of a snakemake run in ``workdir``."""
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    result = subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    return [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ], env
+
+
+def run_snakemake(workdir: Path, *args, check=True):
+    command, env = snakemake_command(workdir, *args)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"

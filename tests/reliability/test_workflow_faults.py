@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import re
 import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
 
+import pandas as pd
+import psutil
 import pytest
-from snakemake_runs import run_snakemake
+from snakemake_runs import (
+    planned_jobs,
+    planned_versions,
+    run_snakemake,
+    snakemake_command,
+    tiny_config,
+    write_config,
+)
 
 pytestmark = pytest.mark.workflow
 
@@ -32,3 +49,189 @@ def test_factor_extraction_refuses_a_truncated_checkpoint_and_leaves_no_factors(
     # retraining that version writes a good checkpoint again, and the factors follow
     run_snakemake(finished_copy, "--cores", "2", "-R", "train_model", target)
     assert (finished_copy / target / "meta.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# processes killed under a running snakemake
+
+
+def start_snakemake(workdir, *args) -> subprocess.Popen:
+    command, env = snakemake_command(workdir, *args)
+    log = open(workdir.parent / f"{workdir.name}-snakemake.log", "w")  # beside, not in, the tree
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for(condition, what: str, run: subprocess.Popen, timeout: float = 300.0):
+    """Poll ``condition`` until it returns something true; fail if snakemake exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if run.poll() is not None:
+            raise AssertionError(f"snakemake exited ({run.returncode}) before {what}")
+        time.sleep(0.02)
+    run.kill()
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def job_processes(run: subprocess.Popen, rule: str) -> list[psutil.Process]:
+    """The running jobs of ``rule`` under a snakemake process: each rule's `script:` runs as a
+    python process of ``.snakemake/scripts/tmp<random>.<rule>.py``."""
+    found = []
+    for child in psutil.Process(run.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if any(part.endswith(f".{rule}.py") for part in child.cmdline()):
+                found.append(child)
+    return found
+
+
+def file_bytes(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+KEPT_UPSTREAM = {"build_manifest", "split_dataset", "cache_images", "build_train_set", "train_model",
+                 "predict"}  # fmt: skip
+
+
+def test_a_shard_job_killed_mid_run_reruns_that_shard_and_what_depends_on_it(
+    finished_copy, tiny_workflow
+):
+    shard = "results/v1/influence/shards/t0_r1.parquet"
+    run = start_snakemake(finished_copy, "--cores", "1", "--force", shard)
+    victim = wait_for(lambda: job_processes(run, "influence_shard"), "the shard job to start", run)
+    victim[0].send_signal(signal.SIGKILL)
+    assert run.wait(timeout=120) != 0
+    assert not (finished_copy / shard).exists()  # no partial table where the shard belongs
+    assert not list((finished_copy / "results/v1/influence/shards").glob(".*.tmp"))
+    dry = run_snakemake(finished_copy, "-n", "--cores", "1")
+    jobs = planned_jobs(dry.stdout)
+    assert jobs["influence_shard"] == 1 and jobs["merge_topk"] == 1
+    assert planned_versions(dry.stdout) == {"v1"}
+    assert not (KEPT_UPSTREAM | {"extract_factors", "self_influence"}) & set(jobs)
+    run_snakemake(finished_copy, "--cores", "2")
+    for name in ("top_k_influences.parquet", "top_k_influences.csv"):
+        path = f"results/v1/influence/{name}"
+        assert (finished_copy / path).read_bytes() == (tiny_workflow.workdir / path).read_bytes()
+
+
+def test_a_deleted_factor_folder_is_rebuilt_with_what_depends_on_it_alone(
+    finished_copy, tiny_workflow
+):
+    folder = "results/v1/factors/epoch_003/test"
+    shutil.rmtree(finished_copy / folder)
+    dry = run_snakemake(finished_copy, "-n", "--cores", "1")
+    jobs = planned_jobs(dry.stdout)
+    # the test factors feed v1's four shards; the train and val factors are untouched
+    assert jobs["extract_factors"] == 1 and jobs["influence_shard"] == 4
+    assert planned_versions(dry.stdout) == {"v1"}
+    assert not (KEPT_UPSTREAM | {"self_influence", "validation_influence"}) & set(jobs)
+    run_snakemake(finished_copy, "--cores", "2")
+    assert file_bytes(finished_copy / folder) == file_bytes(tiny_workflow.workdir / folder)
+    path = "results/v1/influence/top_k_influences.parquet"
+    assert (finished_copy / path).read_bytes() == (tiny_workflow.workdir / path).read_bytes()
+
+
+def test_sigterm_to_snakemake_keeps_finished_jobs_and_reruns_the_ones_in_flight(
+    finished_copy, tiny_workflow
+):
+    shards = sorted(finished_copy.glob("results/*/influence/shards/*.parquet"))
+    for path in shards:
+        path.unlink()
+    run = start_snakemake(finished_copy, "--cores", "2", "--set-threads", "influence_shard=1")
+    wait_for(
+        lambda: any(p.exists() for p in shards) and len(job_processes(run, "influence_shard")) == 2,
+        "a finished shard and two in flight",
+        run,
+    )
+    run.send_signal(signal.SIGTERM)
+    run.wait(timeout=180)
+    finished = {p: p.stat().st_mtime_ns for p in shards if p.exists()}
+    assert 0 < len(finished) < len(shards) - 1
+    dry = run_snakemake(finished_copy, "-n", "--cores", "1", "--rerun-incomplete")
+    assert planned_jobs(dry.stdout)["influence_shard"] == len(shards) - len(finished)
+    run_snakemake(finished_copy, "--cores", "2", "--rerun-incomplete")
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not rerun
+    for version in tiny_workflow.config["versions"]:
+        path = f"results/{version}/influence/top_k_influences.parquet"
+        assert (finished_copy / path).read_bytes() == (tiny_workflow.workdir / path).read_bytes()
+    assert "Nothing to be done" in run_snakemake(finished_copy, "-n", "--cores", "1").stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs as a full disk needs root")
+def test_a_full_disk_fails_the_stage_cleanly_and_the_rerun_after_freeing_space_succeeds(
+    finished_copy, tiny_workflow
+):
+    factors, folder = finished_copy / "results/v1/factors", "epoch_003/test"
+    kept = finished_copy.parent / "factors-kept"
+    shutil.move(factors, kept)
+    factors.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(factors)], check=True)
+    try:
+        for epoch in kept.iterdir():  # the version's other factor folders, times kept
+            for split in epoch.iterdir():
+                if f"{epoch.name}/{split.name}" != folder:
+                    shutil.copytree(split, factors / epoch.name / split.name)
+        filler = factors / "filler"
+        with open(filler, "wb") as handle, contextlib.suppress(OSError):
+            while True:  # take every block left
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        result = run_snakemake(finished_copy, "--cores", "1", check=False)
+        assert result.returncode != 0
+        log = (finished_copy / "logs/extract_factors/v1_epoch_003_test.log").read_text()
+        assert "No space left on device" in log
+        assert not (factors / folder).exists()  # no half-written folder that looks complete
+        assert not [p for p in factors.rglob("*") if p.name.endswith(".tmp")]
+        filler.unlink()
+        run_snakemake(finished_copy, "--cores", "2")
+        assert file_bytes(factors / folder) == file_bytes(kept / folder)
+    finally:
+        subprocess.run(["umount", "-l", str(factors)], check=False)
+
+
+def slow_enough_training_config() -> dict:
+    """The tiny config's first version on more digits and epochs: its training takes long enough
+    (seconds) to be killed between its first saved epoch and its end."""
+    config = tiny_config()
+    config["dataset"]["demo"]["images_per_class"] = 100
+    config["training"]["stage1"]["epochs"] = 3
+    config["training"]["stage2"] |= {"max_epochs": 5, "checkpoint_epochs": [4, 5], "patience": None}
+    config["versions"] = {"v1": {}}
+    return config
+
+
+def test_a_training_job_killed_mid_run_resumes_and_ends_as_an_uninterrupted_run(tmp_path):
+    write_config(tmp_path, slow_enough_training_config())
+    model = tmp_path / "results/v1/model"
+    target = str(model.relative_to(tmp_path) / "checkpoints.json")
+    run_snakemake(tmp_path, "--cores", "2", target)
+    uninterrupted = file_bytes(model)
+    state = model / ".training/train_state.pt"
+    run = start_snakemake(tmp_path, "--cores", "2", "--force", target)
+    wait_for(state.exists, "the first saved epoch", run)
+    (victim,) = job_processes(run, "train_model")
+    victim.send_signal(signal.SIGKILL)
+    assert run.wait(timeout=120) != 0
+    # the killed run left its resume state, and no model file that looks complete
+    assert (
+        state.exists()
+        and not list(model.glob("*.pt"))
+        and not (model / "checkpoints.json").exists()
+    )
+    run_snakemake(tmp_path, "--cores", "2", target)
+    log = (tmp_path / "logs/train_model/v1.log").read_text()
+    resumed = re.search(r"resuming from train_state\.pt: stage (\d), epoch (\d+) done", log)
+    assert resumed and (int(resumed[1]), int(resumed[2])) < (2, 5), log
+    resumed_files = file_bytes(model)
+    # every checkpoint, best.pt, checkpoints.json and the curves byte for byte; the history too,
+    # but for its wall-clock seconds per epoch
+    history = {name: pd.read_csv(io.BytesIO(files.pop(Path("history.csv"))))
+               for name, files in (("resumed", resumed_files), ("uninterrupted", uninterrupted))}  # fmt: skip
+    assert resumed_files == uninterrupted
+    pd.testing.assert_frame_equal(
+        history["resumed"].drop(columns="seconds"),
+        history["uninterrupted"].drop(columns="seconds"),
+        check_exact=True,
+    )
+    assert not state.parent.exists()
