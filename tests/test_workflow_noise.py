@@ -107,3 +107,28 @@ def test_cross_version_files_agree_with_each_version(tiny_workflow):
     summary = (out / "summary.md").read_text()
     assert "## Cleaning" in summary and "v3" in summary
     assert np.isfinite(performance["val_accuracy"]).all()
+
+
+def test_noise_detection_numbers_recomputed_from_the_files(tiny_workflow):
+    """ROC AUC, average precision and the share found at 5/10/20% of every ranking, recomputed by
+    scikit-learn and by hand from suspicion_scores.parquet and the planted flips in train_set."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    for version in ("v2", "v3"):
+        used = results(tiny_workflow, f"{version}/train_set.parquet").query("~dropped")
+        suspicion = results(tiny_workflow, f"{version}/rankings/suspicion_scores.parquet")
+        suspicion = suspicion.set_index("train_idx").loc[used["idx"]]
+        flipped = used["noisy"].to_numpy()
+        table = results(tiny_workflow, f"{version}/reports/noise_detection.csv")
+        assert len(table) >= 5
+        for row in table.itertuples():
+            scores = suspicion[row.ranking].to_numpy(np.float64)
+            assert row.roc_auc == pytest.approx(roc_auc_score(flipped, scores), abs=1e-12)
+            assert row.average_precision == pytest.approx(
+                average_precision_score(flipped, scores), abs=1e-12
+            )
+            order = np.argsort(-scores, kind="stable")  # ties in the train set's order
+            for fraction, found in ((0.05, row.found_at_5pct), (0.1, row.found_at_10pct),
+                                    (0.2, row.found_at_20pct)):  # fmt: skip
+                inspected = order[: int(np.ceil(round(fraction * len(scores), 9)))]
+                assert found == pytest.approx(flipped[inspected].sum() / flipped.sum())

@@ -81,7 +81,7 @@ def check_topk_against_brute_force(workdir, version, layers, epochs, k):
         "train": train_set_rows(pd.read_parquet(out / "train_set.parquet"), manifest),
     }
     caches["train"] = caches["train"][rows["train"]["position"].to_numpy()]
-    scores = 0
+    scores, self_scores = 0, 0
     for epoch in epochs:
         model, checkpoint = load_checkpoint(out / f"model/epoch_{epoch:03d}.pt")
         model = model.double()
@@ -93,7 +93,8 @@ def check_topk_against_brute_force(workdir, version, layers, epochs, k):
             for s in ("train", "test")
         }
         scores = scores + checkpoint["lr_head"] * (grads["test"] @ grads["train"].T)
-    scores = scores.numpy()
+        self_scores = self_scores + checkpoint["lr_head"] * (grads["train"] ** 2).sum(1)
+    scores, self_scores = scores.numpy(), self_scores.numpy()
     topk = pd.read_parquet(out / "influence/top_k_influences.parquet")
     train_pos = {idx: i for i, idx in enumerate(rows["train"]["idx"])}
     scale = np.abs(scores).max()
@@ -115,8 +116,13 @@ def check_topk_against_brute_force(workdir, version, layers, epochs, k):
             )
             exact = [scores[t, train_pos[i]] for i in listed["train_idx"]]
             np.testing.assert_allclose(listed["influence"], exact, rtol=0, atol=1e-4 * scale)
-    self_inf = pd.read_parquet(out / "influence/self_influence.parquet")
-    assert len(self_inf) == len(rows["train"]) and self_inf["rank"].min() == 1
+    # self-influence is the diagonal of the train x train scores: sum_ckpt lr * |g_train|^2
+    self_inf = pd.read_parquet(out / "influence/self_influence.parquet").set_index("train_idx")
+    assert sorted(self_inf.index) == sorted(rows["train"]["idx"])
+    listed = self_inf.loc[rows["train"]["idx"], "self_influence"].to_numpy()
+    np.testing.assert_allclose(listed, self_scores, rtol=1e-4, atol=1e-6 * self_scores.max())
+    ranks = self_inf.loc[rows["train"]["idx"], "rank"].to_numpy()
+    assert ranks[np.argmax(self_scores)] == 1 and sorted(ranks) == list(range(1, len(ranks) + 1))
 
 
 def test_tracin_on_the_workflows_checkpoint_files_gives_its_top_k(tiny_workflow):
