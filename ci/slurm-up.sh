@@ -107,7 +107,11 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 # sacct shows the --comment the Snakemake plugin gives each job (rule_<rule>_wildcards_<...>)
 AccountingStoreFlags=job_comment
-JobAcctGatherType=jobacct_gather/none
+# Memory is enforced as on a real cluster: a job whose processes outgrow its --mem is killed (the
+# tests check that Snakemake then resubmits it with twice the memory)
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 StateSaveLocation=$SLURM_DIR/state
 SlurmdSpoolDir=$SLURM_DIR/spool
 SlurmctldPidFile=$SLURM_DIR/run/slurmctld.pid

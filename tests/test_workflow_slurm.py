@@ -14,7 +14,6 @@ from collections import Counter
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 
-import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
@@ -181,13 +180,12 @@ def test_outputs_equal_those_of_the_local_run(slurm_run, request):
     # requested only now so that a missing cluster skips before the local run is built
     local = request.getfixturevalue("tiny_workflow").workdir
     on_slurm = slurm_run.workdir
+    # bit for bit: the same threads per job (the rules' threads, SLURM's cpus-per-task), the same
+    # block grid, the same deterministic CPU kernels, so the same bytes
     for name in COMPARED_TABLES:
-        read = pd.read_parquet if name.endswith(".parquet") else pd.read_csv
-        pd.testing.assert_frame_equal(
-            read(on_slurm / name), read(local / name), check_exact=False, rtol=1e-6, atol=1e-9
-        )
+        assert (on_slurm / name).read_bytes() == (local / name).read_bytes(), name
     slurm_metrics = read_json_flat(on_slurm / "results/v1/metrics.json")
-    assert slurm_metrics == pytest.approx(read_json_flat(local / "results/v1/metrics.json"))
+    assert slurm_metrics == read_json_flat(local / "results/v1/metrics.json")
     assert (on_slurm / "results/v1/reports/influence_report.txt").read_text() == (
         local / "results/v1/reports/influence_report.txt"
     ).read_text()
@@ -230,3 +228,44 @@ def test_a_failing_job_is_reported_with_its_log(slurm_run, tmp_path):
     assert "JSONDecodeError" in run.output  # the rule's log, shown by show-failed-logs
     # nothing else started (the failed job's own log, shown too, says "localrule report_tables")
     assert {rule for _, rule in job_blocks(run.output)} == {"report_tables"}
+
+
+def job_memory(job_id: str) -> dict:
+    """The memory SLURM granted a job (ReqMem) and the most its steps used (MaxRSS), in MiB."""
+    query = subprocess.run(
+        ["sacct", "-j", job_id, "-n", "-P", "--units=M", "-o", "JobID,ReqMem,MaxRSS"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    requested, used = 0.0, 0.0
+    for line in query.stdout.splitlines():
+        step, req, rss = line.split("|")
+        if step == job_id:
+            requested = float(req.rstrip("M"))
+        if rss:
+            used = max(used, float(rss.rstrip("M")))
+    return {"requested": requested, "used": used}
+
+
+@pytest.mark.workflow
+@pytest.mark.slurm
+def test_a_job_killed_for_its_memory_is_retried_with_twice_the_memory(slurm_run, tmp_path):
+    # SLURM kills a job whose processes outgrow its --mem (ci/slurm-up.sh: OverMemoryKill). Asked
+    # for two thirds of what self_influence used in the first run, attempt 1 is killed; the
+    # profile's `retries: 1` resubmits it with mem_mb doubled (4/3 of its use), and it completes.
+    (first,) = [job for job in slurm_run.jobs if job["rule"] == "self_influence"]
+    used = job_memory(first["id"])["used"]
+    assert used > 0, "no MaxRSS recorded: is JobAcctGatherType jobacct_gather/linux?"
+    workdir = tmp_path / "retry"
+    shutil.copytree(slurm_run.workdir, workdir, symlinks=True)
+    (workdir / "results/v1/influence/self_influence.parquet").unlink()
+    base = int(used * 2 / 3)
+    # the profile's way to set a rule's memory and keep it doubling with the attempt
+    run = run_on_slurm(workdir, "--set-resources", f"self_influence:mem_mb={base}*attempt")
+    attempts = [job for job in sacct_jobs(run) if job["rule"] == "self_influence"]
+    assert [job["state"] for job in attempts][-1] == "COMPLETED" and len(attempts) == 2, attempts
+    assert attempts[0]["state"] in {"OUT_OF_MEMORY", "FAILED", "CANCELLED"}, attempts
+    memory = [job_memory(job["id"])["requested"] for job in attempts]
+    assert memory == [base, 2 * base], memory
+    assert (workdir / "results/v1/influence/self_influence.parquet").read_bytes() == (
+        slurm_run.workdir / "results/v1/influence/self_influence.parquet"
+    ).read_bytes()
