@@ -281,10 +281,14 @@ def test_grouping_the_shards_bundles_them_into_group_jobs_of_at_most_eight(tmp_p
 
 
 def make_dry_run(checkout) -> list[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "CORES"}}
+    # as a newcomer's shell runs it, not as a sub-make of `make test` (which prints "Entering
+    # directory" lines and passes its flags down)
+    drop = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "CORES"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     result = subprocess.run(
-        ["make", "-n", "demo"], cwd=checkout, capture_output=True, text=True, env=env, check=True
-    )
+        ["make", "--no-print-directory", "-n", "demo"],
+        cwd=checkout, capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
     return result.stdout.splitlines()
 
 
