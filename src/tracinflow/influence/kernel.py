@@ -515,10 +515,11 @@ def topk_influence(
     kept: the full test x train matrix never exists. The test rows' factors sit on the device,
     padded to the grid, in the compute dtype; the train rows are read one block at a time (memory
     maps or :class:`~tracinflow.stages.factor_store.NpyRows`), so memory does not grow with the
-    train rows. Ties break by the lower train idx. Only positive scores are proponents and
-    only negative ones opponents: a row with fewer than ``k`` of either sign gets fewer rows of that
-    kind (``k`` larger than the train rows returns every one of that sign, ranked). ``precision`` (:data:`PRECISIONS`): ``float32`` (exact, the default), ``bf16``
-    operands (float32 sums) or ``tf32`` products (CUDA only); keep it the same across shards.
+    train rows. Ties break by the lower train idx. Only positive scores are proponents and only
+    negative ones opponents: a row with fewer than ``k`` of either sign gets fewer rows of that
+    kind (``k`` larger than the train rows returns every one of that sign, ranked).
+    ``precision`` (:data:`PRECISIONS`): ``float32`` (exact, the default), ``bf16`` operands
+    (float32 sums) or ``tf32`` products (CUDA only); keep it the same across shards.
 
     Returns a DataFrame ``test_idx, kind ("proponent"|"opponent"), rank (1 = strongest), train_idx,
     influence`` ordered by test_idx, kind, rank; idx values are the factors' dataset idx. With
