@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import yaml
 from conftest import REPO
 
@@ -36,6 +39,40 @@ def run_snakemake(workdir: Path, *args, check=True):
             f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
         )
     return result
+
+
+def start_snakemake(workdir: Path, *args) -> subprocess.Popen:
+    """A snakemake run in ``workdir`` started in the background; its output goes to a log file
+    beside (not in) the tree."""
+    command, env = snakemake_command(workdir, *args)
+    log = open(workdir.parent / f"{workdir.name}-snakemake.log", "w")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for(condition, what: str, process: subprocess.Popen, timeout: float = 300.0):
+    """Poll ``condition`` until it returns something true, and return that; fail (killing the
+    process) if the process exits first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if process.poll() is not None:
+            raise AssertionError(f"the process exited ({process.returncode}) before {what}")
+        time.sleep(0.01)
+    process.kill()
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def job_processes(run: subprocess.Popen, rule: str) -> list[psutil.Process]:
+    """The running jobs of ``rule`` under a snakemake process: each rule's `script:` runs as a
+    python process of ``.snakemake/scripts/tmp<random>.<rule>.py``."""
+    found = []
+    for child in psutil.Process(run.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if any(part.endswith(f".{rule}.py") for part in child.cmdline()):
+                found.append(child)
+    return found
 
 
 def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:

@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from snakemake_runs import wait_for
 
 from tracinflow.stages.factor_store import load_factor_dir
 
@@ -20,15 +20,8 @@ def start_writer(code: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)])
 
 
-def kill_when(process: subprocess.Popen, condition, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(f"the writer exited ({process.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+def kill_when(process: subprocess.Popen, condition, what: str) -> None:
+    wait_for(condition, what, process, timeout=120)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=30) == -signal.SIGKILL
 

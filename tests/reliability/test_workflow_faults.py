@@ -9,18 +9,18 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 from snakemake_runs import (
+    job_processes,
     planned_jobs,
     planned_versions,
     run_snakemake,
-    snakemake_command,
+    start_snakemake,
     tiny_config,
+    wait_for,
     write_config,
 )
 
@@ -55,43 +55,26 @@ def test_factor_extraction_refuses_a_truncated_checkpoint_and_leaves_no_factors(
 # processes killed under a running snakemake
 
 
-def start_snakemake(workdir, *args) -> subprocess.Popen:
-    command, env = snakemake_command(workdir, *args)
-    log = open(workdir.parent / f"{workdir.name}-snakemake.log", "w")  # beside, not in, the tree
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def wait_for(condition, what: str, run: subprocess.Popen, timeout: float = 300.0):
-    """Poll ``condition`` until it returns something true; fail if snakemake exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        if run.poll() is not None:
-            raise AssertionError(f"snakemake exited ({run.returncode}) before {what}")
-        time.sleep(0.02)
-    run.kill()
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def job_processes(run: subprocess.Popen, rule: str) -> list[psutil.Process]:
-    """The running jobs of ``rule`` under a snakemake process: each rule's `script:` runs as a
-    python process of ``.snakemake/scripts/tmp<random>.<rule>.py``."""
-    found = []
-    for child in psutil.Process(run.pid).children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            if any(part.endswith(f".{rule}.py") for part in child.cmdline()):
-                found.append(child)
-    return found
-
-
 def file_bytes(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 KEPT_UPSTREAM = {"build_manifest", "split_dataset", "cache_images", "build_train_set", "train_model",
                  "predict"}  # fmt: skip
+
+
+def v1_rerun_plan(workdir, untouched: set[str]) -> dict:
+    """The jobs a dry run plans, checked to be v1's alone and none of the data, training,
+    prediction or ``untouched`` rules."""
+    dry = run_snakemake(workdir, "-n", "--cores", "1")
+    jobs = planned_jobs(dry.stdout)
+    assert planned_versions(dry.stdout) == {"v1"}
+    assert not (KEPT_UPSTREAM | untouched) & set(jobs), jobs
+    return jobs
+
+
+def assert_same_bytes(workflow_copy, original, path: str) -> None:
+    assert (workflow_copy / path).read_bytes() == (original / path).read_bytes(), path
 
 
 def test_a_shard_job_killed_mid_run_reruns_that_shard_and_what_depends_on_it(
@@ -104,15 +87,11 @@ def test_a_shard_job_killed_mid_run_reruns_that_shard_and_what_depends_on_it(
     assert run.wait(timeout=120) != 0
     assert not (finished_copy / shard).exists()  # no partial table where the shard belongs
     assert not list((finished_copy / "results/v1/influence/shards").glob(".*.tmp"))
-    dry = run_snakemake(finished_copy, "-n", "--cores", "1")
-    jobs = planned_jobs(dry.stdout)
+    jobs = v1_rerun_plan(finished_copy, {"extract_factors", "self_influence"})
     assert jobs["influence_shard"] == 1 and jobs["merge_topk"] == 1
-    assert planned_versions(dry.stdout) == {"v1"}
-    assert not (KEPT_UPSTREAM | {"extract_factors", "self_influence"}) & set(jobs)
     run_snakemake(finished_copy, "--cores", "2")
     for name in ("top_k_influences.parquet", "top_k_influences.csv"):
-        path = f"results/v1/influence/{name}"
-        assert (finished_copy / path).read_bytes() == (tiny_workflow.workdir / path).read_bytes()
+        assert_same_bytes(finished_copy, tiny_workflow.workdir, f"results/v1/influence/{name}")
 
 
 def test_a_deleted_factor_folder_is_rebuilt_with_what_depends_on_it_alone(
@@ -120,16 +99,14 @@ def test_a_deleted_factor_folder_is_rebuilt_with_what_depends_on_it_alone(
 ):
     folder = "results/v1/factors/epoch_003/test"
     shutil.rmtree(finished_copy / folder)
-    dry = run_snakemake(finished_copy, "-n", "--cores", "1")
-    jobs = planned_jobs(dry.stdout)
     # the test factors feed v1's four shards; the train and val factors are untouched
+    jobs = v1_rerun_plan(finished_copy, {"self_influence", "validation_influence"})
     assert jobs["extract_factors"] == 1 and jobs["influence_shard"] == 4
-    assert planned_versions(dry.stdout) == {"v1"}
-    assert not (KEPT_UPSTREAM | {"self_influence", "validation_influence"}) & set(jobs)
     run_snakemake(finished_copy, "--cores", "2")
     assert file_bytes(finished_copy / folder) == file_bytes(tiny_workflow.workdir / folder)
-    path = "results/v1/influence/top_k_influences.parquet"
-    assert (finished_copy / path).read_bytes() == (tiny_workflow.workdir / path).read_bytes()
+    assert_same_bytes(
+        finished_copy, tiny_workflow.workdir, "results/v1/influence/top_k_influences.parquet"
+    )
 
 
 def test_sigterm_to_snakemake_keeps_finished_jobs_and_reruns_the_ones_in_flight(
@@ -154,7 +131,7 @@ def test_sigterm_to_snakemake_keeps_finished_jobs_and_reruns_the_ones_in_flight(
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # not rerun
     for version in tiny_workflow.config["versions"]:
         path = f"results/{version}/influence/top_k_influences.parquet"
-        assert (finished_copy / path).read_bytes() == (tiny_workflow.workdir / path).read_bytes()
+        assert_same_bytes(finished_copy, tiny_workflow.workdir, path)
     assert "Nothing to be done" in run_snakemake(finished_copy, "-n", "--cores", "1").stdout
 
 
