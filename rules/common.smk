@@ -86,12 +86,23 @@ def memory_mb(base):
     return lambda wildcards, attempt: base * attempt
 
 
-def clean_setting(version):
-    """The version's `clean` settings with the ranking resolved (null: the source version's
-    reports.ranking), or None."""
+def recorded_clean(version):
+    """The version's `clean` settings as rules record them in params: without `list` when it is
+    null, so a version that cleans by a ranking has the params it had before `list` existed (and
+    is not rebuilt for it), or None."""
     clean = VERSIONS[version]["clean"]
     if not clean:
         return None
+    return {key: v for key, v in clean.items() if key != "list" or v is not None}
+
+
+def clean_setting(version):
+    """The version's `clean` settings with the ranking resolved (null: the source version's
+    reports.ranking), or None. A version cleaned by a marks file (`list`) has no ranking: its
+    ranking stays None."""
+    clean = recorded_clean(version)
+    if not clean or clean.get("list"):
+        return clean
     ranking = clean["ranking"] or VERSIONS[clean["from"]]["reports"]["ranking"]
     return {**clean, "ranking": ranking}
 
@@ -143,7 +154,8 @@ def get_pretrained_weights(wildcards):
 def get_train_set_inputs(wildcards):
     """The manifest, and the other versions' outputs a training set is built from: the reference
     model's predictions for confusing noise, the source version's training set, predictions and
-    suspicion scores for cleaning."""
+    suspicion scores for cleaning (or, cleaning by a marks file, that file instead of the scores).
+    """
     settings = VERSIONS[wildcards.version]
     inputs = {"manifest": rules.split_dataset.output.manifest}
     noise = settings["label_noise"]
@@ -158,7 +170,9 @@ def get_train_set_inputs(wildcards):
             rules.build_train_set.output.train_set, version=source
         )
         inputs["source_predictions"] = one(rules.predict.output.train, version=source)
-        if clean["ranking"] != "oracle":  # the oracle needs the planted flips alone
+        if clean.get("list"):  # an input, so editing the marks rebuilds the version
+            inputs["marks"] = clean["list"]
+        elif clean["ranking"] != "oracle":  # the oracle needs the planted flips alone
             inputs["source_suspicion"] = one(
                 rules.suspicion_scores.output.scores, version=source
             )

@@ -54,8 +54,9 @@ if STUDY:
         params:
             settings={
                 name: {
-                    key: VERSIONS[name][key]
-                    for key in ("seed", "label_noise", "clean")
+                    "seed": VERSIONS[name]["seed"],
+                    "label_noise": VERSIONS[name]["label_noise"],
+                    "clean": recorded_clean(name),
                 }
                 for name in VERSIONS
             },

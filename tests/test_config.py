@@ -125,7 +125,8 @@ def test_noise_and_cleaning_settings_get_their_defaults():
         "rate": 0.1, "seed": 0, "mode": "uniform", "reference": None,
     }  # fmt: skip
     assert resolved["clean"]["clean"] == {
-        "from": "noisy", "count": 5, "fraction": None, "ranking": None, "action": "drop",
+        "from": "noisy", "count": 5, "fraction": None, "ranking": None, "list": None,
+        "action": "drop",
     }  # fmt: skip
     check_version_links(resolved)
 
@@ -139,7 +140,10 @@ def test_noise_and_cleaning_settings_get_their_defaults():
             {"a": {"clean": {"from": "b", "count": 1}}, "b": {"clean": {"from": "a", "count": 1}}},
             "a -> b -> a: the versions depend on each other in a cycle",
         ),
-        ({"a": {}, "b": {"clean": {"from": "a"}}}, "give exactly one of `fraction` or `count`"),
+        (
+            {"a": {}, "b": {"clean": {"from": "a"}}},
+            "versions.b.clean: give exactly one of `fraction`, `count` or `list` (got none)",
+        ),
         (
             {"a": {}, "b": {"clean": {"from": "a", "count": 2, "fraction": 0.1}}},
             "got fraction, count",
@@ -169,6 +173,49 @@ def test_noise_and_cleaning_settings_get_their_defaults():
 def test_bad_links_between_versions_are_refused_naming_them(versions, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_version_links(resolved_versions(versions))
+
+
+@pytest.mark.parametrize(
+    ("clean", "message"),
+    [
+        (
+            {"fraction": 0.1},
+            "give exactly one of `fraction`, `count` or `list` (got fraction, list)",
+        ),
+        ({"count": 3}, "(got count, list)"),
+        (
+            {"ranking": "loss"},
+            "versions.b.clean.ranking: a `list` names the images itself; remove `ranking`",
+        ),
+    ],
+)
+def test_a_marks_list_goes_without_fraction_count_and_ranking(tmp_path, clean, message):
+    marks = tmp_path / "marks.csv"
+    marks.write_text("idx,path,label,mark\n1,a.png,a,mislabeled\n")
+    versions = {"a": {}, "b": {"clean": {"from": "a", "list": str(marks), **clean}}}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_version_links(resolved_versions(versions))
+
+
+def test_a_marks_list_must_exist_relative_to_the_working_directory(tmp_path):
+    versions = resolved_versions({"a": {}, "b": {"clean": {"from": "a", "list": "lists/m.csv"}}})
+    with pytest.raises(ConfigError) as caught:
+        check_version_links(versions, workdir=tmp_path)
+    message = str(caught.value)
+    assert message.startswith("versions.b.clean.list: lists/m.csv does not exist; put the marks")
+    assert str(tmp_path.resolve()) in message  # where a relative path is taken from
+    (tmp_path / "lists").mkdir()
+    with pytest.raises(ConfigError, match=r"versions\.b\.clean\.list: lists is not a file"):
+        check_version_links(
+            resolved_versions({"a": {}, "b": {"clean": {"from": "a", "list": "lists"}}}),
+            workdir=tmp_path,
+        )
+    (tmp_path / "lists/m.csv").write_text("idx,mark\n1,mislabeled\n")
+    check_version_links(versions, workdir=tmp_path)
+    assert versions["b"]["clean"] == {
+        "from": "a", "list": "lists/m.csv", "ranking": None, "fraction": None, "count": None,
+        "action": "drop",
+    }  # fmt: skip
 
 
 def test_cross_version_settings_cannot_be_overridden_per_version():

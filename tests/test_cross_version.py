@@ -23,6 +23,7 @@ from tracinflow.analysis.cross_version import (
     PERFORMANCE_COLUMNS,
     PERSISTENT_COLUMNS,
     STATISTICS_COLUMNS,
+    cleaning_summary,
     confused_pairs,
     consistent_influencers,
     influence_statistics,
@@ -412,6 +413,35 @@ def test_confused_pairs_from_planted_matrices():
     assert capped["count"].tolist() == [4, 3, 4]
     with pytest.raises(ValueError, match="shape"):
         confused_pairs({"v1": {"confusion_matrix": [[1, 2], [3, 4]]}}, CLASSES)
+
+
+def test_cleaning_summary_names_the_ranking_or_the_marks_file():
+    source = pd.DataFrame(
+        {
+            "idx": [0, 1, 2, 3],
+            "label": [1, 0, 1, 1],
+            "original_label": [0, 0, 1, 1],
+            "noisy": [True, False, False, False],
+            "dropped": False,
+        }
+    )
+    by_list = source.assign(dropped=[True, True, False, False])
+    by_ranking = source.assign(dropped=[True, False, False, False])
+    settings = {
+        "noisy": {"clean": None},
+        "cleaned": {"clean": {"from": "noisy", "ranking": "loss", "action": "drop"}},
+        "marked": {
+            "clean": {"from": "noisy", "list": "marks.csv", "ranking": None, "action": "drop"}
+        },
+    }
+    accuracy = {"noisy": 0.7, "cleaned": 0.75, "marked": 0.8}
+    metrics = {name: {"test": {"accuracy": a}} for name, a in accuracy.items()}
+    train_sets = {"noisy": source, "cleaned": by_ranking, "marked": by_list}
+    table = cleaning_summary(settings, train_sets, metrics).set_index("version")
+    assert table.at["cleaned", "ranking"] == "loss"
+    assert table.at["marked", "ranking"] == "list marks.csv"
+    assert table.at["marked", "acted_on"] == 2 and table.at["marked", "flips_removed"] == 1
+    assert table.at["marked", "test_accuracy"] == 0.8
 
 
 def test_registry_fingerprint_follows_the_training_data():

@@ -70,6 +70,7 @@ def test_study_config_generates_every_version_with_its_settings():
     clean = versions["c10_s1_drop_cleanlab"]["clean"]
     assert clean == {
         "from": "c10_s1", "fraction": 0.1, "count": None, "action": "drop", "ranking": "cleanlab",
+        "list": None,
     }  # fmt: skip
     assert versions["c10_s1_drop_cleanlab"]["seed"] == 1  # the noisy version's training seed
     assert versions["u30_s0_drop_default"]["clean"]["ranking"] is None  # the source's ranking
@@ -242,6 +243,19 @@ def roles_and_tables():
             }
             settings[f"u30_s{s}_drop_{variant}"] = {"seed": s, "label_noise": None, "clean": clean}
     return study_roles(settings)
+
+
+def test_a_version_cleaned_by_a_marks_file_is_the_list_variant_of_its_action():
+    settings = {
+        "u30": {"seed": 0, "label_noise": {"rate": 0.3, "mode": "uniform"}, "clean": None},
+        "marked": {
+            "seed": 0,
+            "label_noise": None,
+            "clean": {"from": "u30", "list": "marks.csv", "ranking": None, "action": "relabel"},
+        },
+    }
+    row = study_roles(settings).set_index("version").loc["marked"]
+    assert (row["role"], row["variant"], row["source"]) == ("cleaned", "relabel_list", "u30")
 
 
 def test_cleaning_summary_gives_the_share_of_the_noise_cost_each_variant_recovers():

@@ -380,9 +380,36 @@ def version_sources(settings: dict) -> list[str]:
     return [source for _, source in _source_keys(settings)]
 
 
-def check_version_links(versions: dict[str, dict]) -> None:
+def _check_clean(where: str, clean: dict, workdir) -> None:
+    """A clean block says which images in exactly one way (``fraction`` or ``count`` of a ranking's
+    top suspects, or a marks file, ``list``), and a marks file exists."""
+    given = [key for key in ("fraction", "count", "list") if clean.get(key) is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            f"{where}.clean: give exactly one of `fraction`, `count` or `list` (got "
+            f"{', '.join(given) or 'none'})"
+        )
+    if given != ["list"]:
+        return
+    if clean.get("ranking") is not None:
+        raise ConfigError(
+            f"{where}.clean.ranking: a `list` names the images itself; remove `ranking` (it picks "
+            "the top suspects for `fraction` or `count`)"
+        )
+    path = Path(workdir) / clean["list"]
+    if not path.is_file():
+        state = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(
+            f"{where}.clean.list: {clean['list']} {state}; put the marks CSV there (the explorer "
+            "page's download, header idx,path,label,mark) or point `list` at it (a relative "
+            f"path is taken from the directory snakemake runs in, {Path(workdir).resolve()})"
+        )
+
+
+def check_version_links(versions: dict[str, dict], workdir=".") -> None:
     """Label noise and cleaning name other versions: check the names, the choices that must come in
-    pairs, and that no version depends on itself through a chain."""
+    pairs, that a marks file to clean by exists (relative to ``workdir``), and that no version
+    depends on itself through a chain."""
     for name, settings in versions.items():
         _check_rankings(name, settings, versions)
         noise, clean = settings.get("label_noise"), settings.get("clean")
@@ -404,12 +431,7 @@ def check_version_links(versions: dict[str, dict]) -> None:
                 "training set (which carries that version's noise), not both"
             )
         if clean:
-            given = [key for key in ("fraction", "count") if clean.get(key) is not None]
-            if len(given) != 1:
-                raise ConfigError(
-                    f"{where}.clean: give exactly one of `fraction` or `count` (got "
-                    f"{', '.join(given) or 'neither'})"
-                )
+            _check_clean(where, clean, workdir)
         for key, source in _source_keys(settings):
             if source not in versions:
                 raise ConfigError(

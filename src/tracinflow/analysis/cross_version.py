@@ -588,9 +588,10 @@ CLEANING_COLUMNS = [
 def cleaning_summary(
     settings: Mapping[str, dict], train_sets: Mapping[str, pd.DataFrame], metrics: Mapping
 ) -> pd.DataFrame:
-    """One row per version that cleans another's training set: how many images it acted on, how
-    many of those carried a planted label flip (``flips_removed``: dropped, or relabelled back to the
-    original label), how many flips remain in what it trains on, and both test accuracies."""
+    """One row per version that cleans another's training set: what picked the images (its
+    ``ranking``, or ``list <marks file>``), how many images it acted on, how many of those carried
+    a planted label flip (``flips_removed``: dropped, or relabelled back to the original label), how
+    many flips remain in what it trains on, and both test accuracies."""
     rows = []
     for name, setting in settings.items():
         clean = setting.get("clean")
@@ -610,7 +611,8 @@ def cleaning_summary(
             {
                 "version": name,
                 "source": source,
-                "ranking": clean.get("ranking"),
+                # a marks file, not a ranking, picked the images of a version cleaned by a list
+                "ranking": f"list {clean['list']}" if clean.get("list") else clean.get("ranking"),
                 "action": clean.get("action", "drop"),
                 "acted_on": int(acted.sum()),
                 "planted_flips_in_source": int(flipped_before.sum()),
@@ -659,8 +661,8 @@ def summary_markdown(
             [
                 "## Cleaning",
                 "Versions trained on another version's training set minus (or relabelled at) its "
-                "top mislabel suspects: how many planted label flips the cleaning removed, and the "
-                "test accuracy before and after (same test set).",
+                "top suspects by `ranking` (or those a marks file, `list`, marks mislabeled): the "
+                "planted flips removed, and the test accuracy before and after (same test set).",
                 _capped_table(cleaning, files["cleaning"], max_rows),
             ]
             if cleaning is not None and len(cleaning)

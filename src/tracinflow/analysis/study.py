@@ -22,14 +22,15 @@ ROLE_COLUMNS = ["version", "role", "rate", "mode", "seed", "variant", "source"]
 def study_roles(settings: Mapping[str, dict]) -> pd.DataFrame:
     """One row per version (``ROLE_COLUMNS``): its role, noise setting (rate, mode; the source's
     for a cleaned version), seed, variant (``baseline``, ``noisy`` or ``<action>_<ranking>``, a
-    null ranking read as ``default``) and source (the noisy version a cleaned one cleans)."""
+    null ranking read as ``default``, a marks file's as ``list``) and source (the noisy version a
+    cleaned one cleans)."""
     rows = []
     for name, s in settings.items():
         noise, clean = s.get("label_noise"), s.get("clean")
         row = {"version": name, "seed": int(s["seed"]), "source": None}
         if clean:
             source = settings[clean["from"]]["label_noise"]
-            ranking = clean.get("ranking") or "default"
+            ranking = "list" if clean.get("list") else clean.get("ranking") or "default"
             row |= {"role": "cleaned", "rate": source["rate"], "mode": source["mode"]}
             row |= {"variant": f"{clean['action']}_{ranking}", "source": clean["from"]}
         elif noise and noise["rate"] > 0:

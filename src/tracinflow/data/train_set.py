@@ -1,5 +1,5 @@
 """A version's training set: the train split with planted label noise, or another version's
-training set cleaned of its top suspects.
+training set cleaned of its top suspects (or of the images a marks file lists, data.marks).
 
 ``train_set.parquet`` holds one row per train-split manifest row: ``idx, label, original_label,
 noisy, dropped``. ``label`` is what training uses, ``original_label`` the manifest's label, ``noisy``
@@ -291,13 +291,43 @@ def apply_cleaning(
     dropped = out["dropped"].to_numpy(bool)
     n_act = _cleaning_count(dropped, fraction, count)
     positions, acted = _top_eligible(suspects, idx, dropped, n_act, action)
+    _act_on(out, positions, acted, action, predicted)
+    return out, acted
+
+
+def _act_on(out: pd.DataFrame, positions, acted, action: str, predicted) -> None:
+    """Drop or relabel the rows at ``positions`` (their idx ``acted``) of ``out``, in place."""
     if action == "drop":
-        dropped = dropped.copy()
+        dropped = out["dropped"].to_numpy(bool).copy()
         dropped[positions] = True
         out["dropped"] = dropped
     else:
         _relabelled(out, positions, acted, predicted)
-    return out, acted
+
+
+def apply_listed_cleaning(
+    train_set: pd.DataFrame,
+    listed,
+    *,
+    action: str = "drop",
+    predicted: pd.Series | None = None,
+) -> pd.DataFrame:
+    """The train set with the images ``listed`` (idx, e.g. those a marks file marks mislabeled)
+    dropped or relabelled, as :func:`apply_cleaning` acts on its top suspects. Every listed idx
+    must be in the train set and not dropped yet; the input frame is left untouched."""
+    check_train_set(train_set)
+    if action not in CLEANING_ACTIONS:
+        raise ValueError(f"cleaning action must be one of {CLEANING_ACTIONS}, got {action!r}")
+    listed = np.unique(np.asarray(listed, dtype=np.int64))
+    out = train_set.copy()
+    positions = row_positions(out["idx"].to_numpy(np.int64), listed, "the train set (list)")
+    already = out["dropped"].to_numpy(bool)[positions]
+    if already.any():
+        raise ValueError(
+            f"cannot {action} idx {listed[already][:5].tolist()}: already dropped from the train set"
+        )
+    _act_on(out, positions, listed, action, predicted)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ every output atomically.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,8 +21,14 @@ from tracinflow._util.device import select_device
 from tracinflow._util.files import save_figure, write_csv, write_json, write_parquet
 from tracinflow._util.tables import descending_rank
 from tracinflow.analysis.rankings import suspicion_scores
+from tracinflow.data import DataError
+from tracinflow.data.marks import MarkedImages, marked_images, marks_table
 from tracinflow.data.split import class_names_of, split_rows
-from tracinflow.data.train_set import apply_cleaning, reference_probabilities
+from tracinflow.data.train_set import (
+    apply_cleaning,
+    apply_listed_cleaning,
+    reference_probabilities,
+)
 from tracinflow.data.train_set import build_train_set as noisy_train_set
 from tracinflow.plots.training import plot_training_curves
 from tracinflow.stages.checkpoints import (
@@ -46,11 +53,9 @@ def _cleaning_scores(ranking: str, source_set: pd.DataFrame, idx, inputs) -> np.
     return suspicion_scores(ranking, idx, pd.read_parquet(inputs["source_suspicion"]))
 
 
-def _cleaned(inputs, clean: dict, log) -> pd.DataFrame:
+def _by_ranking(inputs, clean: dict, source_set, predictions, log) -> pd.DataFrame:
     """The source version's training set with its top suspects (by ``clean["ranking"]``) dropped
     or relabelled."""
-    source_set = pd.read_parquet(inputs["source_train_set"])
-    predictions = pd.read_parquet(inputs["source_predictions"])
     idx = source_set.loc[~source_set["dropped"].to_numpy(bool), "idx"].to_numpy(np.int64)
     scores = _cleaning_scores(clean["ranking"], source_set, idx, inputs)
     suspects = pd.DataFrame({"train_idx": idx, "rank": descending_rank(scores, idx)})
@@ -69,6 +74,50 @@ def _cleaned(inputs, clean: dict, log) -> pd.DataFrame:
         f"{int(source_set['noisy'].sum())} planted)"
     )
     return train_set
+
+
+def read_marks(
+    path, source_train_set: pd.DataFrame, manifest: pd.DataFrame, source: str = "the source"
+) -> MarkedImages:
+    """The idx a marks CSV (:mod:`tracinflow.data.marks`) acts on and keeps, checked against the
+    source version's training set and the manifest."""
+    what = f"marks file {path}"
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            lines = [(reader.line_num, cells) for cells in reader]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{what}: not a CSV file of UTF-8 text ({err})") from None
+    table = marks_table(lines, what)
+    return marked_images(table, source_train_set, manifest, what=what, source=source)
+
+
+def _by_list(inputs, clean: dict, source_set, predictions, log) -> pd.DataFrame:
+    """The source version's training set with the images its marks file marks mislabeled dropped
+    or relabelled."""
+    manifest = pd.read_parquet(inputs["manifest"])
+    marked = read_marks(inputs["marks"], source_set, manifest, source=clean["from"])
+    train_set = apply_listed_cleaning(
+        source_set, marked.acted, action=clean["action"], predicted=predictions[["idx", "pred"]]
+    )
+    planted = int(source_set["noisy"].sum())
+    flips = int(source_set.set_index("idx").loc[marked.acted, "noisy"].sum())
+    carried = f"; {flips} of them carry a planted flip (of {planted} planted)" if planted else ""
+    log(
+        f"cleaning {clean['from']} by the list {inputs['marks']}: {clean['action']} "
+        f"{len(marked.acted)} images marked mislabeled, keep {len(marked.fine)} marked fine"
+        + carried
+    )
+    return train_set
+
+
+def _cleaned(inputs, clean: dict, log) -> pd.DataFrame:
+    """The source version's training set cleaned by its marks file (``clean["list"]``) or of its
+    top suspects by a ranking."""
+    source_set = pd.read_parquet(inputs["source_train_set"])
+    predictions = pd.read_parquet(inputs["source_predictions"])
+    by = _by_list if clean.get("list") else _by_ranking
+    return by(inputs, clean, source_set, predictions, log)
 
 
 def _with_noise(inputs, label_noise: dict | None, log) -> pd.DataFrame:
@@ -96,7 +145,8 @@ def _with_noise(inputs, label_noise: dict | None, log) -> pd.DataFrame:
 def build_train_set(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     """train_set.parquet of a version: the manifest's train split with planted label noise
     (``params["label_noise"]``), or a source version's training set cleaned of its top suspects
-    (``params["clean"]``, its ranking resolved)."""
+    (``params["clean"]``, its ranking resolved) or of the images its marks file (input ``marks``)
+    marks mislabeled. Every check runs before the one output is written."""
     clean = params["clean"]
     train_set = (
         _cleaned(inputs, clean, log) if clean else _with_noise(inputs, params["label_noise"], log)
