@@ -21,6 +21,7 @@ include: "rules/factors.smk"
 include: "rules/influence.smk"
 include: "rules/rankings.smk"
 include: "rules/reports.smk"
+include: "rules/explorer.smk"
 include: "rules/versions.smk"
 include: "rules/study.smk"
 

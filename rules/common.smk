@@ -287,6 +287,7 @@ def get_version_outputs(version):
         rules.report_tables,
         rules.report_plots,
         rules.report_galleries,
+        rules.explorer,
         *([rules.noise_detection] if has_planted_noise(version) else []),
     ]
     factors = [path for split in SPLITS for path in get_factor_dirs(version, split)]
@@ -314,6 +315,32 @@ def get_cross_version_inputs(wildcards):
     }
     return {
         kind: expand(pattern, version=list(VERSIONS)) for kind, pattern in files.items()
+    }
+
+
+def get_explorer_versions(wildcards):
+    """The versions of a version's explorer's across-versions view, in config order: those its
+    reports.explorer.compare names, or (null) every version `snakemake` builds by default (all of
+    them; with a study, none but this one, whose reports are built on demand)."""
+    named = VERSIONS[wildcards.version]["reports"]["explorer"]["compare"]
+    if named is None:
+        return [wildcards.version] if STUDY else list(VERSIONS)
+    unknown = [name for name in named if name not in VERSIONS]
+    if unknown:
+        raise ValueError(
+            f"versions.{wildcards.version}.reports.explorer.compare: {unknown} are not "
+            f"configured versions (versions: {', '.join(VERSIONS)})"
+        )
+    return list(named)
+
+
+def get_explorer_inputs(wildcards):
+    """The other versions' test predictions and top-k tables the explorer compares, each a list in
+    the order of get_explorer_versions."""
+    names = get_explorer_versions(wildcards)
+    return {
+        "compare_test": expand(rules.predict.output.test, version=names),
+        "compare_topk": expand(rules.merge_topk.output.parquet, version=names),
     }
 
 

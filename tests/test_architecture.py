@@ -14,8 +14,10 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "tracinflow"
 # Lower layers never import higher ones.
-LAYERS = ["_util", "config", "data", "train", "influence", "analysis", "plots", "stages", "tracin"]
-DOMAIN = ("data", "train", "influence", "analysis", "plots")
+LAYERS = [
+    "_util", "config", "data", "train", "influence", "analysis", "plots", "explorer", "stages", "tracin"
+]  # fmt: skip
+DOMAIN = ("data", "train", "influence", "analysis", "plots", "explorer")
 # Reading and writing files: what only the stages do. Methods of these names on any object, and
 # these functions of these modules. (Reading the dataset's own images is the data package's job:
 # data/scan.py lists and decodes the folder, data/images.py opens an image file for the cache and
@@ -133,7 +135,7 @@ def test_every_rule_calls_the_stage_of_its_name_in_the_module_of_its_rules_file(
             assert len(text.splitlines()) <= 5, f"{rule}.py is more than an entry point"
             module = importlib.import_module(f"tracinflow.stages.{smk.stem}")
             assert callable(getattr(module, rule)), rule
-    assert len(declared) == 22  # every rule with a script: all but `all` and version_<name>
+    assert len(declared) == 23  # every rule with a script: all but `all` and version_<name>
     scripts = {path.stem for path in (REPO / "workflow/scripts").glob("*.py")}
     assert scripts == set(declared)
 

@@ -1,0 +1,34 @@
+rule explorer:
+    input:
+        unpack(get_explorer_inputs),
+        manifest=rules.split_dataset.output.manifest,
+        train_set=rules.build_train_set.output.train_set,
+        train=rules.predict.output.train,
+        test=rules.predict.output.test,
+        topk=rules.merge_topk.output.parquet,
+        suspicion=rules.suspicion_scores.output.scores,
+        # the thumbnails come from the original image files
+        root=DATASET_ROOT,
+    output:
+        # a folder: index.html opens from the file system (its script, style, data and
+        # thumbnails beside it)
+        explorer=directory("results/{version}/explorer"),
+    log:
+        "logs/explorer/{version}.log",
+    benchmark:
+        "results/benchmarks/explorer/{version}.tsv"
+    conda:
+        "../workflow/envs/tracinflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=memory_mb(4000),
+        runtime=60,
+    params:
+        version="{version}",
+        ranking=setting("reports", "ranking"),
+        top=setting("reports", "explorer", "top"),
+        thumbnail_px=setting("reports", "explorer", "thumbnail_px"),
+        planted=lambda wildcards: has_planted_noise(wildcards.version),
+        compare=get_explorer_versions,
+    script:
+        "../workflow/scripts/explorer.py"
