@@ -69,10 +69,32 @@ def test_dataset_and_split_cannot_be_overridden_per_version():
 
 def test_missing_dataset_folder_names_the_path(tmp_path):
     dataset = {"root": "no/such/folder", "demo": None}
-    with pytest.raises(ConfigError, match=r"dataset.root: folder 'no/such/folder' does not exist"):
+    with pytest.raises(
+        ConfigError, match=r"dataset.root: folder 'no/such/folder' does not exist"
+    ) as err:
         check_dataset_source(dataset, workdir=tmp_path)
+    # where a relative root was looked for, and from which working directory
+    assert f"{tmp_path.resolve()}/no/such/folder" in str(err.value)
+    assert f"working directory, {tmp_path.resolve()})" in str(err.value)
     (tmp_path / "no/such/folder").mkdir(parents=True)
     check_dataset_source(dataset, workdir=tmp_path)
+
+
+def test_class_names_that_name_no_class_folder_are_named_with_the_folders_found(tmp_path):
+    for folder in ("cane", "gatto", ".hidden"):
+        (tmp_path / "imgs" / folder).mkdir(parents=True)
+    (tmp_path / "imgs/readme.txt").write_text("not a class\n")
+    dataset = {"root": "imgs", "demo": None, "class_names": {"cane": "dog", "pecora": "sheep",
+                                                            "ragno": "spider"}}  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        check_dataset_source(dataset, workdir=tmp_path)
+    message = str(err.value)
+    assert message.startswith("dataset.class_names: no class folder named pecora, ragno in 'imgs'")
+    assert "the class folders there are cane, gatto (" in message
+    dataset["class_names"] = {"cane": "dog", "gatto": "cat"}
+    check_dataset_source(dataset, workdir=tmp_path)
+    # a demo's folder is written by the workflow: nothing to list at parse time
+    check_dataset_source({"root": "x", "demo": {"source": "digits"}, "class_names": {"a": "b"}})
 
 
 def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path):

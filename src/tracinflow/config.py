@@ -475,16 +475,47 @@ def _check_no_cycles(versions: dict[str, dict]) -> None:
             stack.extend([*path, source] for source in version_sources(versions[path[-1]]))
 
 
+def _resolved(path: Path, given: str, workdir: Path) -> str:
+    """Where a configured relative path points, for a message: the absolute path and the working
+    directory it is taken from (nothing for an absolute path)."""
+    if Path(given).is_absolute():
+        return ""
+    return (
+        f" ({path.resolve()}: a relative path is taken from the working directory, "
+        f"{workdir.resolve()})"
+    )
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class folder names of an ImageFolder root: its first level's folders, as the scan reads
+    them (hidden ones skipped). A listing of one folder, no image is opened."""
+    return sorted(
+        entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")
+    )
+
+
 def check_dataset_source(dataset: dict, workdir=".") -> None:
-    """Fail before any job runs when the images the config points at cannot exist."""
+    """Fail before any job runs when the images the config points at cannot exist, or
+    ``class_names`` names a folder the root does not have."""
     workdir = Path(workdir)
     demo = dataset.get("demo")
     if demo is None:
         root = workdir / dataset["root"]
         if not root.is_dir():
             raise ConfigError(
-                f"dataset.root: folder '{dataset['root']}' does not exist. Point dataset.root at an "
-                f"ImageFolder root (<root>/<class>/<image>), e.g. your Animals-10 'raw-img' folder."
+                f"dataset.root: folder '{dataset['root']}' does not exist"
+                f"{_resolved(root, dataset['root'], workdir)}. "
+                f"Point dataset.root at an ImageFolder root (<root>/<class>/<image>), e.g. your "
+                f"Animals-10 'raw-img' folder."
+            )
+        folders = class_folders(root)
+        unknown = sorted(set(dataset.get("class_names") or {}) - set(folders))
+        if unknown:
+            raise ConfigError(
+                f"dataset.class_names: no class folder named {', '.join(unknown)} in "
+                f"'{dataset['root']}'{_resolved(root, dataset['root'], workdir)}; the class "
+                f"folders there are {', '.join(folders) or '(none)'} (the keys are folder names, "
+                f"the values the names the reports show)"
             )
         return
     if demo["source"] == "fashion_mnist":
@@ -492,9 +523,11 @@ def check_dataset_source(dataset: dict, workdir=".") -> None:
         missing = [name for name in FASHION_MNIST_FILES if not (raw_dir / name).is_file()]
         if missing:
             raise ConfigError(
-                f"dataset.demo.raw_dir: '{demo['raw_dir']}' lacks {', '.join(missing)}. These come "
-                f"from Debian's package dataset-fashion-mnist: run `make fetch-demo-data` (set-up "
-                f"time, not run time), or copy the files from /usr/share/datasets/fashion-mnist/."
+                f"dataset.demo.raw_dir: '{demo['raw_dir']}'"
+                f"{_resolved(raw_dir, demo['raw_dir'], workdir)} lacks "
+                f"{', '.join(missing)}. These come from Debian's package dataset-fashion-mnist: "
+                f"run `make fetch-demo-data` (set-up time, not run time), or copy the files from "
+                f"/usr/share/datasets/fashion-mnist/."
             )
 
 
