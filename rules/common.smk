@@ -320,18 +320,17 @@ def get_cross_version_inputs(wildcards):
 
 def get_explorer_versions(wildcards):
     """The versions of a version's explorer's across-versions view, in config order: those its
-    reports.explorer.compare names, or (null) every version `snakemake` builds by default (all of
-    them; with a study, none but this one, whose reports are built on demand)."""
+    reports.explorer.compare names, or (null) the version and the versions whose training set it
+    cleans (clean.from, and theirs), so a cleaned version is seen beside its source, and the page
+    never reruns for an unrelated version."""
     named = VERSIONS[wildcards.version]["reports"]["explorer"]["compare"]
-    if named is None:
-        return [wildcards.version] if STUDY else list(VERSIONS)
-    unknown = [name for name in named if name not in VERSIONS]
-    if unknown:
-        raise ValueError(
-            f"versions.{wildcards.version}.reports.explorer.compare: {unknown} are not "
-            f"configured versions (versions: {', '.join(VERSIONS)})"
-        )
-    return list(named)
+    if named is not None:
+        return list(named)  # names checked at parse time (check_version_links)
+    chain, name = [wildcards.version], wildcards.version
+    while VERSIONS[name]["clean"] and VERSIONS[name]["clean"]["from"] not in chain:
+        name = VERSIONS[name]["clean"]["from"]
+        chain.append(name)
+    return [version for version in VERSIONS if version in chain]
 
 
 def get_explorer_inputs(wildcards):

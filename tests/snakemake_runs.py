@@ -171,7 +171,7 @@ def tiny_study_config() -> dict:
 
 # --- rerun plans ------------------------------------------------------------------------------------
 
-REPORT_RULES = {"report_tables", "report_plots", "report_galleries"}
+REPORT_RULES = {"report_tables", "report_plots", "report_galleries", "explorer"}
 
 
 def plan_after_change(workflow, change) -> str:

@@ -42,6 +42,7 @@ def test_dry_run_shows_every_job_of_every_version_before_anything_ran(tmp_path):
         "report_tables": 3,
         "report_plots": 3,
         "report_galleries": 3,
+        "explorer": 3,
         "noise_detection": 2,  # v2 plants noise, v3 inherits it
         "cross_version": 1,
         "all": 1,
@@ -253,6 +254,7 @@ V1_AFTER_FACTORS = {
     "report_tables": 1,
     "report_plots": 1,
     "report_galleries": 1,
+    "explorer": 1,
     "cross_version": 1,
     "all": 1,
 }

@@ -52,6 +52,7 @@ def test_demo_config_dry_run_then_real_run(tmp_path):
         "report_tables": 3,
         "report_plots": 3,
         "report_galleries": 3,
+        "explorer": 3,
         "noise_detection": 2,
         "cross_version": 1,
         "all": 1,

@@ -406,12 +406,24 @@ def _check_clean(where: str, clean: dict, workdir) -> None:
         )
 
 
+def _check_compared(name: str, settings: dict, versions: dict) -> None:
+    """The versions an explorer page compares must be configured."""
+    compare = ((settings.get("reports") or {}).get("explorer") or {}).get("compare") or []
+    unknown = [other for other in compare if other not in versions]
+    if unknown:
+        raise ConfigError(
+            f"versions.{name}.reports.explorer.compare: {', '.join(unknown)} not configured "
+            f"(versions: {', '.join(versions)})"
+        )
+
+
 def check_version_links(versions: dict[str, dict], workdir=".") -> None:
     """Label noise and cleaning name other versions: check the names, the choices that must come in
     pairs, that a marks file to clean by exists (relative to ``workdir``), and that no version
     depends on itself through a chain."""
     for name, settings in versions.items():
         _check_rankings(name, settings, versions)
+        _check_compared(name, settings, versions)
         noise, clean = settings.get("label_noise"), settings.get("clean")
         where = f"versions.{name}"
         if noise:

@@ -193,11 +193,14 @@ def test_a_cleaned_versions_target_plans_what_it_needs_of_the_version_it_is_clea
     write_config(tmp_path, tiny_config())
     dry = run_snakemake(tmp_path, "-n", "--cores", "1", "version_v3").stdout
     # v3's training set is v2's minus v2's suspects: v2's training set, model, predictions and
-    # rankings (from its train and val factors), not v2's shards or reports, nothing of v1
+    # rankings (from its train and val factors); v3's explorer shows v2's prediction and top
+    # proponents beside its own: v2's test factors, shards and merge; not v2's reports, nothing
+    # of v1
     assert plan_by_version(dry) == {
         None: DATA_RULES | {"version_v3"},
         "v2": {"build_train_set", "train_model", "predict", "extract_factors"}
-        | {"self_influence", "validation_influence", "suspicion_scores"},
+        | {"self_influence", "validation_influence", "suspicion_scores"}
+        | {"influence_shard", "merge_topk"},
         "v3": AFTER_TRAINING | {"build_train_set", "noise_detection"},
     }
     v2_factors = [
@@ -206,7 +209,7 @@ def test_a_cleaned_versions_target_plans_what_it_needs_of_the_version_it_is_clea
         if job["rule"] == "extract_factors" and "version=v2" in job["wildcards"]
     ]
     assert sorted(re.search(r"split=(\w+)", w)[1] for w in v2_factors) == sorted(
-        ["train", "val"] * 2
+        ["train", "val", "test"] * 2
     )
 
 
