@@ -26,6 +26,11 @@ include: "rules/versions.smk"
 include: "rules/study.smk"
 
 
+# {results folder: the dataset it was made from}; a config of another dataset whose results would
+# replace a folder's is refused here, before any job runs.
+RESULTS_FOLDERS = claim_results_folders()
+
+
 rule all:
     default_target: True
     input:

@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -9,6 +10,8 @@ from tracinflow.config import (
     check_against_schema,
     check_dataset_source,
     check_version_links,
+    claim_results,
+    dataset_identity,
     load_schema,
     plants_noise,
     pretrained_weights_file,
@@ -262,8 +265,10 @@ def get_shards(wildcards):
 
 
 def get_data_outputs():
-    """Everything the data stages produce for the configured dataset."""
+    """Everything the data stages produce for the configured dataset, and the results tree's
+    stamp."""
     return [
+        rules.results_stamp.output.stamp,
         rules.split_dataset.output.manifest,
         rules.build_manifest.output.rejected,
         rules.build_manifest.output.duplicates,
@@ -358,3 +363,24 @@ def get_final_outputs():
         + [path for version in VERSIONS for path in get_version_outputs(version)]
         + list(rules.cross_version.output)
     )
+
+
+def claim_results_folders():
+    """The results tree's stamp after this run (results_stamp writes it): every folder it records
+    by the dataset it was made from, this config's versions and its cross-version (or study) folder
+    among them. Refuses, while the workflow is parsed, a config of another dataset (name or root)
+    whose results would go into a folder made from that one (tracinflow.config.claim_results).
+    """
+    summary = (
+        rules.study.output.summary if STUDY else rules.cross_version.output.summary
+    )
+    try:
+        return claim_results(
+            rules.results_stamp.output.stamp,
+            Path(rules.split_dataset.output.manifest).parent.parent,
+            dataset_identity(config["dataset"]),
+            [*VERSIONS, Path(summary).parent.name],
+            workflow.overwrite_configfiles or workflow.configfiles,
+        )
+    except ConfigError as error:
+        raise WorkflowError(f"config error: {error}") from None

@@ -90,3 +90,25 @@ rule cache_images:
         resize=config["dataset"]["resize"],
     script:
         "../workflow/scripts/cache_images.py"
+
+
+# Which dataset each folder of the results tree was made from (asked for by `all` and
+# version_<name>; nothing reads it, so deleting it reruns nothing else). A run of another dataset's
+# config that would write into one of those folders is refused while the workflow is parsed
+# (claim_results_folders).
+rule results_stamp:
+    output:
+        stamp="results/.tracinflow-run.json",
+    log:
+        "logs/results_stamp.log",
+    localrule: True
+    conda:
+        "../workflow/envs/tracinflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        folders=lambda wildcards: RESULTS_FOLDERS,
+    script:
+        "../workflow/scripts/results_stamp.py"

@@ -9,6 +9,7 @@ for version_name in VERSIONS:
             f"version_{version_name}"
         input:
             get_version_outputs(version_name),
+            rules.results_stamp.output.stamp,
         localrule: True
 
 

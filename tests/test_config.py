@@ -1,4 +1,5 @@
 import copy
+import json
 import re
 
 import pytest
@@ -9,6 +10,8 @@ from tracinflow.config import (
     ConfigError,
     check_dataset_source,
     check_version_links,
+    claim_results,
+    dataset_identity,
     deep_merge,
     load_schema,
     version_settings,
@@ -95,6 +98,77 @@ def test_class_names_that_name_no_class_folder_are_named_with_the_folders_found(
     check_dataset_source(dataset, workdir=tmp_path)
     # a demo's folder is written by the workflow: nothing to list at parse time
     check_dataset_source({"root": "x", "demo": {"source": "digits"}, "class_names": {"a": "b"}})
+
+
+DEMO = {"name": "fashion_mnist_demo", "root": "results/datasets/fashion_mnist_demo"}
+DEMO_FOLDERS = ["baseline", "noisy", "cleaned", "cross_version"]
+
+
+def demo_tree(tmp_path) -> tuple:
+    """A results tree the demo made in ``tmp_path``, stamped: (stamp path, data folder)."""
+    tree = tmp_path / "results"
+    for folder in [*DEMO_FOLDERS, "data/fashion_mnist_demo"]:
+        (tree / folder).mkdir(parents=True)
+    stamp = tree / ".tracinflow-run.json"
+    identity = dataset_identity(DEMO, tmp_path)
+    stamp.write_text(json.dumps({"folders": dict.fromkeys(DEMO_FOLDERS, identity)}))
+    return stamp, tree / "data"
+
+
+def test_a_results_folder_refuses_another_dataset_naming_both(tmp_path):
+    stamp, data_dir = demo_tree(tmp_path)
+    # the same dataset, its settings edited: a normal rerun, the stamp's params unchanged
+    same = dataset_identity(DEMO, tmp_path)
+    assert claim_results(stamp, data_dir, same, DEMO_FOLDERS, []) == dict.fromkeys(
+        DEMO_FOLDERS, DEMO
+    )
+    for other in ({"name": "animals10", "root": "/data/raw-img"},
+                  {"name": "fashion_mnist_demo", "root": "elsewhere"}):  # fmt: skip
+        with pytest.raises(ConfigError) as err:
+            claim_results(
+                stamp, data_dir, dataset_identity(other, tmp_path), ["baseline", "cross_version"],
+                [tmp_path / "mine.yaml"], workdir=tmp_path,
+            )  # fmt: skip
+        message = str(err.value)
+        tree = tmp_path.resolve() / "results"
+        demo_root = tmp_path.resolve() / "results/datasets/fashion_mnist_demo"
+        assert message.startswith(
+            f"results folders made from another dataset: {tree}/baseline from dataset "
+            f"'fashion_mnist_demo' (root {demo_root}); {tree}/cross_version from dataset"
+        )
+        assert f"(recorded in {tree}/.tracinflow-run.json)" in message
+        assert f"config ({tmp_path.resolve()}/mine.yaml) names dataset '{other['name']}'" in message
+        assert "project folder of its own" in message and "snakemake -d <folder>" in message
+        assert f"move or delete {tree}/ first" in message
+
+
+def test_configs_of_other_datasets_in_other_folders_share_a_tree(tmp_path):
+    """The demo and the noise study: other versions, another dataset, one results tree."""
+    stamp, data_dir = demo_tree(tmp_path)
+    study = dataset_identity({"name": "fashion_mnist_study", "root": "x"}, tmp_path)
+    claimed = claim_results(stamp, data_dir, study, ["baseline_s0", "study"], [])
+    assert (
+        claimed["baseline_s0"] == claimed["study"] == {"name": "fashion_mnist_study", "root": "x"}
+    )
+    assert claimed["baseline"] == claimed["cross_version"] == DEMO
+
+
+def test_a_moved_project_folder_keeps_its_relative_root(tmp_path):
+    stamp, data_dir = demo_tree(tmp_path / "before")
+    claim_results(stamp, data_dir, dataset_identity(DEMO, tmp_path / "after"), DEMO_FOLDERS, [])
+
+
+def test_a_tree_without_a_stamp_refuses_folders_of_another_datasets_data(tmp_path):
+    """A tree from before the stamp (or made by targeted builds alone): a folder the run would
+    write is another dataset's when the tree holds no data of the run's dataset."""
+    stamp, data_dir = demo_tree(tmp_path)
+    stamp.unlink()
+    mine = dataset_identity({"name": "mine", "root": "images"}, tmp_path)
+    claim_results(stamp, data_dir, mine, ["v1", "v2"], [])  # no such folder yet
+    with pytest.raises(ConfigError, match="baseline from dataset 'fashion_mnist_demo'"):
+        claim_results(stamp, data_dir, mine, ["baseline"], [])
+    (data_dir / "mine").mkdir()  # its own data is there: the folders are taken as its own
+    claim_results(stamp, data_dir, mine, ["baseline"], [])
 
 
 def test_missing_fashion_mnist_files_say_how_to_get_them(tmp_path):
@@ -262,3 +336,22 @@ def test_checkpoint_epochs_are_one_list_for_all_versions():
         ConfigError, match=r"versions\.b\.training\.stage2\.max_epochs: 4 is before .* \(5\)"
     ):
         version_settings(config, SCHEMA)
+
+
+def test_the_stamp_results_stamp_writes_is_what_the_next_parse_reads(tmp_path, monkeypatch):
+    from tracinflow.stages.data import results_stamp
+
+    monkeypatch.chdir(tmp_path)  # a job runs in the working directory
+    (tmp_path / "results/data/mine").mkdir(parents=True)
+    (tmp_path / "results/v1").mkdir()
+    stamp, data_dir = "results/.tracinflow-run.json", "results/data"
+    mine = dataset_identity({"name": "mine", "root": "images"}, tmp_path)
+    folders = claim_results(stamp, data_dir, mine, ["v1", "cross_version"], [])
+    results_stamp({}, {"stamp": stamp}, {"folders": folders}, 1, lambda line: None)
+    written = json.loads((tmp_path / stamp).read_text())["folders"]
+    assert written["v1"] == {"name": "mine", "root": "images",
+                             "resolved_root": str(tmp_path.resolve() / "images")}  # fmt: skip
+    assert claim_results(stamp, data_dir, mine, ["v1"], []) == folders
+    other = dataset_identity({"name": "other", "root": "images"}, tmp_path)
+    with pytest.raises(ConfigError, match="v1 from dataset 'mine'"):
+        claim_results(stamp, data_dir, other, ["v1"], [])

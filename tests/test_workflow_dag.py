@@ -29,6 +29,7 @@ def test_dry_run_shows_every_job_of_every_version_before_anything_ran(tmp_path):
         "make_demo_dataset": 1,
         "build_manifest": 1,
         "split_dataset": 1,
+        "results_stamp": 1,  # which dataset the results folders are made from
         "cache_images": 3,
         "build_train_set": 3,
         "train_model": 3,

@@ -36,6 +36,7 @@ def test_demo_config_dry_run_then_real_run(tmp_path):
         "make_demo_dataset": 1,
         "build_manifest": 1,
         "split_dataset": 1,
+        "results_stamp": 1,  # which dataset the results folders are made from
         "cache_images": 3,
         # three versions: baseline, noisy (planted flips), cleaned (noisy minus its suspects)
         "build_train_set": 3,

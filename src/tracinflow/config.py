@@ -543,6 +543,77 @@ def check_dataset_source(dataset: dict, workdir=".") -> None:
             )
 
 
+def dataset_identity(dataset: dict, workdir=".") -> dict:
+    """What a results tree's stamp records of the dataset a folder was made from: ``name``, ``root`` as
+    configured and ``resolved_root``, the absolute folder it names from ``workdir``."""
+    root = str(dataset["root"])
+    return {
+        "name": dataset["name"],
+        "root": root,
+        "resolved_root": str((Path(workdir) / root).resolve()),
+    }
+
+
+def _same_dataset(recorded: dict, identity: dict) -> bool:
+    """One dataset: the same name, and the same root as configured or as resolved (a project folder
+    that moved keeps its relative root)."""
+    return recorded.get("name") == identity["name"] and (
+        recorded.get("root") == identity["root"]
+        or recorded.get("resolved_root") == identity["resolved_root"]
+    )
+
+
+def _made_elsewhere(tree: Path, data_dir: Path, identity: dict, folders, recorded: dict) -> dict:
+    """{folder: what it was made from} for the folders of ``folders`` in ``tree`` made from another
+    dataset: as the stamp records, or, for a folder it does not record, when ``data_dir``
+    holds no data of this dataset (a tree from before the stamp, or made by targeted builds)."""
+    ours_there = (data_dir / identity["name"]).is_dir()
+    others = sorted(
+        entry.name
+        for entry in (data_dir.iterdir() if data_dir.is_dir() else [])
+        if entry.is_dir() and entry.name != identity["name"]
+    )
+    clashes = {}
+    for folder in (name for name in folders if (tree / name).is_dir()):
+        if folder in recorded:
+            if not _same_dataset(recorded[folder], identity):
+                made = recorded[folder]
+                clashes[folder] = f"dataset '{made['name']}' (root {made['resolved_root']})"
+        elif not ours_there:
+            clashes[folder] = f"dataset {' or '.join(repr(name) for name in others) or 'unknown'}"
+    return clashes
+
+
+def claim_results(stamp, data_dir, identity: dict, folders, configfiles, workdir=".") -> dict:
+    """The results tree's stamp after this run, ``{folder: {name, root}}``: what ``stamp`` (a
+    JSON file beside the tree's folders) records, plus this run's ``folders`` (its versions and its
+    cross-version or study folder) made from ``identity``. Refuses the run when one of its folders
+    was made from another dataset (another name or root), naming both, so that two configs never
+    write into one folder unnoticed; editing the settings of the same dataset is a normal rerun,
+    and configs whose folders differ (the demo's versions and the noise study's) share a tree."""
+    stamp, data_dir = Path(stamp), Path(data_dir)
+    recorded = json.loads(stamp.read_text())["folders"] if stamp.is_file() else {}
+    clashes = _made_elsewhere(stamp.parent, data_dir, identity, folders, recorded)
+    if clashes:
+        tree = Path(workdir).resolve() / stamp.parent
+        made = "; ".join(f"{tree / folder} from {what}" for folder, what in clashes.items())
+        given = ", ".join(str(Path(path).resolve()) for path in configfiles) or "(none given)"
+        raise ConfigError(
+            f"results folders made from another dataset: {made}"
+            + (f" (recorded in {tree / stamp.name})" if recorded else "")
+            + f". This run's config ({given}) names dataset '{identity['name']}' (root "
+            f"{identity['resolved_root']}), and its results would replace theirs. Run it in a "
+            f"project folder of its own (README, 'Your own images': the workflow as a module "
+            f"there, or `snakemake -d <folder>`), or move or delete {tree}/ first."
+        )
+    # name and root as configured: the job adds where the root resolves (a tree that is copied or
+    # moved keeps its params, so the stamp is not rebuilt for it)
+    claimed = {**recorded, **dict.fromkeys(folders, identity)}
+    return {
+        folder: {key: made[key] for key in ("name", "root")} for folder, made in claimed.items()
+    }
+
+
 def schema_reference(schema: dict) -> str:
     """A markdown table of every config key (type, default, description), generated from the schema
     so config/README.md cannot drift from what the workflow accepts."""

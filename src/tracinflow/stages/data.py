@@ -1,4 +1,4 @@
-"""The data rules: make_demo_dataset, build_manifest, split_dataset, cache_images.
+"""The data rules: make_demo_dataset, build_manifest, split_dataset, cache_images, results_stamp.
 
 Each function takes its rule's ``inputs``, ``outputs`` and ``params`` (mappings by the names the
 rule gives them: a dict, or Snakemake's named lists), its ``threads`` and a ``log`` function;
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tracinflow._util.files import atomic_path, write_csv, write_parquet
+from tracinflow._util.files import atomic_path, write_csv, write_json, write_parquet
 from tracinflow._util.progress import Progress
 from tracinflow.data.cache import decode_split
 from tracinflow.data.demo import DemoImages, digits_demo, fashion_mnist_demo, parse_idx
@@ -165,3 +165,17 @@ def cache_images(inputs, outputs, params, threads=1, log=print) -> int:
     )  # fmt: skip
     log(f"cached {n} {split} images")
     return n
+
+
+def results_stamp(inputs, outputs, params, threads, log) -> None:
+    """Record which dataset each folder of the results tree was made from (``params.folders``:
+    folder -> the dataset's name and root as configured, to which it adds the absolute folder the
+    root names from the working directory), so that a config of another dataset is refused at
+    parse time (``tracinflow.config.claim_results``) instead of replacing them."""
+    folders = {
+        folder: {**made, "resolved_root": str(Path(made["root"]).resolve())}
+        for folder, made in dict(params["folders"]).items()
+    }
+    write_json(outputs["stamp"], {"folders": folders})
+    for folder, made in folders.items():
+        log(f"{folder}: dataset {made['name']} ({made['resolved_root']})")
