@@ -197,7 +197,7 @@ def test_a_cleaned_versions_target_plans_what_it_needs_of_the_version_it_is_clea
     # proponents beside its own: v2's test factors, shards and merge; not v2's reports, nothing
     # of v1
     assert plan_by_version(dry) == {
-        None: DATA_RULES | {"version_v3"},
+        None: DATA_RULES | {"results_stamp", "version_v3"},
         "v2": {"build_train_set", "train_model", "predict", "extract_factors"}
         | {"self_influence", "validation_influence", "suspicion_scores"}
         | {"influence_shard", "merge_topk"},
@@ -221,7 +221,7 @@ def test_a_confusing_noise_versions_target_plans_the_reference_models_prediction
     write_config(tmp_path, config)
     dry = run_snakemake(tmp_path, "-n", "--cores", "1", "version_v4").stdout
     assert plan_by_version(dry) == {
-        None: DATA_RULES | {"version_v4"},
+        None: DATA_RULES | {"results_stamp", "version_v4"},
         "v1": {"build_train_set", "train_model", "predict"},
         "v4": AFTER_TRAINING | {"build_train_set", "noise_detection"},
     }
