@@ -40,6 +40,11 @@ const fileName = (idx) => (pathOf(idx) || "").split("/").pop();
 const formatInfluence = (value) => (value >= 0 ? "+" : "") + value.toPrecision(4);
 const formatConfidence = (value) => (value === null ? "–" : `${(100 * value).toFixed(1)}%`);
 
+// One row of a facts table: its name, and the value's cell (with the cell's attributes).
+const fact = (name, value, attrs = {}) => el("tr", {}, el("th", {}, name), el("td", attrs, value));
+// The query part of the URL fragment ("?sort=idx..."), kept when moving between images.
+const hashQuery = () => (location.hash.includes("?") ? `?${location.hash.split("?")[1]}` : "");
+
 function thumb(idx, extra = "") {
   if (missingThumbs.has(idx) || !imageAt.has(idx)) {
     return el("span", { class: `thumb missing ${extra}`, text: "no image" });
@@ -257,7 +262,7 @@ function renderTest(idx, params) {
   const at = list.indexOf(idx);
   current = { kind: "test", idx, list, back: link("test", gridFilters(params)) };
   const around = (step) => (at >= 0 && list[at + step] !== undefined
-    ? `#test/${list[at + step]}${location.hash.includes("?") ? `?${location.hash.split("?")[1]}` : ""}`
+    ? `#test/${list[at + step]}${hashQuery()}`
     : null);
   const section = (title, entries, kind) => el("div", { class: kind, id: kind },
     el("h2", {}, `${title} (${entries.length})`),
@@ -272,11 +277,11 @@ function renderTest(idx, params) {
       el("div", {},
         el("h2", {}, `Test image #${idx}`),
         el("table", { class: "facts" },
-          el("tr", {}, el("th", {}, "file"), el("td", {}, pathOf(idx))),
-          el("tr", {}, el("th", {}, "label"), el("td", { id: "test-label" }, className(t.label[row]))),
-          el("tr", {}, el("th", {}, "prediction"), el("td", { id: "test-pred", class: wrong ? "no" : "ok" },
-            `${className(t.pred[row])} (${wrong ? "mispredicted" : "correct"})`)),
-          el("tr", {}, el("th", {}, "confidence"), el("td", {}, formatConfidence(t.confidence[row])))),
+          fact("file", pathOf(idx)),
+          fact("label", className(t.label[row]), { id: "test-label" }),
+          fact("prediction", `${className(t.pred[row])} (${wrong ? "mispredicted" : "correct"})`,
+            { id: "test-pred", class: wrong ? "no" : "ok" }),
+          fact("confidence", formatConfidence(t.confidence[row]))),
         el("p", { class: "hint" }, `The training images with the largest TracIn influence on this ` +
           `image's loss: proponents lowered it (they pushed toward its label), opponents raised it. ` +
           `Top ${D.top} of each.`))),
@@ -308,9 +313,9 @@ function testStrip(entries) {
 function flipFact(row) {
   if (!D.planted) return null;
   const flipped = D.train.flipped[row];
-  return el("tr", {}, el("th", {}, "planted noise"), el("td", { id: "train-flipped" }, flipped
+  return fact("planted noise", flipped
     ? el("span", { class: "badge flipped" }, `flipped from ${className(D.train.original[row])}`)
-    : "label not flipped"));
+    : "label not flipped", { id: "train-flipped" });
 }
 
 function renderTrain(idx, params) {
@@ -333,12 +338,12 @@ function renderTrain(idx, params) {
       el("div", {},
         el("h2", {}, `Training image #${idx}`),
         el("table", { class: "facts" },
-          el("tr", {}, el("th", {}, "file"), el("td", {}, pathOf(idx))),
-          el("tr", {}, el("th", {}, "label"), el("td", { id: "train-label" }, className(tr.label[row]))),
+          fact("file", pathOf(idx)),
+          fact("label", className(tr.label[row]), { id: "train-label" }),
           flipFact(row),
-          el("tr", {}, el("th", {}, "prediction"), el("td", { class: tr.pred[row] === tr.label[row] ? "ok" : "no" },
-            `${className(tr.pred[row])} (${formatConfidence(tr.confidence[row])})`)),
-          el("tr", {}, el("th", {}, "your mark"), el("td", {}, markButtons(idx, rerender)))),
+          fact("prediction", `${className(tr.pred[row])} (${formatConfidence(tr.confidence[row])})`,
+            { class: tr.pred[row] === tr.label[row] ? "ok" : "no" }),
+          fact("your mark", markButtons(idx, rerender))),
         el("table", { class: "facts rank-table", id: "rankings" },
           el("tr", {}, el("th", {}, "ranking"), el("th", {}, "suspicion"), el("th", {}, "rank")),
           D.rankings.map((name) => el("tr", { "data-ranking": name },
@@ -409,7 +414,7 @@ function renderKeys() {
     ["Esc  or  u", "back to the list"], ["m  /  f", "mark a training image mislabeled / fine"],
     ["/", "search the test images"], ["?", "this list"]];
   return [el("h2", {}, "Keys"), el("table", { class: "facts" },
-    keys.map(([k, what]) => el("tr", {}, el("th", {}, el("kbd", {}, k)), el("td", {}, what))))];
+    keys.map(([k, what]) => fact(el("kbd", {}, k), what)))];
 }
 
 // --- routing and keys -------------------------------------------------------------------------
@@ -437,8 +442,7 @@ function step(direction) {
   if (current.kind === "test" || current.kind === "train") {
     const next = current.list[current.list.indexOf(current.idx) + direction];
     if (next === undefined) return;
-    const query = location.hash.includes("?") ? `?${location.hash.split("?")[1]}` : "";
-    location.hash = `#${current.kind}/${next}${query}`;
+    location.hash = `#${current.kind}/${next}${hashQuery()}`;
     return;
   }
   const cards = [...document.querySelectorAll("#main .grid > a.card, #main .grid > .card > a")];
