@@ -24,7 +24,7 @@ def snakemake_command(workdir: Path, *args) -> tuple[list[str], dict]:
     return [
         SNAKEMAKE,
         "--snakefile",
-        str(REPO / "Snakefile"),
+        str(REPO / "workflow/Snakefile"),
         "--directory",
         str(workdir),
         *args,

@@ -125,10 +125,10 @@ def rules_in(smk: Path) -> dict[str, str]:
 
 def test_every_rule_calls_the_stage_of_its_name_in_the_module_of_its_rules_file():
     declared = {}
-    for smk in sorted((REPO / "rules").glob("*.smk")):
+    for smk in sorted((REPO / "workflow/rules").glob("*.smk")):
         for rule, script in rules_in(smk).items():
             declared[rule] = smk.stem
-            assert script == f"../workflow/scripts/{rule}.py", (smk.name, rule)
+            assert script == f"../scripts/{rule}.py", (smk.name, rule)
             text = (REPO / "workflow/scripts" / f"{rule}.py").read_text()
             assert f"from tracinflow.stages.{smk.stem} import {rule}\n" in text
             assert f"{rule}(snakemake.input, snakemake.output, snakemake.params," in text

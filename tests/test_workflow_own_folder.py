@@ -97,7 +97,7 @@ def test_the_walkthrough_runs_word_for_word_in_a_project_folder_of_its_own(tmp_p
     snapshots.mkdir()
 
     run_bash(setup)
-    assert (project / "workflow/Snakefile").read_text().count(f'"{REPO}/Snakefile"') == 1
+    assert (project / "workflow/Snakefile").read_text().count(f'"{REPO}/workflow/Snakefile"') == 1
     assert (project / "profiles/slurm/config.yaml").is_file()
     (project / "config/config.yaml").write_text(yaml.safe_dump(deep_merge(config, CI_SIZE)))
 

@@ -4,7 +4,7 @@
 packages below it: ``data`` (scan, split, cache, training sets), ``train`` (model, loss, training,
 prediction), ``influence`` (factors, the exact kernel, shards, self-influence), ``analysis``
 (rankings, noise detection, reports, cross-version), ``plots``, ``stages`` (one function per
-workflow rule: the only file I/O) and ``config`` (what rules/common.smk validates). Importing the
+workflow rule: the only file I/O) and ``config`` (what workflow/rules/common.smk validates). Importing the
 package itself loads no torch, so the workflow's parse step stays cheap.
 """
 

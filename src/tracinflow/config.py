@@ -3,7 +3,7 @@
 Snakemake validates ``config/config.yaml`` against ``workflow/schemas/config.schema.yaml`` (filling
 defaults); this module turns the validated config into one complete settings dict per version and
 checks each of them against the same schema, so a bad override fails at parse time naming
-``versions.<name>.<key>``. It imports no torch: ``rules/common.smk`` imports it in every job.
+``versions.<name>.<key>``. It imports no torch: ``workflow/rules/common.smk`` imports it in every job.
 """
 
 from __future__ import annotations

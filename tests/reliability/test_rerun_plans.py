@@ -334,7 +334,7 @@ def test_a_second_make_demo_runs_only_snakemake_which_plans_nothing_on_a_finishe
     command = shlex.split(second[0])
     assert command[0] == ".venv/bin/snakemake"
     plan = subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), *command[1:], "-n"],
+        [SNAKEMAKE, "--snakefile", str(REPO / "workflow/Snakefile"), *command[1:], "-n"],
         cwd=tiny_workflow.workdir,
         capture_output=True,
         text=True,

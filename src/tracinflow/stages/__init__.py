@@ -1,5 +1,5 @@
 """The workflow's stages: one function per Snakemake rule, named like the rule, in the module named
-like the rules file that holds the rule (``rules/train.smk`` -> :mod:`tracinflow.stages.train`),
+like the rules file that holds the rule (``workflow/rules/train.smk`` -> :mod:`tracinflow.stages.train`),
 and the only place where the workflow's files are read and written.
 
 Every stage function is ``rule(inputs, outputs, params, threads=1, log=print)``: the mappings hold

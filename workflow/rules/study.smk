@@ -17,36 +17,36 @@ if STUDY:
         output:
             detection=report(
                 "results/study/detection.csv",
-                caption="../workflow/report/study.rst",
+                caption="../report/study.rst",
                 category="Noise study",
             ),
             detection_seeds="results/study/detection_per_seed.csv",
             cleaning=report(
                 "results/study/cleaning.csv",
-                caption="../workflow/report/study.rst",
+                caption="../report/study.rst",
                 category="Noise study",
             ),
             cleaning_seeds="results/study/cleaning_per_seed.csv",
             detection_plot=report(
                 "results/study/detection.png",
-                caption="../workflow/report/study.rst",
+                caption="../report/study.rst",
                 category="Noise study",
             ),
             cleaning_plot=report(
                 "results/study/cleaning.png",
-                caption="../workflow/report/study.rst",
+                caption="../report/study.rst",
                 category="Noise study",
             ),
             summary=report(
                 "results/study/summary.md",
-                caption="../workflow/report/study.rst",
+                caption="../report/study.rst",
                 category="Noise study",
             ),
         log:
             "logs/study/study.log",
         localrule: True
         conda:
-            "../workflow/envs/tracinflow.yaml"
+            "../envs/tracinflow.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -62,4 +62,4 @@ if STUDY:
             },
             noisy=STUDY_NOISY,
         script:
-            "../workflow/scripts/study.py"
+            "../scripts/study.py"

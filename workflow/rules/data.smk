@@ -10,7 +10,7 @@ if DEMO:
         benchmark:
             "results/benchmarks/make_demo_dataset.tsv"
         conda:
-            "../workflow/envs/tracinflow.yaml"
+            "../envs/tracinflow.yaml"
         threads: 1
         resources:
             mem_mb=2000,
@@ -18,7 +18,7 @@ if DEMO:
         params:
             demo=DEMO,
         script:
-            "../workflow/scripts/make_demo_dataset.py"
+            "../scripts/make_demo_dataset.py"
 
 
 rule build_manifest:
@@ -33,7 +33,7 @@ rule build_manifest:
     benchmark:
         f"results/benchmarks/build_manifest/{DATASET}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 2
     resources:
         mem_mb=2000,
@@ -44,7 +44,7 @@ rule build_manifest:
         max_pixels=config["dataset"]["max_pixels"],
         conflicting_duplicates=config["dataset"]["conflicting_duplicates"],
     script:
-        "../workflow/scripts/build_manifest.py"
+        "../scripts/build_manifest.py"
 
 
 rule split_dataset:
@@ -57,7 +57,7 @@ rule split_dataset:
         f"logs/split_dataset/{DATASET}.log",
     localrule: True
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -65,7 +65,7 @@ rule split_dataset:
     params:
         split=config["split"],
     script:
-        "../workflow/scripts/split_dataset.py"
+        "../scripts/split_dataset.py"
 
 
 rule cache_images:
@@ -79,7 +79,7 @@ rule cache_images:
     benchmark:
         f"results/benchmarks/cache_images/{DATASET}_{{split}}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 2
     resources:
         mem_mb=2000,
@@ -89,7 +89,7 @@ rule cache_images:
         image_size=config["dataset"]["image_size"],
         resize=config["dataset"]["resize"],
     script:
-        "../workflow/scripts/cache_images.py"
+        "../scripts/cache_images.py"
 
 
 # Which dataset each folder of the results tree was made from (asked for by `all` and
@@ -103,7 +103,7 @@ rule results_stamp:
         "logs/results_stamp.log",
     localrule: True
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=500,
@@ -111,4 +111,4 @@ rule results_stamp:
     params:
         folders=lambda wildcards: RESULTS_FOLDERS,
     script:
-        "../workflow/scripts/results_stamp.py"
+        "../scripts/results_stamp.py"

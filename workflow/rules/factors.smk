@@ -16,7 +16,7 @@ rule extract_factors:
         epoch=r"\d{3}",
         split="train|val|test",
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 2
     resources:
         mem_mb=memory_mb(4000),
@@ -29,4 +29,4 @@ rule extract_factors:
         batch_size=setting("influence", "batch_size"),
         device=setting("training", "device"),
     script:
-        "../workflow/scripts/extract_factors.py"
+        "../scripts/extract_factors.py"

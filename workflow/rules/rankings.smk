@@ -15,7 +15,7 @@ rule cleanlab_logistic:
     benchmark:
         "results/benchmarks/cleanlab_logistic/{version}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 2
     resources:
         mem_mb=memory_mb(4000),
@@ -26,7 +26,7 @@ rule cleanlab_logistic:
         folds=setting("rankings", "cleanlab_folds"),
         seed=setting("seed"),
     script:
-        "../workflow/scripts/cleanlab_logistic.py"
+        "../scripts/cleanlab_logistic.py"
 
 
 rule train_fold:
@@ -45,7 +45,7 @@ rule train_fold:
     wildcard_constraints:
         fold=r"\d+",
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 2
     resources:
         mem_mb=memory_mb(8000),
@@ -56,7 +56,7 @@ rule train_fold:
         fold="{fold}",
         folds=setting("rankings", "kfold"),
     script:
-        "../workflow/scripts/train_fold.py"
+        "../scripts/train_fold.py"
 
 
 rule validation_influence:
@@ -71,13 +71,13 @@ rule validation_influence:
     benchmark:
         "results/benchmarks/validation_influence/{version}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(4000),
         runtime=60,
     script:
-        "../workflow/scripts/validation_influence.py"
+        "../scripts/validation_influence.py"
 
 
 rule suspicion_scores:
@@ -94,7 +94,7 @@ rule suspicion_scores:
         "logs/suspicion_scores/{version}.log",
     localrule: True
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(2000),
@@ -102,4 +102,4 @@ rule suspicion_scores:
     params:
         seed=setting("seed"),
     script:
-        "../workflow/scripts/suspicion_scores.py"
+        "../scripts/suspicion_scores.py"

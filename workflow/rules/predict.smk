@@ -15,7 +15,7 @@ rule predict:
         false_train="results/{version}/mispredictions/train_false_predictions.csv",
         confusion=report(
             "results/{version}/confusion_matrix.png",
-            caption="../workflow/report/confusion_matrix.rst",
+            caption="../report/confusion_matrix.rst",
             category="{version}",
             subcategory="Predictions",
         ),
@@ -24,7 +24,7 @@ rule predict:
     benchmark:
         "results/benchmarks/predict/{version}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 2
     resources:
         mem_mb=memory_mb(4000),
@@ -34,4 +34,4 @@ rule predict:
         batch_size=setting("training", "batch_size"),
         device=setting("training", "device"),
     script:
-        "../workflow/scripts/predict.py"
+        "../scripts/predict.py"

@@ -22,7 +22,7 @@ from tracinflow.config import (
 
 # Before the schema fills in its default versions: a study config may name none of its own.
 OWN_VERSIONS = "versions" in config
-SCHEMA = load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml"))
+SCHEMA = load_schema(workflow.source_path("../schemas/config.schema.yaml"))
 try:
     # first the library's check, whose messages name the deepest failing key and what it expects
     # (Snakemake's validate() reports a nested mistake as "not valid under any of the schemas")
@@ -30,7 +30,7 @@ try:
 except ConfigError as error:
     raise WorkflowError(f"config error: {error}") from None
 # fills in the defaults
-validate(config, schema="../workflow/schemas/config.schema.yaml")
+validate(config, schema="../schemas/config.schema.yaml")
 
 try:
     CONFIG = with_study_versions(config, SCHEMA, OWN_VERSIONS)

@@ -20,22 +20,22 @@ rule cross_version:
     output:
         summary=report(
             "results/cross_version/summary.md",
-            caption="../workflow/report/cross_version.rst",
+            caption="../report/cross_version.rst",
             category="Cross-version",
         ),
         performance=report(
             "results/cross_version/performance.csv",
-            caption="../workflow/report/cross_version.rst",
+            caption="../report/cross_version.rst",
             category="Cross-version",
         ),
         performance_plot=report(
             "results/cross_version/performance.png",
-            caption="../workflow/report/cross_version.rst",
+            caption="../report/cross_version.rst",
             category="Cross-version",
         ),
         statistics_plot=report(
             "results/cross_version/influence_statistics.png",
-            caption="../workflow/report/cross_version.rst",
+            caption="../report/cross_version.rst",
             category="Cross-version",
         ),
         registry="results/cross_version/version_registry.json",
@@ -49,7 +49,7 @@ rule cross_version:
         "logs/cross_version/cross_version.log",
     localrule: True
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(4000),
@@ -60,4 +60,4 @@ rule cross_version:
         min_versions=config["cross_version"]["min_versions"],
         top=config["cross_version"]["top"],
     script:
-        "../workflow/scripts/cross_version.py"
+        "../scripts/cross_version.py"

@@ -11,32 +11,32 @@ rule report_tables:
     output:
         text=report(
             "results/{version}/reports/influence_report.txt",
-            caption="../workflow/report/influence_report.rst",
+            caption="../report/influence_report.rst",
             category="{version}",
             subcategory="Influence",
         ),
         cross=report(
             "results/{version}/reports/misprediction_cross_analysis.csv",
-            caption="../workflow/report/misprediction_cross_analysis.rst",
+            caption="../report/misprediction_cross_analysis.rst",
             category="{version}",
             subcategory="Mispredictions",
         ),
         cross_parquet="results/{version}/reports/misprediction_cross_analysis.parquet",
         inspection=report(
             "results/{version}/reports/mislabeled_inspection_report.csv",
-            caption="../workflow/report/mislabeled_inspection_report.rst",
+            caption="../report/mislabeled_inspection_report.rst",
             category="{version}",
             subcategory="Mislabel suspects",
         ),
         influential=report(
             "results/{version}/reports/influential_samples.csv",
-            caption="../workflow/report/influential_samples.rst",
+            caption="../report/influential_samples.rst",
             category="{version}",
             subcategory="Influence",
         ),
         class_influence=report(
             "results/{version}/reports/class_influence.csv",
-            caption="../workflow/report/class_influence.rst",
+            caption="../report/class_influence.rst",
             category="{version}",
             subcategory="Influence",
         ),
@@ -45,7 +45,7 @@ rule report_tables:
     benchmark:
         "results/benchmarks/report_tables/{version}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(4000),
@@ -56,7 +56,7 @@ rule report_tables:
         top_n=setting("reports", "top_n"),
         k=setting("influence", "top_k"),
     script:
-        "../workflow/scripts/report_tables.py"
+        "../scripts/report_tables.py"
 
 
 rule report_plots:
@@ -70,25 +70,25 @@ rule report_plots:
     output:
         distributions=report(
             "results/{version}/reports/dashboards/influence_distributions.png",
-            caption="../workflow/report/influence_distributions.rst",
+            caption="../report/influence_distributions.rst",
             category="{version}",
             subcategory="Influence",
         ),
         top_influencers=report(
             "results/{version}/reports/dashboards/top_influencers.png",
-            caption="../workflow/report/top_influencers.rst",
+            caption="../report/top_influencers.rst",
             category="{version}",
             subcategory="Influence",
         ),
         heatmap=report(
             "results/{version}/reports/dashboards/class_influence_heatmap.png",
-            caption="../workflow/report/class_influence_heatmap.rst",
+            caption="../report/class_influence_heatmap.rst",
             category="{version}",
             subcategory="Influence",
         ),
         self_influence=report(
             "results/{version}/reports/dashboards/self_influence_distribution.png",
-            caption="../workflow/report/self_influence_distribution.rst",
+            caption="../report/self_influence_distribution.rst",
             category="{version}",
             subcategory="Mislabel suspects",
         ),
@@ -97,7 +97,7 @@ rule report_plots:
     benchmark:
         "results/benchmarks/report_plots/{version}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(4000),
@@ -106,7 +106,7 @@ rule report_plots:
         top_n=setting("reports", "top_n"),
         suspects=setting("reports", "galleries", "suspects"),
     script:
-        "../workflow/scripts/report_plots.py"
+        "../scripts/report_plots.py"
 
 
 rule report_galleries:
@@ -121,7 +121,7 @@ rule report_galleries:
         galleries=report(
             directory("results/{version}/reports/galleries"),
             patterns=["{name}.png"],
-            caption="../workflow/report/galleries.rst",
+            caption="../report/galleries.rst",
             category="{version}",
             subcategory="Galleries",
         ),
@@ -130,7 +130,7 @@ rule report_galleries:
     benchmark:
         "results/benchmarks/report_galleries/{version}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(2000),
@@ -138,7 +138,7 @@ rule report_galleries:
     params:
         galleries=setting("reports", "galleries"),
     script:
-        "../workflow/scripts/report_galleries.py"
+        "../scripts/report_galleries.py"
 
 
 rule noise_detection:
@@ -148,13 +148,13 @@ rule noise_detection:
     output:
         table=report(
             "results/{version}/reports/noise_detection.csv",
-            caption="../workflow/report/noise_detection.rst",
+            caption="../report/noise_detection.rst",
             category="{version}",
             subcategory="Mislabel suspects",
         ),
         plot=report(
             "results/{version}/reports/noise_detection.png",
-            caption="../workflow/report/noise_detection.rst",
+            caption="../report/noise_detection.rst",
             category="{version}",
             subcategory="Mislabel suspects",
         ),
@@ -162,7 +162,7 @@ rule noise_detection:
         "logs/noise_detection/{version}.log",
     localrule: True
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(2000),
@@ -170,4 +170,4 @@ rule noise_detection:
     params:
         default=setting("reports", "ranking"),
     script:
-        "../workflow/scripts/noise_detection.py"
+        "../scripts/noise_detection.py"

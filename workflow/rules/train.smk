@@ -7,7 +7,7 @@ rule build_train_set:
         "logs/build_train_set/{version}.log",
     localrule: True
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(2000),
@@ -16,7 +16,7 @@ rule build_train_set:
         label_noise=setting("label_noise"),
         clean=get_clean_setting,
     script:
-        "../workflow/scripts/build_train_set.py"
+        "../scripts/build_train_set.py"
 
 
 rule train_model:
@@ -36,7 +36,7 @@ rule train_model:
         history="results/{version}/model/history.csv",
         curves=report(
             "results/{version}/model/training_curves.png",
-            caption="../workflow/report/training_curves.rst",
+            caption="../report/training_curves.rst",
             category="{version}",
             subcategory="Training",
         ),
@@ -45,7 +45,7 @@ rule train_model:
     benchmark:
         "results/benchmarks/train_model/{version}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 2
     resources:
         mem_mb=memory_mb(8000),
@@ -58,7 +58,7 @@ rule train_model:
         # removed once every output is in place.
         scratch="results/{version}/model/.training",
     script:
-        "../workflow/scripts/train_model.py"
+        "../scripts/train_model.py"
 
 
 rule download_weights:
@@ -70,7 +70,7 @@ rule download_weights:
         arch="resnet18|resnet34|resnet50",
     localrule: True
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -78,4 +78,4 @@ rule download_weights:
     params:
         arch="{arch}",
     script:
-        "../workflow/scripts/download_weights.py"
+        "../scripts/download_weights.py"

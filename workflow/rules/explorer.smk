@@ -18,7 +18,7 @@ rule explorer:
     benchmark:
         "results/benchmarks/explorer/{version}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 2
     resources:
         mem_mb=memory_mb(4000),
@@ -31,4 +31,4 @@ rule explorer:
         planted=lambda wildcards: has_planted_noise(wildcards.version),
         compare=get_explorer_versions,
     script:
-        "../workflow/scripts/explorer.py"
+        "../scripts/explorer.py"

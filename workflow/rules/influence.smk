@@ -11,7 +11,7 @@ rule influence_shard:
         t=r"\d+",
         r=r"\d+",
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 2
     resources:
         mem_mb=memory_mb(4000),
@@ -26,7 +26,7 @@ rule influence_shard:
         tiles=setting("influence", "shards"),
         device=setting("training", "device"),
     script:
-        "../workflow/scripts/influence_shard.py"
+        "../scripts/influence_shard.py"
 
 
 rule merge_topk:
@@ -42,7 +42,7 @@ rule merge_topk:
         "logs/merge_topk/{version}.log",
     localrule: True
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(4000),
@@ -50,7 +50,7 @@ rule merge_topk:
     params:
         k=setting("influence", "top_k"),
     script:
-        "../workflow/scripts/merge_topk.py"
+        "../scripts/merge_topk.py"
 
 
 rule self_influence:
@@ -64,10 +64,10 @@ rule self_influence:
     benchmark:
         "results/benchmarks/self_influence/{version}.tsv"
     conda:
-        "../workflow/envs/tracinflow.yaml"
+        "../envs/tracinflow.yaml"
     threads: 1
     resources:
         mem_mb=memory_mb(4000),
         runtime=30,
     script:
-        "../workflow/scripts/self_influence.py"
+        "../scripts/self_influence.py"
