@@ -161,3 +161,58 @@ def test_the_walkthrough_runs_word_for_word_in_a_project_folder_of_its_own(tmp_p
     assert f"{project.resolve()}/results/baseline from dataset 'animals10'" in message, message
     assert f"({project.resolve()}/other.yaml) names dataset 'animals10_again'" in message
     assert sorted(str(path) for path in (project / "results").rglob("*")) == before
+
+
+def test_the_module_from_a_git_host_reads_the_workflow_from_a_tag(tmp_path):
+    """README's git-host form, word for word but for its owner and tag: the workflow's files come
+    from a tag of the repository through Snakemake's git cache, seeded here with a bare clone of
+    this checkout (there is no network), not from a checkout; the project builds one version's
+    report and is then up to date."""
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        pytest.skip(
+            "not a git checkout: the git form reads the workflow from the repository's history"
+        )
+    owner, tag = "tracinflow-ci", "ci-release"
+    cache = tmp_path / "cache"  # XDG_CACHE_HOME: Snakemake's cache is <it>/snakemake/snakemake/
+    source_cache = cache / "snakemake/snakemake/source-cache"
+    clone = source_cache / "snakemake-git-cache/github.com" / owner / "tracinflow"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(REPO), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "tag", tag, head.stdout.strip()], check=True)
+
+    project = tmp_path / "project"
+    config = yaml.safe_load(walkthrough_block("config"))
+    make_plain_folder(project / config["dataset"]["root"], dict.fromkeys(config["dataset"]["class_names"], 12))  # fmt: skip
+    (project / "config").mkdir()
+    (project / "config/config.yaml").write_text(yaml.safe_dump(deep_merge(config, CI_SIZE)))
+    snakefile = walkthrough_block("module-from-git").replace("<owner>", owner).replace("<tag>", tag)
+    assert snakefile.count(f'github("{owner}/tracinflow", path="workflow/Snakefile", tag="{tag}")') == 1  # fmt: skip
+    (project / "workflow").mkdir()
+    (project / "workflow/Snakefile").write_text(snakefile + "\n")
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), "OMP_WAIT_POLICY": "PASSIVE"}
+    target = "results/baseline/reports/influence_report.txt"
+
+    def snakemake(*args):
+        done = subprocess.run([SNAKEMAKE, *args], cwd=project, env=env, capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+        return done.stdout + done.stderr
+
+    snakemake("--cores", "all", target)
+    assert (project / target).is_file()
+    assert sorted(path.name for path in (project / "workflow").iterdir()) == ["Snakefile"]
+    # what Snakemake read from the tag: the rules and the scripts its jobs ran, as committed
+    read = source_cache / "hosted-git/githubfile/github.com" / owner / "tracinflow" / tag
+    for path in [
+        "workflow/Snakefile",
+        "workflow/rules/common.smk",
+        "workflow/scripts/train_model.py",
+    ]:
+        committed = subprocess.run(
+            ["git", "-C", str(clone), "show", f"{tag}:{path}"], capture_output=True, check=True
+        ).stdout
+        # (Snakemake reads them through GitPython, which drops the final newline)
+        assert (read / path).read_bytes().rstrip(b"\n") == committed.rstrip(b"\n"), path
+    assert "Nothing to be done" in snakemake("-n", target)
