@@ -1,11 +1,12 @@
 """README's walkthrough "Your own images", word for word, in a project folder of its own.
 
-The three blocks README marks with ``<!-- walkthrough: ... -->`` are run as they stand: the set-up
-(the project folder, its ``workflow/Snakefile`` using this repository as a module), the config and
-the runs (dry run, one version's report, everything, a no-op). Only the three paths at the top of
-the set-up are replaced (this checkout, a temporary project folder, a generated ImageFolder of
-Animals-10's class folders), and the config's model and image size are shrunk to CI's budget; its
-dataset and versions are README's.
+The blocks README marks with ``<!-- walkthrough: ... -->`` are run as they stand: the set-up (the
+project folder, its ``workflow/Snakefile`` using this checkout as a module), the config and the
+runs (dry run, one version's report, everything, a no-op); and the git-host form of the module,
+read from a tag. Only the three paths at the top of the set-up (this checkout, a temporary project
+folder, a generated ImageFolder of Animals-10's class folders) and the git form's owner and tag are
+replaced, and the config's model and image size are shrunk to CI's budget; its dataset and
+versions are README's. The SLURM block runs in tests/test_workflow_slurm.py.
 """
 
 from __future__ import annotations
@@ -13,115 +14,41 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 
 import pytest
 import yaml
 from conftest import REPO, make_plain_folder
 from snakemake_runs import SNAKEMAKE
+from walkthrough import CI_SIZE, run_block, set_up_project, walkthrough_block
 
 from tracinflow.config import deep_merge
 
 pytestmark = pytest.mark.workflow
 
-#: what CI changes in README's config: a model that trains in seconds (tests/snakemake_runs.py's)
-CI_SIZE = {
-    "dataset": {"image_size": 16},
-    "model": {"arch": "small_resnet", "pretrained": None, "width": 4, "head": {"hidden": [16, 8]}},
-    "training": {
-        "batch_size": 32,
-        "stage1": {"epochs": 1},
-        "stage2": {"max_epochs": 2, "lr_backbone": 1e-3, "lr_head": 1e-3,
-                   "checkpoint_epochs": [1, 2], "train_batchnorm": True},
-    },
-    "influence": {"top_k": 5},
-    "reports": {"galleries": {"mispredictions": 3, "suspects": 6, "thumbnail_px": 48}},
-}  # fmt: skip
-
-
-def walkthrough_block(name: str) -> str:
-    """The fenced block that follows ``<!-- walkthrough: <name> -->`` in README."""
-    readme = (REPO / "README.md").read_text()
-    found = re.search(rf"<!-- walkthrough: {name} -->\n```\w+\n(.*?)\n```\n", readme, re.S)
-    assert found, f"README has no walkthrough block {name!r}"
-    return found[1]
-
-
-def with_paths(setup: str, **paths) -> str:
-    """The set-up block with its path variables (``TRACINFLOW=...`` at a line's start) set to
-    ``paths``; nothing else changes."""
-    for variable, path in paths.items():
-        setup, count = re.subn(
-            rf"^{variable}=\S+", f"{variable}={shlex.quote(str(path))}", setup, flags=re.M
-        )
-        assert count == 1, variable
-    return setup
-
-
-def run_bash(script: str):
-    """Run ``script`` in bash as a shell running it would (stopping at the first failing command);
-    return its output, stdout and stderr together."""
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    result = subprocess.run(
-        ["bash", "-e", "-o", "pipefail", "-c", script],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-6000:]
-    return result.stdout
-
-
-def run_steps(script: str, snapshot_dir) -> list[str]:
-    """Run a block of one-line commands in one bash, as written, and return each line's output;
-    after each line, the project's results tree is listed into ``snapshot_dir/<line number>``."""
-    assert "<<" not in script and "\\\n" not in script, "one command a line"
-    listed = []
-    for n, line in enumerate(script.splitlines()):
-        snapshot = shlex.quote(str(snapshot_dir / str(n)))
-        listed += [line, f"echo '@@step {n}'",
-                   f'([ -n "$PROJECT" ] && cd "$PROJECT" && find results | sort) > {snapshot} 2>/dev/null || true']  # fmt: skip
-    return re.split(r"^@@step \d+\n", run_bash("\n".join(listed)), flags=re.M)[:-1]
-
 
 def test_the_walkthrough_runs_word_for_word_in_a_project_folder_of_its_own(tmp_path):
-    config = yaml.safe_load(walkthrough_block("config"))
-    images = make_plain_folder(
-        tmp_path / "Downloads/raw-img", dict.fromkeys(config["dataset"]["class_names"], 12)
-    )
-    project = tmp_path / "animals10"
-    setup = with_paths(walkthrough_block("set-up"), TRACINFLOW=REPO, PROJECT=project, IMAGES=images)
     repo_results = sorted((REPO / "results").glob("*"))
     stamp_before = REPO / "results/.tracinflow-run.json"
     stamp_before = stamp_before.read_bytes() if stamp_before.exists() else None
     snapshots = tmp_path / "snapshots"
     snapshots.mkdir()
 
-    run_bash(setup)
+    walkthrough = set_up_project(tmp_path)
+    project, images, config = walkthrough.project, walkthrough.images, walkthrough.config
     assert (project / "workflow/Snakefile").read_text().count(f'"{REPO}/workflow/Snakefile"') == 1
     assert (project / "profiles/slurm/config.yaml").is_file()
-    (project / "config/config.yaml").write_text(yaml.safe_dump(deep_merge(config, CI_SIZE)))
 
-    run = walkthrough_block("run")
-    commands = [line.split("#")[0].strip() for line in run.splitlines()]
-    # the set-up's variables, as in the shell that ran it
-    variables = [
-        line for line in setup.splitlines() if re.match(r"(TRACINFLOW|PROJECT|IMAGES)=", line)
-    ]
-    outputs = run_steps("\n".join([*variables, run]), snapshots)
-    offset = len(variables)
-    outputs = outputs[offset:]
-    steps = dict(zip(commands, range(len(commands)), strict=True))
-
-    def tree_after(command: str) -> list[str]:
-        return (snapshots / str(steps[command] + offset)).read_text().split()
+    steps = run_block("run", walkthrough.variables, snapshots)
+    step = {run.command: run for run in steps}  # (the no-op rerun repeats a command: steps[-1])
 
     # the dry run plans every job and writes nothing
-    dry = outputs[steps["snakemake -n"]]
+    dry = step["snakemake -n"].output
     assert "Job stats:" in dry and re.search(r"^explorer\s+1$", dry, re.M), dry[-3000:]
-    assert tree_after("snakemake -n") == []
+    assert step["snakemake -n"].tree == []
     # one version's text report first: what it needs, not the other reports or the page
     targeted = "snakemake --cores all results/baseline/reports/influence_report.txt"
-    after_report = tree_after(targeted)
+    after_report = step[targeted].tree
     assert "results/baseline/reports/influence_report.txt" in after_report
     assert "results/baseline/explorer" not in after_report
     assert "results/cross_version" not in after_report
@@ -134,7 +61,7 @@ def test_the_walkthrough_runs_word_for_word_in_a_project_folder_of_its_own(tmp_p
     assert stamp["baseline"]["name"] == "animals10"
     assert stamp["baseline"]["resolved_root"] == str(images.resolve())
     # the second full run has nothing to do
-    assert "Nothing to be done" in outputs[-1], outputs[-1][-3000:]
+    assert "Nothing to be done" in steps[-1].output, steps[-1].output[-3000:]
     # nothing went into the repository's results
     assert sorted((REPO / "results").glob("*")) == repo_results
     assert not (REPO / "results/data/animals10").exists()

@@ -1,7 +1,8 @@
 """The workflow on a real SLURM cluster: `snakemake --profile tests/profiles/slurm-local` on the tiny
 config's v1 (about 20 jobs), then what sacct recorded, the outputs against a local run, a second
-invocation and a job made to fail. Needs the one-node cluster of ci/slurm-up.sh (run as root; .ci/run
-does it); skipped with the reason elsewhere. The profile test below needs no cluster."""
+invocation and a job made to fail; and README walkthrough's SLURM block in its project folder.
+Needs the one-node cluster of ci/slurm-up.sh (run as root; .ci/run does it); skipped with the
+reason elsewhere. The profile test below needs no cluster."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 import yaml
 from conftest import REPO
 from snakemake_runs import planned_jobs, run_snakemake, tiny_config, write_config
+from walkthrough import run_block, set_up_project
 
 PROFILE = REPO / "tests/profiles/slurm-local"
 # The only keys in which the test profile may differ from profiles/slurm (site-specific values).
@@ -269,3 +271,33 @@ def test_a_job_killed_for_its_memory_is_retried_with_twice_the_memory(slurm_run,
     assert (workdir / "results/v1/influence/self_influence.parquet").read_bytes() == (
         slurm_run.workdir / "results/v1/influence/self_influence.parquet"
     ).read_bytes()
+
+
+@pytest.mark.workflow
+@pytest.mark.slurm
+def test_the_walkthroughs_project_folder_runs_on_slurm(slurm_cluster, tmp_path):
+    # README's walkthrough on a cluster: the project folder of its set-up block (the workflow as a
+    # module), the copied profiles/slurm edited as README says (the site values: this cluster's,
+    # which are the test profile's), then README's SLURM block word for word
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    walkthrough = set_up_project(tmp_path)
+    project = walkthrough.project
+    shutil.copy(PROFILE / "config.yaml", project / "profiles/slurm/config.yaml")
+    started = datetime.now() - timedelta(minutes=1)
+    dry, run, again = run_block("slurm", walkthrough.variables, snapshots)[-3:]
+
+    assert dry.command == "snakemake -n --profile profiles/slurm"
+    assert "Job stats:" in dry.output and "submitted with SLURM jobid" not in dry.output
+    assert dry.tree == []
+    # every job outside the local rules ran as a completed SLURM job, writing into the project
+    run_id = re.search(r"SLURM run ID: (\S+)", run.output)
+    assert run_id, run.output[-3000:]
+    jobs = sacct_jobs(SimpleNamespace(run_id=run_id[1], started=started, output=run.output))
+    remote = Counter({rule: n for (kind, rule), n in job_blocks(run.output).items() if kind == "rule"})  # fmt: skip
+    assert Counter(job["rule"] for job in jobs) == remote and remote["train_model"] == 1, jobs
+    assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
+    assert (project / "results/baseline/explorer/index.html").is_file()
+    assert (project / "results/cross_version/summary.md").is_file()
+    assert (project / "logs/train_model/baseline.log").is_file()
+    assert "Nothing to be done" in again.output and not job_blocks(again.output)
