@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import REPO, make_plain_folder
+from conftest import REPO
 from snakemake_runs import SNAKEMAKE
 from walkthrough import CI_SIZE, run_block, set_up_project, walkthrough_block
 
@@ -31,15 +31,12 @@ def test_the_walkthrough_runs_word_for_word_in_a_project_folder_of_its_own(tmp_p
     repo_results = sorted((REPO / "results").glob("*"))
     stamp_before = REPO / "results/.tracinflow-run.json"
     stamp_before = stamp_before.read_bytes() if stamp_before.exists() else None
-    snapshots = tmp_path / "snapshots"
-    snapshots.mkdir()
-
     walkthrough = set_up_project(tmp_path)
     project, images, config = walkthrough.project, walkthrough.images, walkthrough.config
     assert (project / "workflow/Snakefile").read_text().count(f'"{REPO}/workflow/Snakefile"') == 1
     assert (project / "profiles/slurm/config.yaml").is_file()
 
-    steps = run_block("run", walkthrough.variables, snapshots)
+    steps = run_block("run", walkthrough.variables, tmp_path / "snapshots")
     step = {run.command: run for run in steps}  # (the no-op rerun repeats a command: steps[-1])
 
     # the dry run plans every job and writes nothing
@@ -109,14 +106,10 @@ def test_the_module_from_a_git_host_reads_the_workflow_from_a_tag(tmp_path):
     subprocess.run(["git", "clone", "--quiet", "--bare", str(REPO), str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "tag", tag, head.stdout.strip()], check=True)
 
-    project = tmp_path / "project"
-    config = yaml.safe_load(walkthrough_block("config"))
-    make_plain_folder(project / config["dataset"]["root"], dict.fromkeys(config["dataset"]["class_names"], 12))  # fmt: skip
-    (project / "config").mkdir()
-    (project / "config/config.yaml").write_text(yaml.safe_dump(deep_merge(config, CI_SIZE)))
+    # README's project folder, its workflow/Snakefile the git form instead of the checkout's path
+    project = set_up_project(tmp_path).project
     snakefile = walkthrough_block("module-from-git").replace("<owner>", owner).replace("<tag>", tag)
     assert snakefile.count(f'github("{owner}/tracinflow", path="workflow/Snakefile", tag="{tag}")') == 1  # fmt: skip
-    (project / "workflow").mkdir()
     (project / "workflow/Snakefile").write_text(snakefile + "\n")
 
     env = {**os.environ, "XDG_CACHE_HOME": str(cache), "OMP_WAIT_POLICY": "PASSIVE"}

@@ -121,6 +121,11 @@ def job_blocks(output: str) -> Counter:
     return Counter(re.findall(r"^(localrule|rule) (\w+):$", output, re.M))
 
 
+def cluster_jobs(output: str) -> Counter:
+    """{rule: count} of the jobs Snakemake submitted to the cluster (all but the local rules)."""
+    return Counter({rule: n for (kind, rule), n in job_blocks(output).items() if kind == "rule"})
+
+
 @pytest.fixture(scope="module")
 def slurm_run(slurm_cluster, tmp_path_factory):
     """v1 of the tiny config run end to end through the SLURM profile, in a fresh directory."""
@@ -134,7 +139,7 @@ def slurm_run(slurm_cluster, tmp_path_factory):
 @pytest.mark.slurm
 def test_every_cluster_job_ran_as_a_completed_slurm_job(slurm_run):
     started = job_blocks(slurm_run.run.output)
-    remote = Counter({rule: n for (kind, rule), n in started.items() if kind == "rule"})
+    remote = cluster_jobs(slurm_run.run.output)
     local = {rule for kind, rule in started if kind == "localrule"}
     assert sum(started.values()) == sum(planned_jobs(slurm_run.run.output).values())
     assert remote["train_model"] == 1 and remote["influence_shard"] == 4, started
@@ -279,13 +284,11 @@ def test_the_walkthroughs_project_folder_runs_on_slurm(slurm_cluster, tmp_path):
     # README's walkthrough on a cluster: the project folder of its set-up block (the workflow as a
     # module), the copied profiles/slurm edited as README says (the site values: this cluster's,
     # which are the test profile's), then README's SLURM block word for word
-    snapshots = tmp_path / "snapshots"
-    snapshots.mkdir()
     walkthrough = set_up_project(tmp_path)
     project = walkthrough.project
     shutil.copy(PROFILE / "config.yaml", project / "profiles/slurm/config.yaml")
     started = datetime.now() - timedelta(minutes=1)
-    dry, run, again = run_block("slurm", walkthrough.variables, snapshots)[-3:]
+    dry, run, again = run_block("slurm", walkthrough.variables, tmp_path / "snapshots")[-3:]
 
     assert dry.command == "snakemake -n --profile profiles/slurm"
     assert "Job stats:" in dry.output and "submitted with SLURM jobid" not in dry.output
@@ -294,7 +297,7 @@ def test_the_walkthroughs_project_folder_runs_on_slurm(slurm_cluster, tmp_path):
     run_id = re.search(r"SLURM run ID: (\S+)", run.output)
     assert run_id, run.output[-3000:]
     jobs = sacct_jobs(SimpleNamespace(run_id=run_id[1], started=started, output=run.output))
-    remote = Counter({rule: n for (kind, rule), n in job_blocks(run.output).items() if kind == "rule"})  # fmt: skip
+    remote = cluster_jobs(run.output)
     assert Counter(job["rule"] for job in jobs) == remote and remote["train_model"] == 1, jobs
     assert {job["state"] for job in jobs} == {"COMPLETED"}, jobs
     assert (project / "results/baseline/explorer/index.html").is_file()

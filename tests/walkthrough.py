@@ -82,7 +82,9 @@ def set_up_project(tmp_path) -> SimpleNamespace:
 def run_block(name: str, variables: list[str], snapshot_dir) -> list[SimpleNamespace]:
     """Run README's block ``name``, one-line commands, in one bash as written (after the set-up's
     ``variables``). Returns each command (without its comment) with its output, stdout and
-    stderr together, and the project's results tree after it (``find results``)."""
+    stderr together, and the project's results tree after it (``find results``, listed into
+    ``snapshot_dir``)."""
+    snapshot_dir.mkdir(parents=True, exist_ok=True)
     block = walkthrough_block(name)
     assert "<<" not in block and "\\\n" not in block, "one command a line"
     script = []
