@@ -12,6 +12,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from tracinflow._util.errors import InputError
+
 Log = Callable[[str], None]
 
 
@@ -118,12 +120,34 @@ class _StampedStream(io.TextIOBase):
         self.handle.flush()
 
 
+def _report_input_errors(console, stream) -> None:
+    """An uncaught :class:`InputError` ends the process (exit status 1) with its message alone,
+    in the log and on ``console`` (where snakemake shows a failed job), not a traceback: the
+    message names the file or key and the fix, and the stack is the program's, not the user's."""
+    default = sys.excepthook
+
+    def hook(kind, error, trace):
+        if not isinstance(error, InputError):
+            default(kind, error, trace)
+            return
+        message = f"error: {error}"
+        print(message, file=stream, flush=True)
+        if console is not None:
+            print(f"tracinflow {message}", file=console, flush=True)
+
+    sys.excepthook = hook
+
+
 def start_log(path) -> Log:
     """Send this process's stdout and stderr to ``path`` (appended, flushed per line, so ``tail -f``
-    follows it) with a timestamp on every line; return a ``log(line)`` function writing there."""
+    follows it) with a timestamp on every line; return a ``log(line)`` function writing there.
+    An uncaught :class:`~tracinflow._util.errors.InputError` is logged as its message alone and
+    also printed to the console (the original stderr)."""
     handle = open(path, "a", buffering=1)  # stays open for the process lifetime
     stream = _StampedStream(handle)
+    console = sys.__stderr__
     sys.stdout = sys.stderr = stream
+    _report_input_errors(console, stream)
 
     def log(line: str) -> None:
         print(line, file=stream, flush=True)

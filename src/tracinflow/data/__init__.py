@@ -7,8 +7,10 @@ sha256 and size. This package decodes the dataset's own image files; every other
 written by :mod:`tracinflow.stages`.
 """
 
+from tracinflow._util.errors import InputError
+
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A problem with the images themselves, worded for the person who owns the folder."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tracinflow._util.errors import InputError
 from tracinflow._util.files import atomic_path
 from tracinflow.train.model import missing_weights_message, model_from_checkpoint, weights_url
 
@@ -26,7 +27,7 @@ def save_checkpoint(path, checkpoint: dict) -> None:
         torch.save(checkpoint, handle)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file that cannot be used: unreadable, not what training wrote, or holding code."""
 
 
