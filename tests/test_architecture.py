@@ -20,8 +20,9 @@ LAYERS = [
 DOMAIN = ("data", "train", "influence", "analysis", "plots", "explorer")
 # Reading and writing files: what only the stages do. Methods of these names on any object, and
 # these functions of these modules. (Reading the dataset's own images is the data package's job:
-# data/scan.py lists and decodes the folder, data/images.py opens an image file for the cache and
-# the thumbnails, data/cache.py checks its hash.)
+# data/listing.py lists the folder and hashes its files, keeping the hashes in its stat cache, which
+# the workflow reads while it plans, before any stage runs; data/scan.py decodes the folder,
+# data/images.py opens an image file for the cache and the thumbnails and checks its hash.)
 FILE_METHODS = {
     "read_parquet", "to_parquet", "read_csv", "to_csv", "read_json", "to_json", "savefig",
     "read_text", "write_text", "read_bytes", "write_bytes", "open_memmap", "mkdir", "unlink",
@@ -36,9 +37,17 @@ MODULE_FILE_CALLS = {
     "Image": {"open"},
 }
 READS_IMAGES = {
-    "data/scan.py": {"iterdir", "rglob", "read_bytes"},
+    "data/listing.py": {
+        "iterdir",
+        "rglob",
+        "open",
+        "read_text",
+        "write_text",
+        "mkdir",
+        "os.replace",
+    },
+    "data/scan.py": {"read_bytes"},
     "data/images.py": {"open", "Image.open"},
-    "data/cache.py": {"read_bytes"},
 }
 
 

@@ -79,16 +79,19 @@ def test_missing_dataset_folder_names_the_path(tmp_path):
     # where a relative root was looked for, and from which working directory
     assert f"{tmp_path.resolve()}/no/such/folder" in str(err.value)
     assert f"working directory, {tmp_path.resolve()})" in str(err.value)
-    (tmp_path / "no/such/folder").mkdir(parents=True)
-    check_dataset_source(dataset, workdir=tmp_path)
+    for name in ("cat/a.png", "dog/b.png"):  # the parse opens no image: a name is enough
+        (tmp_path / "no/such/folder" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "no/such/folder" / name).write_bytes(b"")
+    check_dataset_source({**dataset, "extensions": [".png"]}, workdir=tmp_path)
 
 
 def test_class_names_that_name_no_class_folder_are_named_with_the_folders_found(tmp_path):
     for folder in ("cane", "gatto", ".hidden"):
         (tmp_path / "imgs" / folder).mkdir(parents=True)
+        (tmp_path / "imgs" / folder / "1.jpeg").write_bytes(b"")
     (tmp_path / "imgs/readme.txt").write_text("not a class\n")
-    dataset = {"root": "imgs", "demo": None, "class_names": {"cane": "dog", "pecora": "sheep",
-                                                            "ragno": "spider"}}  # fmt: skip
+    dataset = {"root": "imgs", "demo": None, "extensions": [".jpeg"],
+               "class_names": {"cane": "dog", "pecora": "sheep", "ragno": "spider"}}  # fmt: skip
     with pytest.raises(ConfigError) as err:
         check_dataset_source(dataset, workdir=tmp_path)
     message = str(err.value)

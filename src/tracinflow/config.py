@@ -12,10 +12,13 @@ import copy
 import importlib
 import itertools
 import json
+import os
 from pathlib import Path
 
 import jsonschema
 import yaml
+
+from tracinflow._util.errors import InputError
 
 # Settings shared by every version: one dataset and one split, so that every version is tested on the
 # same untouched test images and accuracies compare honestly.
@@ -30,7 +33,7 @@ FASHION_MNIST_FILES = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config problem, worded for the person who edits config.yaml."""
 
 
@@ -506,9 +509,72 @@ def class_folders(root: Path) -> list[str]:
     )
 
 
+def folders_without_images(root: Path, folders, extensions) -> list[str]:
+    """The folders of ``folders`` under ``root`` with no file of an image extension at any depth
+    (the scan would find no candidate there). Stops at the first such file of each folder, so a
+    folder of images costs one directory read, not a walk."""
+    allowed = {ext.lower() for ext in extensions}
+    empty = []
+    for folder in folders:
+        found = False
+        for _, _, files in os.walk(root / folder):
+            if any(Path(name).suffix.lower() in allowed for name in files):
+                found = True
+                break
+        if not found:
+            empty.append(folder)
+    return empty
+
+
+def _check_class_folders(dataset: dict, root: Path, workdir: Path) -> None:
+    """``exclude_classes`` and ``class_names`` name folders of the root, and every class folder
+    that is not excluded holds at least one file with an image extension."""
+    where = f"'{dataset['root']}'{_resolved(root, dataset['root'], workdir)}"
+    folders = class_folders(root)
+    excluded = list(dataset.get("exclude_classes") or [])
+    unknown = sorted(set(excluded) - set(folders))
+    if unknown:
+        raise ConfigError(
+            f"dataset.exclude_classes: no class folder named {', '.join(unknown)} in {where}; "
+            f"the class folders there are {', '.join(folders) or '(none)'}"
+        )
+    kept = [folder for folder in folders if folder not in excluded]
+    unknown = sorted(set(dataset.get("class_names") or {}) - set(folders))
+    if unknown:
+        raise ConfigError(
+            f"dataset.class_names: no class folder named {', '.join(unknown)} in "
+            f"{where}; the class folders there are {', '.join(folders) or '(none)'} (the keys "
+            f"are folder names, the values the names the reports show)"
+        )
+    named_excluded = sorted(set(dataset.get("class_names") or {}) & set(excluded))
+    if named_excluded:
+        raise ConfigError(
+            f"dataset.class_names names {', '.join(named_excluded)}, which "
+            f"dataset.exclude_classes leaves out: remove one of the two"
+        )
+    if len(kept) < 2:
+        left = ", ".join(kept) or "none"
+        besides = f" besides the excluded {', '.join(excluded)}" if excluded else ""
+        raise ConfigError(
+            f"dataset.root: {where} has {len(kept)} class folders ({left}){besides}; a classifier "
+            f"needs at least 2 (<root>/<class>/<image>)"
+        )
+    empty = folders_without_images(root, kept, dataset["extensions"])
+    if empty:
+        raise ConfigError(
+            f"dataset.root: the class folder{'s' if len(empty) > 1 else ''} "
+            f"{', '.join(repr(name) for name in empty)} in {where} hold no file with an image "
+            f"extension ({', '.join(dataset['extensions'])}). Add images, or leave "
+            f"{'them' if len(empty) > 1 else 'it'} out with dataset.exclude_classes: "
+            f"[{', '.join(json.dumps(name) for name in empty)}]"
+        )
+
+
 def check_dataset_source(dataset: dict, workdir=".") -> None:
-    """Fail before any job runs when the images the config points at cannot exist, or
-    ``class_names`` names a folder the root does not have."""
+    """Fail before any job runs when the images the config points at cannot exist, ``class_names``
+    or ``exclude_classes`` names a folder the root does not have, or a class folder holds no file
+    with an image extension (one whose files all fail to decode stops build_manifest instead:
+    telling would mean decoding every image while the workflow is parsed)."""
     workdir = Path(workdir)
     demo = dataset.get("demo")
     if demo is None:
@@ -520,15 +586,7 @@ def check_dataset_source(dataset: dict, workdir=".") -> None:
                 f"Point dataset.root at an ImageFolder root (<root>/<class>/<image>), e.g. your "
                 f"Animals-10 'raw-img' folder."
             )
-        folders = class_folders(root)
-        unknown = sorted(set(dataset.get("class_names") or {}) - set(folders))
-        if unknown:
-            raise ConfigError(
-                f"dataset.class_names: no class folder named {', '.join(unknown)} in "
-                f"'{dataset['root']}'{_resolved(root, dataset['root'], workdir)}; the class "
-                f"folders there are {', '.join(folders) or '(none)'} (the keys are folder names, "
-                f"the values the names the reports show)"
-            )
+        _check_class_folders(dataset, root, workdir)
         return
     if demo["source"] == "fashion_mnist":
         raw_dir = workdir / demo["raw_dir"]

@@ -15,6 +15,7 @@ from conftest import REPO, make_plain_folder
 
 from tracinflow.config import load_schema, with_defaults
 from tracinflow.data import DataError
+from tracinflow.data.listing import read_source
 from tracinflow.data.scan import exclude_conflicting_duplicates, scan_image_folder
 from tracinflow.data.split import split_images
 from tracinflow.stages.data import build_manifest
@@ -36,9 +37,11 @@ def run_stage(tmp_path: Path, policy: str) -> tuple[dict, list[str]]:
     root = folder_with_duplicates(tmp_path / "images")
     out = tmp_path / "data"
     outputs = {name: out / f"{name}.{ext}" for name, ext in
-               [("images", "parquet"), ("rejected", "csv"), ("duplicates", "csv")]}  # fmt: skip
+               [("images", "parquet"), ("rejected", "csv"), ("duplicates", "csv"),
+                ("source", "json")]}  # fmt: skip
     params = {"extensions": [".png"], "class_names": {}, "max_pixels": 10**6,
-              "conflicting_duplicates": policy}  # fmt: skip
+              "conflicting_duplicates": policy, "exclude_classes": [],
+              "source": read_source(root, [".png"]).digest}  # fmt: skip
     lines: list[str] = []
     build_manifest({"root": root}, outputs, params, threads=1, log=lines.append)
     tables = {

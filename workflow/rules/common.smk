@@ -2,6 +2,7 @@ import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from tracinflow.config import (
@@ -19,6 +20,7 @@ from tracinflow.config import (
     version_settings,
     with_study_versions,
 )
+from tracinflow.data.listing import ABSENT, read_source, stat_cache_file
 
 # Before the schema fills in its default versions: a study config may name none of its own.
 OWN_VERSIONS = "versions" in config
@@ -45,6 +47,8 @@ STUDY = CONFIG.get("study")
 DATASET = config["dataset"]["name"]
 DATASET_ROOT = config["dataset"]["root"]
 DEMO = config["dataset"]["demo"]
+# the sha256 of the dataset's files by their stat, so a run reads only files that changed
+SOURCE_STAT_CACHE = stat_cache_file(".snakemake/tracinflow", DATASET_ROOT)
 SPLITS = ["train", "val", "test"]
 # train_model declares every checkpoint file as an output, so the epochs are one list for all
 # versions (config.py refuses a version that overrides them).
@@ -124,6 +128,37 @@ def has_planted_noise(version):
     """Whether the version's training set carries planted label flips (its own or, when it cleans
     another version's training set, that version's)."""
     return plants_noise(VERSIONS, version)
+
+
+_SOURCE_CHANGES_TOLD = set()
+
+
+def get_dataset_source(wildcards):
+    """The fingerprint of the files under dataset.root (tracinflow.data.listing), as a param of
+    build_manifest: any image added, removed, renamed or given other bytes, at any depth, reruns
+    the manifest and everything after it; a file touched or copied back with the same bytes reruns
+    nothing. Snakemake asks for it while planning (to compare with the one recorded) and again just
+    before the job runs, once the demo's folder exists. When it differs from the folder the manifest
+    was made from (source.json), the console names the files."""
+    if not Path(DATASET_ROOT).is_dir():
+        return ABSENT  # the demo's folder, before make_demo_dataset writes it
+    dataset = config["dataset"]
+    source = read_source(
+        DATASET_ROOT,
+        dataset["extensions"],
+        dataset["exclude_classes"],
+        SOURCE_STAT_CACHE,
+    )
+    recorded = rules.build_manifest.output.source
+    if source.digest not in _SOURCE_CHANGES_TOLD:
+        _SOURCE_CHANGES_TOLD.add(source.digest)
+        changes = source.changes_since(recorded)
+        if changes:
+            logger.warning(
+                f"dataset.root '{DATASET_ROOT}' changed since the manifest was built ({recorded}): "
+                f"{changes.describe()}. build_manifest reruns, and every stage after it."
+            )
+    return source.digest
 
 
 # --- files of other rules, by the names those rules give them --------------------------------------

@@ -21,13 +21,17 @@ if DEMO:
             "../scripts/make_demo_dataset.py"
 
 
+# The root is an input for the demo's sake (make_demo_dataset writes it), not by its time: a folder's
+# mtime changes only when its first level does. What reruns the manifest is the `source` param, the
+# fingerprint of every file under the root (get_dataset_source).
 rule build_manifest:
     input:
-        root=DATASET_ROOT,
+        root=ancient(DATASET_ROOT),
     output:
         images=f"results/data/{DATASET}/images.parquet",
         rejected=f"results/data/{DATASET}/rejected.csv",
         duplicates=f"results/data/{DATASET}/duplicates.csv",
+        source=f"results/data/{DATASET}/source.json",
     log:
         f"logs/build_manifest/{DATASET}.log",
     benchmark:
@@ -39,7 +43,9 @@ rule build_manifest:
         mem_mb=2000,
         runtime=120,
     params:
+        source=get_dataset_source,
         extensions=config["dataset"]["extensions"],
+        exclude_classes=config["dataset"]["exclude_classes"],
         class_names=config["dataset"]["class_names"],
         max_pixels=config["dataset"]["max_pixels"],
         conflicting_duplicates=config["dataset"]["conflicting_duplicates"],
@@ -68,10 +74,11 @@ rule split_dataset:
         "../scripts/split_dataset.py"
 
 
+# ancient: the manifest says when the images changed (the cache checks each file's sha256 against it)
 rule cache_images:
     input:
         manifest=rules.split_dataset.output.manifest,
-        root=DATASET_ROOT,
+        root=ancient(DATASET_ROOT),
     output:
         cache=f"results/data/{DATASET}/cache/{{split}}.npy",
     log:

@@ -13,6 +13,7 @@ import pandas as pd
 from tracinflow._util.progress import Progress
 from tracinflow.data import DataError
 from tracinflow.data.images import MAX_PIXELS, decode_bytes, stable_reason
+from tracinflow.data.listing import UNREADABLE, list_image_folder, source_record
 
 MANIFEST_COLUMNS = ["idx", "path", "class", "label", "split", "sha256", "width", "height"]
 REJECTED_COLUMNS = ["path", "reason"]
@@ -38,73 +39,20 @@ class _FileInspector:
         try:
             data = path.read_bytes()
         except OSError as error:
-            return {"ok": False, "reason": f"cannot read file: {error.strerror or error}"}
+            reason = f"cannot read file: {error.strerror or error}"
+            return {"ok": False, "reason": reason, "sha256": UNREADABLE}
+        sha256 = hashlib.sha256(data).hexdigest()
         if not data:
-            return {"ok": False, "reason": "empty file (0 bytes)"}
+            return {"ok": False, "reason": "empty file (0 bytes)", "sha256": sha256}
         try:
             image = decode_bytes(data, self.max_pixels)
         except (
             Exception
         ) as error:  # PIL raises many types for corrupt data; all mean "not an image"
-            return {"ok": False, "reason": f"not a readable image: {stable_reason(error)}"}
-        return _accepted(data, image)
-
-
-def _accepted(data: bytes, image) -> dict:
-    width, height = image.size
-    return {
-        "ok": True,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "width": width,
-        "height": height,
-    }
-
-
-def list_image_folder(root, extensions: Iterable[str]):
-    """Class folders and candidate files under ``root``, and files that cannot be candidates.
-
-    Returns ``(classes, candidates, rejected)``: sorted class folder names, ``(relative path,
-    folder)`` pairs of image-extension files at any depth under a class folder, and rejected
-    ``(relative path, reason)`` rows for everything else (nothing is dropped without a trace).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"dataset root '{root}' is not a folder; set dataset.root in the config")
-    allowed = {ext.lower() for ext in extensions}
-    inside = root.resolve()
-    classes, candidates, rejected = [], [], []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        relative = entry.relative_to(root).as_posix()
-        if entry.is_file():
-            rejected.append((relative, "not inside a class folder (<root>/<class>/<image>)"))
-            continue
-        if not entry.is_dir():
-            continue
-        classes.append(entry.name)
-        for file in sorted(p for p in entry.rglob("*") if p.is_file()):
-            relative = file.relative_to(root).as_posix()
-            target = file.resolve()
-            if not target.is_relative_to(inside):
-                rejected.append((relative, _outside_reason(target)))
-            elif file.suffix.lower() in allowed:
-                candidates.append((relative, entry.name))
-            else:
-                rejected.append(
-                    (
-                        relative,
-                        f"extension '{file.suffix}' is not an image extension {sorted(allowed)}",
-                    )
-                )
-    return classes, candidates, rejected
-
-
-def _outside_reason(target: Path) -> str:
-    return (
-        f"a symbolic link to '{target}', outside the dataset root: only files under dataset.root "
-        f"are read (copy the file in, or point dataset.root higher)"
-    )
+            reason = f"not a readable image: {stable_reason(error)}"
+            return {"ok": False, "reason": reason, "sha256": sha256}
+        width, height = image.size
+        return {"ok": True, "sha256": sha256, "width": width, "height": height}
 
 
 def _refuse_empty_classes(classes, images: pd.DataFrame, rejected, root) -> None:
@@ -112,9 +60,18 @@ def _refuse_empty_classes(classes, images: pd.DataFrame, rejected, root) -> None
     if empty:
         reasons = [f"{path}: {why}" for path, why in rejected if path.split("/")[0] in empty][:5]
         raise DataError(
-            f"class folders without a single readable image: {empty} under '{root}'. Add images "
-            f"or remove the folders. "
+            f"class folders without a single readable image: {empty} under '{root}'. Add images, "
+            f"or leave the folders out with dataset.exclude_classes: {empty}. "
             + ("Rejected there: " + "; ".join(reasons) if reasons else "")
+        )
+
+
+def _refuse_unknown_names(class_names, classes, root) -> None:
+    unknown = sorted(set(class_names) - set(classes))
+    if unknown:
+        raise DataError(
+            f"dataset.class_names names folders that are not in '{root}': {unknown}; "
+            f"the class folders are {classes}"
         )
 
 
@@ -125,31 +82,51 @@ def scan_image_folder(
     workers: int = 1,
     log=None,
     max_pixels: int = MAX_PIXELS,
+    exclude: Iterable[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Decode every file under ``root`` and return ``(images, rejected)``.
+    """Decode every file under ``root`` and return ``(images, rejected)``
+    (:func:`scan_source` without the source record)."""
+    images, rejected, _ = scan_source(
+        root, extensions, class_names, workers, log, max_pixels, exclude
+    )
+    return images, rejected
+
+
+def scan_source(
+    root,
+    extensions: Iterable[str],
+    class_names: dict | None = None,
+    workers: int = 1,
+    log=None,
+    max_pixels: int = MAX_PIXELS,
+    exclude: Iterable[str] = (),
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Decode every file under ``root`` and return ``(images, rejected, source)``.
 
     ``images`` has the manifest columns except ``split`` (plus ``folder``, the class folder name);
     ``class`` is the display name from ``class_names`` (folder name when unmapped) and ``label`` the
     position of the folder in sorted order. Unreadable files, images of more than ``max_pixels``
-    and symbolic links to files outside ``root`` go to ``rejected`` with the reason.
+    and symbolic links to files outside ``root`` go to ``rejected`` with the reason. The class
+    folders named in ``exclude`` are not read. ``source`` is the
+    :func:`~tracinflow.data.listing.source_record` of the files as read (what a later run
+    compares the folder with).
     """
     root = Path(root)
     class_names = class_names or {}
-    classes, candidates, rejected = list_image_folder(root, extensions)
-    unknown = sorted(set(class_names) - set(classes))
-    if unknown:
-        raise DataError(
-            f"dataset.class_names names folders that are not in '{root}': {unknown}; "
-            f"the class folders are {classes}"
-        )
+    listing = list_image_folder(root, extensions, exclude)
+    classes, candidates, rejected = listing.classes, listing.candidates, list(listing.rejected)
+    _refuse_unknown_names(class_names, classes, root)
     label_of = {folder: label for label, folder in enumerate(classes)}
-    progress = Progress(len(candidates), f"scan {root}", unit="files", log=log)
-    rows = []
+    # every file counts; those rejected without being read are done before decoding starts
+    progress = Progress(len(candidates) + len(rejected), f"scan {root}", unit="files", log=log,
+                        start=len(rejected))  # fmt: skip
+    rows, sha256 = [], {}
     paths = [root / relative for relative, _ in candidates]
     for (relative, folder), result in zip(
         candidates, ordered_map(_FileInspector(max_pixels), paths, workers), strict=True
     ):
         progress.update()
+        sha256[relative] = result["sha256"]
         if not result["ok"]:
             rejected.append((relative, result["reason"]))
             continue
@@ -172,7 +149,7 @@ def scan_image_folder(
     images.insert(0, "idx", np.arange(len(images), dtype=np.int64))
     images = images.astype({"label": np.int64, "width": np.int64, "height": np.int64})
     rejected_frame = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values("path")
-    return images, rejected_frame.reset_index(drop=True)
+    return images, rejected_frame.reset_index(drop=True), source_record(listing, sha256)
 
 
 def find_duplicates(images: pd.DataFrame) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from tracinflow._util.files import atomic_path, write_csv, write_json, write_par
 from tracinflow._util.progress import Progress
 from tracinflow.data.cache import decode_split
 from tracinflow.data.demo import DemoImages, digits_demo, fashion_mnist_demo, parse_idx
-from tracinflow.data.scan import exclude_conflicting_duplicates, scan_image_folder
+from tracinflow.data.scan import exclude_conflicting_duplicates, scan_source
 from tracinflow.data.split import split_images, split_rows, split_summary
 
 
@@ -94,11 +94,19 @@ def _log_conflicts(duplicates: pd.DataFrame, excluded: pd.DataFrame, log) -> Non
 def build_manifest(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     """Every file under the dataset root decoded once: the readable images, the rejected files
     with their reason, and byte-identical duplicates; copies in different classes are rejected
-    unless ``params["conflicting_duplicates"]`` is ``keep``."""
-    images, rejected = scan_image_folder(
+    unless ``params["conflicting_duplicates"]`` is ``keep``; the class folders of
+    ``params["exclude_classes"]`` are not read. ``source.json`` records the files as read (their
+    sha256 and fingerprint), which the next run compares the folder with."""
+    images, rejected, source = scan_source(
         inputs["root"], params["extensions"], params["class_names"], workers=threads, log=log,
-        max_pixels=int(params["max_pixels"]),
+        max_pixels=int(params["max_pixels"]), exclude=params["exclude_classes"],
     )  # fmt: skip
+    if source["excluded"]:
+        log(f"left out by dataset.exclude_classes: {', '.join(source['excluded'])}")
+    if params["source"] != source["digest"]:
+        # the folder changed between planning and reading: this manifest is what was read, and
+        # the next run, seeing another fingerprint than the one recorded, builds it again
+        log("the dataset's files changed while they were read; the next run scans them again")
     images, excluded, duplicates = exclude_conflicting_duplicates(
         images, params["conflicting_duplicates"]
     )
@@ -113,6 +121,7 @@ def build_manifest(inputs, outputs, params, threads=1, log=print) -> pd.DataFram
         log(f"rejected {path}: {reason}")
     write_csv(outputs["rejected"], rejected)
     write_csv(outputs["duplicates"], duplicates)
+    write_json(outputs["source"], source)
     write_parquet(outputs["images"], images)
     return images
 
