@@ -5,16 +5,18 @@ the folder is written whole (thumbnails from real image files) or not at all."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_plain_folder, save
+from conftest import make_plain_folder, pattern_image, save
 from PIL import Image
 
 from tracinflow._util.tables import descending_rank
+from tracinflow.data import DataError
 from tracinflow.explorer.page import data_script
 from tracinflow.explorer.payload import explorer_payload, top_lists
 from tracinflow.explorer.thumbnails import webp_thumbnail
@@ -152,8 +154,14 @@ def test_a_thumbnail_keeps_the_aspect_and_is_never_enlarged(tmp_path):
 
 
 def stage_inputs(tmp_path, root) -> dict:
+    """The stage's input files; the manifest records the sha256 of the files under ``root`` as
+    they are now (as the scan would)."""
     files = {}
     for name, frame in tables().items():
+        if name == "manifest":
+            frame["sha256"] = [
+                hashlib.sha256((root / path).read_bytes()).hexdigest() for path in frame["path"]
+            ]
         files[name] = tmp_path / f"{name}.parquet"
         frame.to_parquet(files[name])
     return {
@@ -185,6 +193,23 @@ def test_the_folder_holds_the_page_its_data_and_a_thumbnail_of_every_readable_im
     written = (out / "data.js").read_text()
     assert json.loads(written.removeprefix("window.TRACINFLOW = ").rstrip(";\n")) == data
     assert '<script src="data.js">' in (out / "index.html").read_text()
+
+
+def test_an_image_changed_after_the_manifest_stops_the_page_naming_every_changed_file(tmp_path):
+    """No thumbnail from pixels the model did not train on: a replaced and a removed file stop
+    the stage, both named, and no folder (nor a temporary one) is left."""
+    root = make_plain_folder(tmp_path / "images", {"cat": 3, "dog": 4})
+    inputs = stage_inputs(tmp_path, root)
+    save(pattern_image(999, (20, 16)), root / "cat/img_001.png")  # train image 1: other pixels
+    (root / "dog/img_003.png").unlink()  # test image 11: gone
+    out = tmp_path / "explorer"
+    with pytest.raises(DataError) as info:
+        explorer(inputs, {"explorer": out}, PARAMS)
+    message = str(info.value)
+    assert "2 image files changed since the manifest" in message
+    assert str(root / "cat/img_001.png") in message and str(root / "dog/img_003.png") in message
+    assert "snakemake -R build_manifest" in message
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_a_failing_build_leaves_the_old_folder_and_no_temporary_one(tmp_path, monkeypatch):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
 from tracinflow._util.files import save_figure, write_parquet
+from tracinflow.data import DataError
 from tracinflow.data.images import Thumbnails, load_thumbnail
 from tracinflow.plots.dashboards import (
     plot_class_influence_heatmap,
@@ -97,6 +100,11 @@ def dataset(tmp_path):
             "class": [CLASSES[labels[i]] for i in files],
             "label": [labels[i] for i in files],
             "split": ["test" if i >= 100 else "train" for i in files],
+            # the bytes as they are (as the scan records them); none for the missing file
+            "sha256": [
+                hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
+                for p in files.values()
+            ],
         }
     )
     results = tmp_path / "results"
@@ -437,6 +445,17 @@ def galleries(dataset, out, *, mispredictions=20, suspects=24, log):
     }
     settings = {"mispredictions": mispredictions, "suspects": suspects, "thumbnail_px": 128}
     return report_galleries(inputs, {"galleries": out}, {"galleries": settings}, log=log)
+
+
+def test_a_gallery_image_changed_after_the_manifest_stops_the_galleries_naming_it(dataset):
+    """No gallery from pixels the model did not train on: a proponent's file given other bytes
+    after the manifest was built stops the stage, naming the file and the rebuild."""
+    changed = dataset["root"] / "cat/a0.png"
+    solid(changed, OPP_RGB, (50, 30))
+    out = dataset["results"] / "reports" / "galleries"
+    with pytest.raises(DataError) as info:
+        galleries(dataset, out, log=lambda line: None)
+    assert f"'{changed}'" in str(info.value) and "snakemake -R build_manifest" in str(info.value)
 
 
 def test_report_galleries_caps_orders_and_logs(dataset):

@@ -7,8 +7,9 @@ rule explorer:
         test=rules.predict.output.test,
         topk=rules.merge_topk.output.parquet,
         suspicion=rules.suspicion_scores.output.scores,
-        # the thumbnails come from the original image files
-        root=DATASET_ROOT,
+        # the thumbnails come from the original image files, each checked against the manifest's
+        # sha256 (the manifest, not the folder's time, says when they changed)
+        root=ancient(DATASET_ROOT),
     output:
         # a folder: index.html opens from the file system (its script, style, data and
         # thumbnails beside it)

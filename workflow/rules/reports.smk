@@ -115,8 +115,9 @@ rule report_galleries:
         test=rules.predict.output.test,
         cross=rules.report_tables.output.cross,
         inspection=rules.report_tables.output.inspection,
-        # the thumbnails come from the original image files
-        root=DATASET_ROOT,
+        # the thumbnails come from the original image files, each checked against the manifest's
+        # sha256 (the manifest, not the folder's time, says when they changed)
+        root=ancient(DATASET_ROOT),
     output:
         galleries=report(
             directory("results/{version}/reports/galleries"),

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tracinflow.data import DataError
 from tracinflow.data.images import load_for_cache
 from tracinflow.data.scan import ordered_map
 from tracinflow.data.split import split_rows
@@ -23,13 +21,7 @@ class _CacheLoader:
 
     def __call__(self, item):
         relative, sha256 = item
-        path = self.root / relative
-        if hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
-            raise DataError(
-                f"'{path}' changed since the manifest was built; rebuild it with "
-                f"`snakemake -R build_manifest`"
-            )
-        return load_for_cache(path, self.size, self.resize)
+        return load_for_cache(self.root / relative, self.size, self.resize, sha256)
 
 
 def decode_split(

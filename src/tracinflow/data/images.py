@@ -3,6 +3,7 @@ gallery thumbnails."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import warnings
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from tracinflow.data import DataError
 
 RESAMPLE = Image.Resampling.BILINEAR
 #: the default of ``dataset.max_pixels``: larger images are rejected before their pixels are decoded
@@ -21,10 +24,52 @@ class ImageTooLarge(ValueError):
     """An image with more pixels than the limit; raised from its header, before decoding."""
 
 
+class ImageChanged(DataError):
+    """A file whose bytes are not those the manifest recorded (its sha256): it was edited,
+    replaced or removed after the manifest was built."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        super().__init__(changed_images_message([self.path]))
+
+    def __reduce__(self):  # raised in a worker process, re-raised in the stage's
+        return (type(self), (self.path,))
+
+
+def changed_images_message(paths, shown: int = 5) -> str:
+    """What a stage says when image files differ from the manifest: which (absolute paths), and
+    how to rebuild."""
+    paths = [str(Path(path).absolute()) for path in paths]
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    names = ", ".join(f"'{path}'" for path in paths[:shown])
+    return (
+        f"{len(paths)} image file{'s' if len(paths) != 1 else ''} changed since the manifest was "
+        f"built ({names}{more}): nothing is drawn or cached from pixels the manifest does not "
+        f"record. Run snakemake again: it sees the change and rebuilds the manifest and what "
+        f"depends on it (with --rerun-triggers leaving out params, force it: snakemake -R "
+        f"build_manifest)."
+    )
+
+
+def read_checked(path, sha256: str | None) -> bytes:
+    """The bytes of ``path``, which must have the ``sha256`` the manifest recorded (``None``: no
+    check); a missing file or other bytes raise :class:`ImageChanged`."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        if sha256 is None:
+            raise
+        raise ImageChanged(path) from None
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ImageChanged(path)
+    return data
+
+
 def stable_reason(error: Exception) -> str:
-    """``Type: message`` without what differs between runs (object addresses such as
+    """``Type: message`` without what differs between runs (object reprs with an address, such as
     ``<_io.BytesIO object at 0x7f39...>``), so rejection reasons are the same on every run."""
-    message = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file's bytes", str(error))
+    message = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))
     return f"{type(error).__name__}: {message}"
 
 
@@ -102,25 +147,28 @@ def resize_square(image: Image.Image, size: int, mode: str = "squash") -> Image.
     raise ValueError(f"resize mode must be 'squash' or 'center_crop', got {mode!r}")
 
 
-def load_for_cache(path, size: int, mode: str = "squash") -> np.ndarray:
-    """The cached pixels of one file: (size, size, 3) uint8. No pixel limit: the scan has accepted
-    the file (the cache checks it is byte-identical to the one scanned)."""
-    with open(path, "rb") as handle:
-        image = decode_bytes(handle.read(), max_pixels=None)
+def load_for_cache(path, size: int, mode: str = "squash", sha256: str | None = None) -> np.ndarray:
+    """The cached pixels of one file: (size, size, 3) uint8, from bytes with the manifest's
+    ``sha256`` (:func:`read_checked`). No pixel limit: the scan has accepted the file."""
+    image = decode_bytes(read_checked(path, sha256), max_pixels=None)
     return np.asarray(resize_square(image, size, mode), dtype=np.uint8)
 
 
 THUMBNAIL_PAD_RGB = (255, 255, 255)  # around a thumbnail that is not square
 
 
-def load_thumbnail(path, thumb_px: int) -> np.ndarray | None:
+def load_thumbnail(path, thumb_px: int, sha256: str | None = None) -> np.ndarray | None:
     """The image at ``path`` in RGB, its longer side scaled to ``thumb_px`` (aspect kept), centred
-    on a ``thumb_px`` square of white; ``None`` when the file is missing or unreadable."""
+    on a ``thumb_px`` square of white; ``None`` when the file is missing or unreadable. Given the
+    manifest's ``sha256``, a file with other bytes (or none) raises :class:`ImageChanged`."""
+    if path is None or (isinstance(path, float) and not np.isfinite(path)):
+        return None
+    data = read_checked(path, sha256) if sha256 is not None else None
     try:
-        if path is None or (isinstance(path, float) and not np.isfinite(path)):
-            return None
-        with open(path, "rb") as handle:
-            image = decode_bytes(handle.read())
+        if data is None:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        image = decode_bytes(data)
         width, height = image.size
         scale = thumb_px / max(width, height)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -132,12 +180,12 @@ def load_thumbnail(path, thumb_px: int) -> np.ndarray | None:
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def small_image(path, longest: int) -> Image.Image:
+def small_image(path, longest: int, sha256: str | None = None) -> Image.Image:
     """The image at ``path`` in RGB, upright, its longer side shrunk to at most ``longest`` pixels
     (aspect kept, never enlarged): what the explorer shows. JPEG files decode at a reduced scale
-    (PIL's draft mode), several times faster for photos; a file the scan accepted is assumed."""
-    with open(path, "rb") as handle:
-        data = handle.read()
+    (PIL's draft mode), several times faster for photos; a file the scan accepted is assumed, with
+    the manifest's ``sha256`` when given (:func:`read_checked`)."""
+    data = read_checked(path, sha256)
     with _open_header(data) as image:
         image.draft("RGB", (longest, longest))  # JPEG only: a power-of-two scale at least this big
         image.load()
@@ -148,12 +196,16 @@ def small_image(path, longest: int) -> Image.Image:
 
 class Thumbnails:
     """Thumbnails of the dataset's images by their manifest path (relative to ``root``): what the
-    galleries draw, decoded from the original files. A missing path or file gives ``None``."""
+    galleries draw, decoded from the original files. A missing path gives ``None``; given the
+    manifest's ``{path: sha256}``, a file whose bytes differ from it (or that is gone) raises
+    :class:`ImageChanged`, so no gallery shows pixels the model did not train on."""
 
-    def __init__(self, root):
+    def __init__(self, root, sha256: dict[str, str] | None = None):
         self.root = root
+        self.sha256 = sha256
 
     def __call__(self, relative, thumb_px: int) -> np.ndarray | None:
         if relative is None or (isinstance(relative, float) and not np.isfinite(relative)):
             return None
-        return load_thumbnail(Path(self.root) / str(relative), thumb_px)
+        expected = None if self.sha256 is None else self.sha256.get(str(relative))
+        return load_thumbnail(Path(self.root) / str(relative), thumb_px, expected)

@@ -15,8 +15,10 @@ def thumbnail_name(idx: int) -> str:
     return f"{int(idx)}.webp"
 
 
-def webp_thumbnail(path, longest: int) -> bytes:
-    """The image at ``path`` as WebP bytes, its longer side at most ``longest`` pixels."""
+def webp_thumbnail(path, longest: int, sha256: str | None = None) -> bytes:
+    """The image at ``path`` as WebP bytes, its longer side at most ``longest`` pixels; given the
+    manifest's ``sha256``, a file with other bytes raises
+    :class:`~tracinflow.data.images.ImageChanged`."""
     buffer = io.BytesIO()
-    small_image(path, longest).save(buffer, "WEBP", quality=WEBP_QUALITY, method=4)
+    small_image(path, longest, sha256).save(buffer, "WEBP", quality=WEBP_QUALITY, method=4)
     return buffer.getvalue()

@@ -17,6 +17,8 @@ import pandas as pd
 
 from tracinflow._util.files import atomic_folder
 from tracinflow._util.progress import Progress
+from tracinflow.data import DataError
+from tracinflow.data.images import ImageChanged, changed_images_message
 from tracinflow.explorer.page import ASSET_FILES, DATA_FILE, data_script
 from tracinflow.explorer.payload import explorer_payload
 from tracinflow.explorer.thumbnails import thumbnail_name, webp_thumbnail
@@ -24,38 +26,55 @@ from tracinflow.explorer.thumbnails import thumbnail_name, webp_thumbnail
 THUMBS = "thumbs"
 
 
-def _write_thumbnail(source: Path, target: Path, longest: int) -> str | None:
-    """Write one thumbnail; the reason when the file cannot be read (the page then shows a
-    placeholder: one unreadable file must not stop the page)."""
+def _write_thumbnail(source: Path, target: Path, longest: int, sha256: str | None) -> str | None:
+    """Write one thumbnail; the reason when the file cannot be decoded (the page then shows a
+    placeholder: one unreadable file must not stop the page). A file whose bytes are not the
+    manifest's raises :class:`ImageChanged`: the page never shows pixels the model did not see."""
     try:
-        target.write_bytes(webp_thumbnail(source, longest))
+        target.write_bytes(webp_thumbnail(source, longest, sha256))
+    except ImageChanged:
+        raise
     except Exception as error:
         return f"{type(error).__name__}: {error}"
     return None
 
 
 def write_thumbnails(root, paths: Mapping[int, str], folder, longest: int, *,
-                     threads: int = 1, log: Callable[[str], None] = print) -> dict[int, str]:  # fmt: skip
+                     sha256: Mapping[int, str] | None = None, threads: int = 1,
+                     log: Callable[[str], None] = print) -> dict[int, str]:  # fmt: skip
     """A thumbnail of each ``{idx: path under root}`` in ``folder``, logging progress. Returns
-    ``{idx: reason}`` of the images that could not be read."""
+    ``{idx: reason}`` of the images that could not be read. With the manifest's ``{idx:
+    sha256}``, files whose bytes differ from it stop it with a :class:`DataError` naming them
+    all, after the others are done."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(paths), "thumbnails", "images", log=log)
-    failed = {}
+    failed, changed = {}, []
+    sha256 = sha256 or {}
     # PIL decodes and encodes without holding the GIL, so threads share the work
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         jobs = {
             idx: pool.submit(
-                _write_thumbnail, Path(root) / path, folder / thumbnail_name(idx), longest
+                _write_thumbnail,
+                Path(root) / path,
+                folder / thumbnail_name(idx),
+                longest,
+                sha256.get(idx),
             )
             for idx, path in paths.items()
         }
         for idx, job in jobs.items():
-            reason = job.result()
+            try:
+                reason = job.result()
+            except ImageChanged as error:
+                changed.append(error.path)
+                reason = None
             if reason:
                 failed[int(idx)] = reason
                 log(f"no thumbnail for image {idx} ({paths[idx]}): {reason}")
             progress.update()
+    if changed:
+        raise DataError(changed_images_message(changed))
     return failed
 
 
@@ -87,7 +106,7 @@ def _folder_size(folder: Path) -> tuple[int, int]:
 def explorer(inputs, outputs, params, threads=1, log=print) -> dict:
     """``<explorer>/index.html`` of one version, its script, style and data, and ``thumbs/``: a
     thumbnail of every train and test image of the manifest, made from the original files under
-    ``inputs["root"]``. ``params``: ``version``, ``ranking`` (the suspects' default), ``top``
+    ``inputs["root"]``, each checked against the manifest's sha256. ``params``: ``version``, ``ranking`` (the suspects' default), ``top``
     (proponents and opponents per test image), ``thumbnail_px``, ``planted`` and ``compare``
     (the versions of the across-versions view). Returns the payload."""
     tables = _tables(inputs)
@@ -101,11 +120,14 @@ def explorer(inputs, outputs, params, threads=1, log=print) -> dict:
     )
     images = payload["images"]
     paths = dict(zip(images["idx"], images["path"], strict=True))
+    manifest = tables["manifest"]
+    sha256 = dict(zip(manifest["idx"], manifest["sha256"], strict=True))
     assets = importlib.resources.files("tracinflow.explorer") / "assets"
     with atomic_folder(outputs["explorer"]) as folder:
         failed = write_thumbnails(
-            inputs["root"], paths, folder / THUMBS, params["thumbnail_px"], threads=threads, log=log
-        )
+            inputs["root"], paths, folder / THUMBS, params["thumbnail_px"], sha256=sha256,
+            threads=threads, log=log,
+        )  # fmt: skip
         payload["missing_thumbnails"] = sorted(failed)
         for name in ASSET_FILES:
             (folder / name).write_text(assets.joinpath(name).read_text())

@@ -129,12 +129,20 @@ def report_galleries(inputs, outputs, params, threads=1, log=print) -> list[Path
     """``<galleries>/mispredictions/test_<idx>.png`` for the most confident mispredicted test
     images (``params["galleries"]["mispredictions"]`` of them), with their proponents and
     opponents from the cross analysis, and ``<galleries>/suspects.png``; thumbnails from the
-    original files under ``inputs["root"]``. With no gallery to draw the folder holds a
+    original files under ``inputs["root"]``, which must hold the bytes the manifest recorded
+    (:class:`~tracinflow.data.images.ImageChanged` otherwise). With no gallery to draw the folder holds a
     ``README.txt`` saying why. Returns the files written."""
     settings = params["galleries"]
     thumb_px, limit = settings["thumbnail_px"], settings["mispredictions"]
-    thumbnails, out_dir = Thumbnails(inputs["root"]), Path(outputs["galleries"])
-    manifest = pd.read_parquet(inputs["manifest"], columns=["idx", "path", "label", "class"])
+    manifest = pd.read_parquet(
+        inputs["manifest"], columns=["idx", "path", "label", "class", "sha256"]
+    )
+    # each original file is checked against the manifest's sha256 before it is drawn
+    sha256 = {
+        path: sha for path, sha in zip(manifest["path"], manifest["sha256"], strict=True)
+        if isinstance(sha, str)
+    }  # fmt: skip
+    thumbnails, out_dir = Thumbnails(inputs["root"], sha256), Path(outputs["galleries"])
     names = np.asarray(class_names_of(manifest), dtype=object)
     paths = manifest.set_index("idx")["path"]
     predictions = pd.read_parquet(inputs["test"], columns=["idx", "label", "pred", "confidence"])
