@@ -11,6 +11,14 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+#: Debian's chromium, which the explorer page's tests drive through Playwright (None: not here)
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """The system's Chromium: nothing downloads a browser."""
+    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 def pattern_image(seed: int, size=(24, 20), mode="RGB") -> Image.Image:

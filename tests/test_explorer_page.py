@@ -15,13 +15,13 @@ import shutil
 
 import pandas as pd
 import pytest
+from conftest import CHROMIUM
 from snakemake_runs import run_snakemake, write_config
 
 from tracinflow._util.tables import descending_rank
 
 pytestmark = pytest.mark.workflow
 
-CHROMIUM = shutil.which("chromium")
 if CHROMIUM is None:
     pytest.skip(
         "the browser tests need Debian's chromium (apt-get install chromium)",
@@ -29,12 +29,6 @@ if CHROMIUM is None:
     )
 
 VERSION = "v2"  # planted noise (v3 is cleaned from it)
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    """The system's Chromium: nothing downloads a browser."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM}
 
 
 @pytest.fixture

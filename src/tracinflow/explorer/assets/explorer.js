@@ -35,31 +35,55 @@ function el(tag, attrs = {}, ...children) {
 }
 
 const className = (label) => D.classes[label];
+// A name as text with its control characters made visible: a newline shows as \n, a tab as \t.
+const visible = (text) => String(text).replace(/[\u0000-\u001f\u007f]/g, (c) =>
+  ({ "\n": "\\n", "\t": "\\t", "\r": "\\r" })[c]
+    || `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
 const pathOf = (idx) => D.images.path[imageAt.get(idx)];
-const fileName = (idx) => (pathOf(idx) || "").split("/").pop();
+const shownPath = (idx) => visible(pathOf(idx) || "");
+const fileName = (idx) => visible((pathOf(idx) || "").split("/").pop());
 const formatInfluence = (value) => (value >= 0 ? "+" : "") + value.toPrecision(4);
 const formatConfidence = (value) => (value === null ? "–" : `${(100 * value).toFixed(1)}%`);
 
 // One row of a facts table: its name, and the value's cell (with the cell's attributes).
 const fact = (name, value, attrs = {}) => el("tr", {}, el("th", {}, name), el("td", attrs, value));
-// The query part of the URL fragment ("?sort=idx..."), kept when moving between images.
-const hashQuery = () => (location.hash.includes("?") ? `?${location.hash.split("?")[1]}` : "");
+// The query part of the URL fragment ("?sort=idx..."), as it stands (still encoded), kept when
+// moving between images.
+const hashQuery = () => {
+  const at = location.hash.indexOf("?");
+  return at < 0 ? "" : location.hash.slice(at);
+};
 
 function thumb(idx, extra = "") {
   if (missingThumbs.has(idx) || !imageAt.has(idx)) {
     return el("span", { class: `thumb missing ${extra}`, text: "no image" });
   }
   return el("img", {
-    class: `thumb ${extra}`, src: `thumbs/${idx}.webp`, alt: pathOf(idx), loading: "lazy",
-    title: pathOf(idx),
+    class: `thumb ${extra}`, src: `thumbs/${idx}.webp`, alt: shownPath(idx), loading: "lazy",
+    title: shownPath(idx),
   });
 }
 
+// The fragment "#view/id?query": the query is decoded once, by URLSearchParams (which link()
+// wrote it with), so "&", "+", "%" and "#" in a search survive; a malformed "%" stays as typed.
 function parseHash() {
-  const raw = decodeURIComponent(location.hash.replace(/^#/, "")) || "test";
-  const [path, query = ""] = raw.split("?");
+  const raw = location.hash.replace(/^#/, "");
+  const at = raw.indexOf("?");
+  const path = (at < 0 ? raw : raw.slice(0, at)) || "test";
   const [view, id] = path.split("/");
-  return { view, id: id === undefined ? null : Number(id), params: new URLSearchParams(query) };
+  return { view, id: id === undefined ? null : Number(id),
+    params: new URLSearchParams(at < 0 ? "" : raw.slice(at + 1)) };
+}
+
+// The ranking a URL asks for, or the default when this version has none of that name (another
+// version's link, a typo), with a note saying so.
+function chosenRanking(params) {
+  const asked = params.get("ranking");
+  if (asked === null || asked === "" || D.rankings.includes(asked)) {
+    return { ranking: asked || D.default_ranking, note: null };
+  }
+  return { ranking: D.default_ranking, note: el("p", { class: "notice", id: "ranking-notice" },
+    `This version has no ranking "${visible(asked)}"; showing ${D.default_ranking}, its default.`) };
 }
 
 function link(view, params) {
@@ -146,7 +170,8 @@ function testList(f) {
     if (f.pred !== "" && t.pred[i] !== Number(f.pred)) continue;
     const wrong = t.label[i] !== t.pred[i];
     if ((f.outcome === "wrong" && !wrong) || (f.outcome === "right" && wrong)) continue;
-    if (query && String(t.idx[i]) !== query && !pathOf(t.idx[i]).toLowerCase().includes(query)) {
+    if (query && String(t.idx[i]) !== query && !pathOf(t.idx[i]).toLowerCase().includes(query)
+      && !shownPath(t.idx[i]).toLowerCase().includes(query)) {
       continue;
     }
     rows.push(i);
@@ -192,7 +217,7 @@ function renderGrid(params) {
     const wrong = D.test.label[i] !== D.test.pred[i];
     return el("a", { class: `card${wrong ? " wrong" : ""}`, href: `#test/${idx}`, "data-idx": idx,
       "data-wrong": String(wrong) }, thumb(idx),
-      el("div", { class: "cap", title: pathOf(idx) }, `#${idx} ${className(D.test.label[i])}`),
+      el("div", { class: "cap", title: shownPath(idx) }, `#${idx} ${className(D.test.label[i])}`),
       el("div", { class: `cap ${wrong ? "no" : "ok"}` },
         `→ ${className(D.test.pred[i])} ${formatConfidence(D.test.confidence[i])}`));
   }));
@@ -227,7 +252,7 @@ function influencerCard(trainIdx, influence, rank, scale, testRow) {
         `predicted ${pred === null ? "–" : className(pred)} `,
         D.planted && row !== undefined && D.train.flipped[row]
           ? el("span", { class: "badge flipped" }, "flipped") : null),
-      el("div", { class: "cap hint", title: pathOf(trainIdx) }, fileName(trainIdx)),
+      el("div", { class: "cap hint", title: shownPath(trainIdx) }, fileName(trainIdx)),
       el("div", { class: "bar", style: `width: ${Math.max(2, (100 * Math.abs(influence)) / scale)}%` })));
 }
 
@@ -245,7 +270,7 @@ function compareTable(row) {
           el("td", { class: v.pred[row] === D.test.label[row] ? "ok" : "no" }, className(v.pred[row])),
           el("td", {}, formatConfidence(v.confidence[row])),
           el("td", {}, el("div", { class: "strip" }, v.proponents[row].map(([idx, value]) =>
-            el("a", { href: `#train/${idx}`, title: pathOf(idx) }, thumb(idx, "small"),
+            el("a", { href: `#train/${idx}`, title: shownPath(idx) }, thumb(idx, "small"),
               formatInfluence(value))))));
       }))];
 }
@@ -277,7 +302,7 @@ function renderTest(idx, params) {
       el("div", {},
         el("h2", {}, `Test image #${idx}`),
         el("table", { class: "facts" },
-          fact("file", pathOf(idx)),
+          fact("file", shownPath(idx), { id: "test-file" }),
           fact("label", className(t.label[row]), { id: "test-label" }),
           fact("prediction", `${className(t.pred[row])} (${wrong ? "mispredicted" : "correct"})`,
             { id: "test-pred", class: wrong ? "no" : "ok" }),
@@ -322,23 +347,24 @@ function renderTrain(idx, params) {
   const row = trainAt.get(idx);
   if (row === undefined) {
     const at = imageAt.get(idx);
-    return [el("p", {}, at === undefined ? `No image ${idx}.` : `Image #${idx} (${pathOf(idx)}, ` +
+    return [el("p", {}, at === undefined ? `No image ${idx}.` : `Image #${idx} (${shownPath(idx)}, ` +
       `${className(D.images.label[at])}) is not in the training set of ${D.version}.`)];
   }
   const tr = D.train;
-  const ranking = params.get("ranking") || D.default_ranking;
+  const { ranking, note } = chosenRanking(params);
   const list = suspectOrder(ranking);
   current = { kind: "train", idx, list, ranking, back: link("suspects", { ranking }) };
   const rerender = () => render();
   const total = list.length;
   return [
+    note,
     el("p", {}, el("a", { href: current.back }, "← suspects")),
     el("div", { class: "detail", id: "train-detail", "data-idx": idx },
       el("div", { class: "hero" }, thumb(idx)),
       el("div", {},
         el("h2", {}, `Training image #${idx}`),
         el("table", { class: "facts" },
-          fact("file", pathOf(idx)),
+          fact("file", shownPath(idx), { id: "train-file" }),
           fact("label", className(tr.label[row]), { id: "train-label" }),
           flipFact(row),
           fact("prediction", `${className(tr.pred[row])} (${formatConfidence(tr.confidence[row])})`,
@@ -359,7 +385,7 @@ function renderTrain(idx, params) {
 // --- the suspects ------------------------------------------------------------------------------
 
 function renderSuspects(params) {
-  const ranking = params.get("ranking") || D.default_ranking;
+  const { ranking, note } = chosenRanking(params);
   const page = Number(params.get("page") || 0);
   const list = suspectOrder(ranking);
   const pages = Math.max(1, Math.ceil(list.length / SUSPECT_PAGE));
@@ -367,6 +393,7 @@ function renderSuspects(params) {
   current = { kind: "suspects", list };
   const tr = D.train;
   return [
+    note,
     el("div", { class: "controls" },
       el("label", {}, "ranking ", el("select", { id: "ranking", onchange: (e) => {
         location.hash = link("suspects", { ranking: e.target.value });
@@ -379,7 +406,7 @@ function renderSuspects(params) {
       const row = trainAt.get(idx);
       const mark = marks.get(idx);
       const card = el("div", { class: "card", "data-idx": idx },
-        el("a", { href: `#train/${idx}?ranking=${ranking}` }, thumb(idx)),
+        el("a", { href: `#train/${idx}${link("", { ranking }).slice(1)}` }, thumb(idx)),
         el("div", { class: "cap" }, `${tr.ranks[ranking][row]}. ${className(tr.label[row])}`),
         el("div", { class: "cap hint" }, `predicted ${className(tr.pred[row])}`),
         el("div", { class: "cap hint" }, `${ranking} ${tr.scores[ranking][row]}`),
