@@ -27,7 +27,6 @@ from tracinflow.analysis.cross_version import (
     confused_pairs,
     consistent_influencers,
     influence_statistics,
-    markdown_table,
     performance_table,
     persistent_mispredictions,
     shared_mislabel_candidates,
@@ -35,6 +34,7 @@ from tracinflow.analysis.cross_version import (
     train_set_fingerprint,
     version_registry,
 )
+from tracinflow.analysis.markdown import markdown_table
 from tracinflow.plots.cross_version import plot_influence_statistics, plot_performance
 from tracinflow.stages.versions import cross_version
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tracinflow.analysis.markdown import markdown_table, markdown_text
+
 MAX_SUMMARY_ROWS = 20
 INFLUENCE_KINDS = ("all", "proponent", "opponent")
 ALL_VERSIONS = "all"  # the version name of the summed-over-versions confused pairs
@@ -508,40 +510,6 @@ def version_registry(
 # summary
 
 
-def _markdown_cell(value) -> str:
-    if value is None or (
-        not isinstance(value, str) and pd.api.types.is_scalar(value) and pd.isna(value)
-    ):
-        return ""
-    if isinstance(value, bool | np.bool_):
-        return "yes" if value else "no"
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.4g}"
-    # A pipe would end the cell early, a newline the row.
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """The frame as a GitHub markdown table: a header, a rule, one line per row (floats to 4
-    significant digits, missing values empty, numeric columns right-aligned)."""
-    columns = [str(c) for c in frame.columns]
-    align = [
-        "---:"
-        if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
-        else "---"
-        for c in frame.columns
-    ]
-    lines = [
-        "| " + " | ".join(_markdown_cell(c) for c in columns) + " |",
-        "| " + " | ".join(align) + " |",
-    ]
-    for row in frame.itertuples(index=False, name=None):
-        lines.append("| " + " | ".join(_markdown_cell(v) for v in row) + " |")
-    return "\n".join(lines)
-
-
 def _capped_table(frame: pd.DataFrame, file_name: str, max_rows: int) -> str:
     if frame.empty:
         return "None."
@@ -558,7 +526,9 @@ def _overview(performance: pd.DataFrame, persistent: pd.DataFrame, min_versions:
     accuracy = performance["test_accuracy"].to_numpy(np.float64)
     if n and not np.isnan(accuracy).all():
         best = np.nanmax(accuracy)
-        winners = performance.loc[accuracy == best, "version"].astype(str).tolist()
+        winners = [
+            markdown_text(name) for name in performance.loc[accuracy == best, "version"].astype(str)
+        ]
         parts.append(
             f"Best by test accuracy: {', '.join(winners)} ({best:.4g})."
             if len(winners) == 1

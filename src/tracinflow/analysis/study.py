@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tracinflow.analysis.detection import DETECTION_COLUMNS
+from tracinflow.analysis.markdown import markdown_text
 
 DETECTION_METRICS = DETECTION_COLUMNS[1:6]
 ROLE_COLUMNS = ["version", "role", "rate", "mode", "seed", "variant", "source"]
@@ -177,13 +178,16 @@ def detection_markdown(summary: pd.DataFrame) -> str:
     ]
     for row in summary.itertuples(index=False):
         d = row._asdict()
-        name = f"**{row.ranking}** (default)" if row.default else row.ranking
+        ranking = markdown_text(row.ranking)
+        name = f"**{ranking}** (default)" if row.default else ranking
         cells = [
             _cell(d[f"{m}_mean"], d[f"{m}_std"], percent=m.startswith("found"))
             for m in DETECTION_METRICS
         ]
         lines.append(
-            f"| {row.mode} {row.rate:.0%} | {name} | " + " | ".join(cells) + f" | {row.seeds} |"
+            f"| {markdown_text(row.mode)} {row.rate:.0%} | {name} | "
+            + " | ".join(cells)
+            + f" | {row.seeds} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -197,7 +201,7 @@ def cleaning_markdown(summary: pd.DataFrame) -> str:
     ]
     for row in summary.itertuples(index=False):
         d = row._asdict()
-        noise = "none" if row.mode == "none" else f"{row.mode} {row.rate:.0%}"
+        noise = "none" if row.mode == "none" else f"{markdown_text(row.mode)} {row.rate:.0%}"
         cells = [
             _cell(d[f"{m}_mean"], d[f"{m}_std"], percent=True) for m in ("accuracy", "cost", "gain")
         ]
@@ -206,5 +210,6 @@ def cleaning_markdown(summary: pd.DataFrame) -> str:
         if not np.isnan(row.gain_over_random_t):
             over_random += f" (t {row.gain_over_random_t:.1f})"
         cells += [over_random, _cell(row.flips_fixed_mean, row.flips_fixed_std, percent=True)]
-        lines.append(f"| {noise} | {row.variant} | " + " | ".join(cells) + f" | {row.seeds} |")
+        variant = markdown_text(row.variant)
+        lines.append(f"| {noise} | {variant} | " + " | ".join(cells) + f" | {row.seeds} |")
     return "\n".join(lines) + "\n"
