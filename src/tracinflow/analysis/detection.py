@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from tracinflow._util.tables import row_positions
-from tracinflow.analysis.rankings import ranking_columns
+from tracinflow.analysis.rankings import checkpoint_columns, ranking_columns
 from tracinflow.data.train_set import check_train_set
 
 DETECTION_FRACTIONS = (0.05, 0.10, 0.20)
@@ -111,13 +111,20 @@ def detection_table(rankings: Mapping, flipped, default: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DETECTION_COLUMNS)
 
 
+#: the stable names of a checkpoint's self-influence (whatever its epoch), which the noise study
+#: compares across versions
+ALIAS_RANKINGS = ("self_influence_first", "self_influence_last")
+
+
 def detection_rankings(
     train_set: pd.DataFrame, suspicion: pd.DataFrame
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every suspicion ranking of one version, aligned with its planted flips: ``(rankings,
     flipped)`` over the train set's non-dropped rows (flipped = ``noisy``), the rankings in the
     suspicion table's column order (:func:`~tracinflow.analysis.rankings.suspicion_table`). The
-    table must cover every evaluated idx; a missing row is an error, never dropped.
+    first and last checkpoint's columns (``self_influence_epoch_EEE``) are left out where
+    ``self_influence_first`` / ``_last`` name the same numbers. The table must cover every
+    evaluated idx; a missing row is an error, never dropped.
     """
     check_train_set(train_set)
     train_set = train_set.loc[~train_set["dropped"].to_numpy(bool)]
@@ -127,4 +134,8 @@ def detection_rankings(
     rankings = {
         name: suspicion[name].to_numpy(np.float64)[positions] for name in ranking_columns(suspicion)
     }
+    aliases = [rankings[name] for name in ALIAS_RANKINGS if name in rankings]
+    for name in checkpoint_columns(suspicion):
+        if any(np.array_equal(rankings[name], alias, equal_nan=True) for alias in aliases):
+            del rankings[name]
     return rankings, flipped
