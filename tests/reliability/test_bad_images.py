@@ -5,6 +5,7 @@ Real files on disk, scanned by the code build_manifest runs.
 
 from __future__ import annotations
 
+import re
 import struct
 import time
 import zlib
@@ -105,7 +106,17 @@ def test_rejection_reasons_are_the_same_on_every_run(tmp_path):
     second = reasons(scan_image_folder(root, EXTENSIONS, workers=2)[1])
     assert first == second and set(first) == {"cat/notes.jpg", "dog/cut.png"}
     assert all("0x" not in why for why in first.values()), first
-    assert first["cat/notes.jpg"].startswith("not a readable image: UnidentifiedImageError")
+    assert first["cat/notes.jpg"] == (
+        "not a readable image: UnidentifiedImageError: cannot identify image file"
+    )
+
+
+def test_the_scans_progress_counts_every_file_under_the_root(messy_folder):
+    """Files rejected before decoding (a wrong extension, outside a class folder) count too."""
+    lines = []
+    scan_image_folder(messy_folder, [".png", ".jpg"], log=lines.append)
+    files = sum(1 for path in messy_folder.rglob("*") if path.is_file())
+    assert re.search(rf": {files}/{files} files \(100%\)", lines[-1]), lines[-1]
 
 
 NAME_CHARACTERS = st.sampled_from(list("ab Z9-_.'\"$()[]{};&|\n\téü中🙂"))
