@@ -77,15 +77,24 @@ def dotted(path) -> str:
 def put(root: dict, path: tuple, value) -> dict:
     """``root`` with ``value`` at ``path``, creating what lies between (an optional block with its
     required keys, a list from its default)."""
+    def set_at(node, key, child):
+        if isinstance(node, list) and key == len(node):
+            node.append(child)  # a list whose default is empty or null
+        else:
+            node[key] = child
+
     node = root
     for depth, key in enumerate(path[:-1]):
         prefix = path[: depth + 1]
-        child = node[key] if isinstance(node, list) or key in node else None
+        present = key < len(node) if isinstance(node, list) else key in node
+        child = node[key] if present else None
         if child is None:
             child = copy.deepcopy(MINIMAL.get(prefix, NODES[prefix].get("default", {})))
-            node[key] = child
+            if child is None:  # an optional list or block whose default is null
+                child = [] if isinstance(path[depth + 1], int) else {}
+            set_at(node, key, child)
         node = child
-    node[path[-1]] = value
+    set_at(node, path[-1], value)
     return root
 
 
