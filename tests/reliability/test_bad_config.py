@@ -77,6 +77,7 @@ def dotted(path) -> str:
 def put(root: dict, path: tuple, value) -> dict:
     """``root`` with ``value`` at ``path``, creating what lies between (an optional block with its
     required keys, a list from its default)."""
+
     def set_at(node, key, child):
         if isinstance(node, list) and key == len(node):
             node.append(child)  # a list whose default is empty or null
