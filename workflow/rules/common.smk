@@ -49,6 +49,11 @@ DATASET_ROOT = config["dataset"]["root"]
 DEMO = config["dataset"]["demo"]
 # the sha256 of the dataset's files by their stat, so a run reads only files that changed
 SOURCE_STAT_CACHE = stat_cache_file(".snakemake/tracinflow", DATASET_ROOT)
+# The dataset folder as an input of the rules that read images. The demo's is make_demo_dataset's
+# output, whose time (its .snakemake_timestamp) changes when that rule reruns, and whose rerun must
+# rerun them; a folder of one's own is ancient(): its mtime changes only with its first level, and
+# what says the images changed is build_manifest's fingerprint param, through the manifest.
+DATASET_ROOT_INPUT = DATASET_ROOT if DEMO else ancient(DATASET_ROOT)
 SPLITS = ["train", "val", "test"]
 # train_model declares every checkpoint file as an output, so the epochs are one list for all
 # versions (config.py refuses a version that overrides them).

@@ -21,12 +21,11 @@ if DEMO:
             "../scripts/make_demo_dataset.py"
 
 
-# The root is an input for the demo's sake (make_demo_dataset writes it), not by its time: a folder's
-# mtime changes only when its first level does. What reruns the manifest is the `source` param, the
-# fingerprint of every file under the root (get_dataset_source).
+# What reruns the manifest is the `source` param, the fingerprint of every file under the root
+# (get_dataset_source); the root is an input by its time only where make_demo_dataset writes it.
 rule build_manifest:
     input:
-        root=ancient(DATASET_ROOT),
+        root=DATASET_ROOT_INPUT,
     output:
         images=f"results/data/{DATASET}/images.parquet",
         rejected=f"results/data/{DATASET}/rejected.csv",
@@ -74,11 +73,11 @@ rule split_dataset:
         "../scripts/split_dataset.py"
 
 
-# ancient: the manifest says when the images changed (the cache checks each file's sha256 against it)
+# the manifest says when the images changed (the cache checks each file's sha256 against it)
 rule cache_images:
     input:
         manifest=rules.split_dataset.output.manifest,
-        root=ancient(DATASET_ROOT),
+        root=DATASET_ROOT_INPUT,
     output:
         cache=f"results/data/{DATASET}/cache/{{split}}.npy",
     log:

@@ -9,7 +9,7 @@ rule explorer:
         suspicion=rules.suspicion_scores.output.scores,
         # the thumbnails come from the original image files, each checked against the manifest's
         # sha256 (the manifest, not the folder's time, says when they changed)
-        root=ancient(DATASET_ROOT),
+        root=DATASET_ROOT_INPUT,
     output:
         # a folder: index.html opens from the file system (its script, style, data and
         # thumbnails beside it)

@@ -117,7 +117,7 @@ rule report_galleries:
         inspection=rules.report_tables.output.inspection,
         # the thumbnails come from the original image files, each checked against the manifest's
         # sha256 (the manifest, not the folder's time, says when they changed)
-        root=ancient(DATASET_ROOT),
+        root=DATASET_ROOT_INPUT,
     output:
         galleries=report(
             directory("results/{version}/reports/galleries"),
