@@ -20,7 +20,7 @@ from tracinflow.config import (
     version_settings,
     with_study_versions,
 )
-from tracinflow.data.listing import ABSENT, read_source, stat_cache_file
+from tracinflow.data.listing import NOT_WATCHED, read_source, stat_cache_file
 
 # Before the schema fills in its default versions: a study config may name none of its own.
 OWN_VERSIONS = "versions" in config
@@ -142,11 +142,13 @@ def get_dataset_source(wildcards):
     """The fingerprint of the files under dataset.root (tracinflow.data.listing), as a param of
     build_manifest: any image added, removed, renamed or given other bytes, at any depth, reruns
     the manifest and everything after it; a file touched or copied back with the same bytes reruns
-    nothing. Snakemake asks for it while planning (to compare with the one recorded) and again just
-    before the job runs, once the demo's folder exists. When it differs from the folder the manifest
-    was made from (source.json), the console names the files."""
-    if not Path(DATASET_ROOT).is_dir():
-        return ABSENT  # the demo's folder, before make_demo_dataset writes it
+    nothing. When it differs from the folder the manifest was made from (source.json), the console
+    names the files. The demo's folder is make_demo_dataset's output (rebuilt when its settings
+    change), and, like every output, not watched for edits by hand: it gets a constant. (A
+    fingerprint taken before that folder exists could not equal the one after, and Snakemake
+    records the params a SLURM job had when the run was planned.)"""
+    if DEMO:
+        return NOT_WATCHED
     dataset = config["dataset"]
     source = read_source(
         DATASET_ROOT,

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from tracinflow.data import DataError
 
-#: the fingerprint of a root that does not exist yet (the demo's, before make_demo_dataset runs)
-ABSENT = "absent"
+#: the ``source`` param of a folder the workflow writes itself (the demo's), whose edits by hand are
+#: not looked for, like any other output's
+NOT_WATCHED = "not watched: written by the workflow"
 #: a candidate file that could not be read (its permissions, say): no sha256
 UNREADABLE = "unreadable"
 #: entries changed less than this many seconds before they were hashed are not cached: a second

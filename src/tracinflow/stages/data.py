@@ -20,6 +20,7 @@ from tracinflow._util.files import atomic_path, write_csv, write_json, write_par
 from tracinflow._util.progress import Progress
 from tracinflow.data.cache import decode_split
 from tracinflow.data.demo import DemoImages, digits_demo, fashion_mnist_demo, parse_idx
+from tracinflow.data.listing import NOT_WATCHED
 from tracinflow.data.scan import exclude_conflicting_duplicates, scan_source
 from tracinflow.data.split import split_images, split_rows, split_summary
 
@@ -103,7 +104,7 @@ def build_manifest(inputs, outputs, params, threads=1, log=print) -> pd.DataFram
     )  # fmt: skip
     if source["excluded"]:
         log(f"left out by dataset.exclude_classes: {', '.join(source['excluded'])}")
-    if params["source"] != source["digest"]:
+    if params["source"] not in (source["digest"], NOT_WATCHED):
         # the folder changed between planning and reading: this manifest is what was read, and
         # the next run, seeing another fingerprint than the one recorded, builds it again
         log("the dataset's files changed while they were read; the next run scans them again")
