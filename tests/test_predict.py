@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.special
 import torch
 
 from tracinflow._util.files import save_figure, write_parquet
@@ -12,9 +13,16 @@ from tracinflow.analysis.metrics import false_predictions, metrics
 from tracinflow.plots.training import plot_confusion_matrix
 from tracinflow.train.loss import WeightedSmoothedCrossEntropy
 from tracinflow.train.model import build_model, make_arch
-from tracinflow.train.predict import predict_split
+from tracinflow.train.predict import predict_split, true_label_margins
 
 CLASSES = ["cat", "dog", "horse"]
+
+
+def test_margins_stay_finite_where_the_probability_rounds_to_one():
+    logits = torch.tensor([[80.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    margins = true_label_margins(logits, torch.tensor([0, 2]))
+    assert margins[0].item() == pytest.approx(80.0 - np.log(2.0))
+    assert margins[1].item() == pytest.approx(np.log(1 / 3) - np.log(2 / 3))
 
 
 def test_predictions_match_a_direct_forward_pass(tmp_path):
@@ -34,7 +42,7 @@ def test_predictions_match_a_direct_forward_pass(tmp_path):
 
     frame = predict_split(model, cache, labels, idx, loss_fn, batch_size=4, device="cpu")
 
-    assert list(frame.columns) == ["idx", "label", "pred", "confidence", "loss", "probs"]
+    assert list(frame.columns) == ["idx", "label", "pred", "confidence", "loss", "margin", "probs"]
     # by hand: normalise in numpy, one forward pass of the whole split in eval mode
     mean, std = np.array(arch["mean"]), np.array(arch["std"])
     x = ((images / 255.0 - mean) / std).transpose(0, 3, 1, 2)
@@ -47,6 +55,9 @@ def test_predictions_match_a_direct_forward_pass(tmp_path):
     np.testing.assert_array_equal(frame["pred"], probs.argmax(1))
     np.testing.assert_allclose(frame["confidence"], probs.max(1), rtol=1e-5)
     np.testing.assert_allclose(np.stack(frame["probs"]), probs, rtol=1e-5, atol=1e-7)
+    # the true label's log-odds, from the float32 logits in float64
+    p_true = scipy.special.softmax(logits.double().numpy(), axis=1)[np.arange(11), labels]
+    np.testing.assert_allclose(frame["margin"], np.log(p_true) - np.log1p(-p_true), rtol=1e-5)
     expected_loss = loss_fn(logits, torch.tensor(labels), reduction="none").numpy()
     np.testing.assert_allclose(frame["loss"], expected_loss, rtol=1e-5)
 

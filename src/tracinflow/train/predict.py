@@ -11,7 +11,17 @@ from tracinflow.train.batches import as_image_array, iter_batches
 from tracinflow.train.loss import PerSampleLoss
 from tracinflow.train.model import to_input
 
-PREDICTION_COLUMNS = ["idx", "label", "pred", "confidence", "loss", "probs"]
+PREDICTION_COLUMNS = ["idx", "label", "pred", "confidence", "loss", "margin", "probs"]
+
+
+def true_label_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log p_y - log(1 - p_y) = z_y - logsumexp_{k != y} z_k`` at the true label, in float64 from
+    the logits (a confident prediction keeps its margin instead of rounding to infinity)."""
+    z = logits.double()
+    rows = torch.arange(len(z))
+    others = z.clone()
+    others[rows, labels] = -torch.inf
+    return z[rows, labels] - torch.logsumexp(others, dim=1)
 
 
 @torch.inference_mode()
@@ -25,12 +35,15 @@ def predict_split(
     device="cpu",
     arch: dict | None = None,
 ) -> pd.DataFrame:
-    """One row per image: ``idx, label, pred, confidence, loss, probs``, in the input's row order.
+    """One row per image: ``idx, label, pred, confidence, loss, margin, probs``, in the input's row
+    order.
 
     ``images``: uint8 (N, H, W, 3) (the memory-mapped cache); ``labels``/``idx``:
     per-row arrays. The model runs in eval mode in float32 (no autocast, so the numbers match a plain
     forward pass); ``loss`` is the per-sample training loss ``w_y * CE_eps`` with the true label,
-    ``confidence`` the largest softmax probability, ``probs`` all K probabilities.
+    ``confidence`` the largest softmax probability, ``margin`` the log-odds of the true label
+    (:func:`true_label_margins`, what the counterfactual evaluation retrains against), ``probs``
+    all K probabilities.
     ``arch`` (mean/std) defaults to ``model.arch``, which :func:`tracinflow.model.build_model` sets.
     """
     images = as_image_array(images)
@@ -60,6 +73,7 @@ def predict_split(
             "pred": pred.numpy().astype(np.int64),
             "confidence": confidence.double().numpy(),
             "loss": losses.double().numpy(),
+            "margin": true_label_margins(logits, torch.as_tensor(labels)).numpy(),
             "probs": probs.double().tolist(),
         },
         columns=PREDICTION_COLUMNS,
