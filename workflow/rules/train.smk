@@ -15,6 +15,7 @@ rule build_train_set:
     params:
         label_noise=setting("label_noise"),
         clean=get_clean_setting,
+        subset=setting("subset"),
     script:
         "../scripts/build_train_set.py"
 

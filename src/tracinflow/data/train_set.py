@@ -331,6 +331,47 @@ def apply_listed_cleaning(
 
 
 # --------------------------------------------------------------------------------------------------
+# subsets (the retrains of the counterfactual evaluation)
+
+
+def subset_train_set(source: pd.DataFrame, fraction: float | None, seed: int) -> pd.DataFrame:
+    """The source version's training set with all but a seeded random ``fraction`` of the images it
+    trains on dropped (rounded half up, at least one); ``None``: all of them (a retrain of the
+    same training set). Labels, noise flags and the rows the source dropped stay as they are."""
+    check_train_set(source, "the source training set")
+    out = source.sort_values("idx", kind="stable").reset_index(drop=True).copy()
+    if fraction is None:
+        return out
+    if not 0 < fraction < 1:
+        raise ValueError(f"subset fraction must be in (0, 1), got {fraction}")
+    used = np.flatnonzero(~out["dropped"].to_numpy(bool))
+    keep = np.random.default_rng(seed).choice(
+        used, size=max(1, _round_half_up(fraction * len(used))), replace=False
+    )
+    dropped = np.ones(len(out), dtype=bool)
+    dropped[keep] = False
+    out["dropped"] = dropped
+    return out
+
+
+def without_images(source: pd.DataFrame, removed, what: str) -> pd.DataFrame:
+    """The source version's training set with the images ``removed`` (idx) dropped too; each must
+    be one the source trains on (``what`` names the list in the error)."""
+    check_train_set(source, "the source training set")
+    out = source.sort_values("idx", kind="stable").reset_index(drop=True).copy()
+    removed = np.unique(np.asarray(removed, dtype=np.int64))
+    trained = set(out.loc[~out["dropped"].to_numpy(bool), "idx"].tolist())
+    strangers = [int(i) for i in removed if int(i) not in trained]
+    if strangers:
+        raise ValueError(
+            f"{what}: idx {strangers[:5]} {'is' if len(strangers) == 1 else 'are'} not among the "
+            f"images the source version trains on"
+        )
+    out["dropped"] = out["dropped"].to_numpy(bool) | out["idx"].isin(removed).to_numpy()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
 # what training reads
 
 

@@ -28,6 +28,8 @@ from tracinflow.data.train_set import (
     apply_cleaning,
     apply_listed_cleaning,
     reference_probabilities,
+    subset_train_set,
+    without_images,
 )
 from tracinflow.data.train_set import build_train_set as noisy_train_set
 from tracinflow.plots.training import plot_training_curves
@@ -142,15 +144,40 @@ def _with_noise(inputs, label_noise: dict | None, log) -> pd.DataFrame:
     return train_set
 
 
+def _subset(inputs, subset: dict, log) -> pd.DataFrame:
+    """The source version's training set, all of it, a seeded fraction of it, or without the
+    images of a removal set (input ``removal``, a CSV with column ``idx``)."""
+    source_set = pd.read_parquet(inputs["source_train_set"])
+    if subset.get("remove"):
+        removal = inputs["removal"]
+        removed = pd.read_csv(removal)["idx"].to_numpy(np.int64)
+        train_set = without_images(source_set, removed, f"removal set {removal}")
+        how = f"without the {len(removed)} images of removal set {subset['remove']}"
+    else:
+        train_set = subset_train_set(source_set, subset.get("fraction"), subset.get("seed", 0))
+        how = (
+            f"a fraction {subset['fraction']} (seed {subset.get('seed', 0)})"
+            if subset.get("fraction") is not None
+            else "all of it"
+        )
+    kept = int((~train_set["dropped"]).sum())
+    log(f"training set: {kept} of the images version {subset['from']} trains on, {how}")
+    return train_set
+
+
 def build_train_set(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     """train_set.parquet of a version: the manifest's train split with planted label noise
     (``params["label_noise"]``), or a source version's training set cleaned of its top suspects
     (``params["clean"]``, its ranking resolved) or of the images its marks file (input ``marks``)
-    marks mislabeled. Every check runs before the one output is written."""
-    clean = params["clean"]
-    train_set = (
-        _cleaned(inputs, clean, log) if clean else _with_noise(inputs, params["label_noise"], log)
-    )
+    marks mislabeled, or a subset of a source version's training set (``params["subset"]``). Every
+    check runs before the one output is written."""
+    clean, subset = params["clean"], params.get("subset")
+    if subset:
+        train_set = _subset(inputs, subset, log)
+    elif clean:
+        train_set = _cleaned(inputs, clean, log)
+    else:
+        train_set = _with_noise(inputs, params["label_noise"], log)
     write_parquet(outputs["train_set"], train_set)
     return train_set
 
