@@ -74,6 +74,20 @@ class Factors:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def take(self, positions) -> Factors:
+        """The rows at ``positions`` (a copy), in that order: for scores of a sample of rows, which
+        need not be bit-identical to the same rows scored inside the whole split."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return Factors(
+            act={k: np.ascontiguousarray(v[positions]) for k, v in self.act.items()},
+            err={k: np.ascontiguousarray(v[positions]) for k, v in self.err.items()},
+            labels=np.asarray(self.labels)[positions],
+            logits=np.asarray(self.logits)[positions],
+            idx=np.asarray(self.idx)[positions],
+            has_bias=dict(self.has_bias),
+            meta=dict(self.meta),
+        )
+
     def rows(self, rows: slice) -> Factors:
         """A row range (views, no copy) with ``row_offset`` moved along."""
         start, stop, step = rows.indices(len(self))

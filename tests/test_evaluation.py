@@ -1,0 +1,309 @@
+"""The counterfactual evaluation's arithmetic on cases whose answer is known, and the attribution
+methods it scores against a brute-force float64 computation of their definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_influence import HEAD_LAYERS, LRS, brute_force_scores, checkpoints_and_samples, extract
+
+from tracinflow.analysis.evaluation import (
+    bootstrap_lds,
+    brittleness_sample,
+    brittleness_table,
+    ceiling_lds,
+    hardness_matched,
+    highest_loss,
+    label_matched_random,
+    lds,
+    proponents_union,
+    random_scores,
+    removal_outcome,
+    removal_table,
+    spearman_rows,
+    subset_masks,
+    subset_predictions,
+)
+from tracinflow.config import ConfigError, parse_method
+from tracinflow.data.train_set import subset_train_set, without_images
+from tracinflow.influence.methods import available_methods, default_method, method_scores
+
+EPOCHS = [2, 5, 9]
+
+
+def rel_err(got, expected):
+    scale = np.maximum(np.abs(expected), 1e-3 * np.abs(expected).max())
+    return float(np.max(np.abs(got - expected) / scale))
+
+
+@pytest.fixture(scope="module")
+def factors():
+    """Test and train factors of the head (float64 and float32) of three checkpoints of the tiny
+    network, each with its epoch and lr in meta, and the brute-force pieces."""
+    models, loss_fn, (x_test, y_test), (x_train, y_train) = checkpoints_and_samples()
+    out = {"models": models, "loss_fn": loss_fn, "test_xy": (x_test, y_test),
+           "train_xy": (x_train, y_train)}  # fmt: skip
+    for dtype in (np.float64, np.float32):
+        sides = []
+        for x, y in ((x_test, y_test), (x_train, y_train)):
+            side = extract(models, loss_fn, x, y, HEAD_LAYERS, dtype)
+            for f, epoch, lr in zip(side, EPOCHS, LRS, strict=True):
+                f.meta.update(epoch=epoch, lr=lr)
+            sides.append(side)
+        out[np.dtype(dtype).name] = sides
+    return out
+
+
+def brute(factors, layers, checkpoints=(0, 1, 2), bias_only=False):
+    """sum over ``checkpoints`` of lr * <grad, grad'> over the weights and biases of ``layers``
+    (only the biases: the error signal alone), by per-sample autograd in float64."""
+    (x_test, y_test), (x_train, y_train) = factors["test_xy"], factors["train_xy"]
+    models = [factors["models"][c] for c in checkpoints]
+    lrs = [LRS[c] for c in checkpoints]
+    if not bias_only:
+        return brute_force_scores(
+            models, lrs, factors["loss_fn"], x_test, y_test, x_train, y_train, layers
+        )
+    total = np.zeros((len(y_test), len(y_train)))
+    for model, lr in zip(models, lrs, strict=True):
+        modules = dict(model.named_modules())
+        params = [modules[layer].bias for layer in layers]
+
+        def grads(x, y, model=model, params=params):
+            rows = []
+            for i in range(len(y)):
+                loss = factors["loss_fn"](model(x[i : i + 1]), y[i : i + 1], reduction="none")
+                rows.append(
+                    torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss.sum(), params)])
+                )
+            return torch.stack(rows)
+
+        total += lr * (grads(x_test, y_test) @ grads(x_train, y_train).T).numpy()
+    return total
+
+
+@pytest.mark.parametrize(
+    "name, layers, checkpoints, bias_only",
+    [("tracin_head", HEAD_LAYERS, (0, 1, 2), False), ("tracin_final", ("fc.4",), (0, 1, 2), False),
+     ("tracin_head_epoch_005", HEAD_LAYERS, (1,), False),
+     ("tracin_final_epoch_009", ("fc.4",), (2,), False),
+     ("tracin_head_error", HEAD_LAYERS, (0, 1, 2), True),
+     ("tracin_final_error", ("fc.4",), (0, 1, 2), True)],
+)  # fmt: skip
+def test_each_method_equals_its_brute_force_definition(
+    factors, name, layers, checkpoints, bias_only
+):
+    expected = brute(factors, layers, checkpoints, bias_only)
+    assert np.abs(expected).max() > 1e-3
+    for dtype, tol in (("float64", 1e-10), ("float32", 1e-4)):
+        test, train = factors[dtype]
+        got = method_scores(name, test, train)
+        assert got.shape == expected.shape and rel_err(got, expected) < tol, (dtype, name)
+
+
+def test_the_methods_the_factors_can_form_and_the_default():
+    assert available_methods(HEAD_LAYERS, [1, 3]) == [
+        "tracin_final", "tracin_final_epoch_001", "tracin_final_epoch_003", "tracin_final_error",
+        "tracin_head", "tracin_head_epoch_001", "tracin_head_epoch_003", "tracin_head_error",
+    ]  # fmt: skip
+    assert available_methods(["fc.4"], [2]) == ["tracin_final", "tracin_final_epoch_002",
+                                                "tracin_final_error"]  # fmt: skip
+    assert default_method(["fc.4"]) == "tracin_final"
+    assert default_method(["fc.4", "fc.2", "fc.0"]) == "tracin_head"
+    assert default_method(["fc.2"]) is None
+    for bad in ("tracin", "tracin_all", "tracin_final_epoch_1", "gauss_newton"):
+        with pytest.raises(ConfigError, match="unknown attribution method"):
+            parse_method(bad)
+
+
+def test_a_method_for_a_checkpoint_that_is_not_there_is_refused(factors):
+    test, train = factors["float64"]
+    with pytest.raises(ValueError, match="no checkpoint of epoch 4"):
+        method_scores("tracin_final_epoch_004", test, train)
+
+
+# --- LDS ----------------------------------------------------------------------------------------
+
+
+def subsets_and_margins(seed=0, n_test=40, n_train=60, n_subsets=24):
+    """Random subsets and margins that are exactly linear in some true scores."""
+    rng = np.random.default_rng(seed)
+    truth = rng.standard_normal((n_test, n_train))
+    masks = rng.random((n_subsets, n_train)) < 0.5
+    return truth, masks, subset_predictions(truth, masks)
+
+
+def test_a_method_that_predicts_the_retrained_margins_exactly_scores_one_and_reversed_minus_one():
+    truth, masks, margins = subsets_and_margins()
+    assert lds(subset_predictions(truth, masks), margins) == pytest.approx(1.0)
+    assert lds(subset_predictions(-truth, masks), margins) == pytest.approx(-1.0)
+    # any increasing transform of the margins: Spearman sees only the order
+    assert lds(subset_predictions(truth, masks), np.exp(margins / 10)) == pytest.approx(1.0)
+
+
+def test_random_scores_score_about_zero_with_a_ci_that_covers_it():
+    truth, masks, margins = subsets_and_margins(n_test=400, n_subsets=32)
+    predicted = subset_predictions(random_scores(truth.shape, seed=1), masks)
+    value, low, high = bootstrap_lds(predicted, margins, draws=300, seed=0)
+    assert abs(value) < 0.05 and low < 0 < high and high - low < 0.2
+
+
+def test_the_bootstrap_ci_brackets_the_lds_and_narrows_with_more_data():
+    truth, masks, margins = subsets_and_margins(n_test=60, n_subsets=16)
+    noisy = margins + np.random.default_rng(3).standard_normal(margins.shape) * margins.std()
+    value, low, high = bootstrap_lds(subset_predictions(truth, masks), noisy, draws=300)
+    assert low < value < high and 0.3 < value < 0.9
+    truth, masks, margins = subsets_and_margins(n_test=300, n_subsets=64)
+    noisy = margins + np.random.default_rng(3).standard_normal(margins.shape) * margins.std()
+    _, low2, high2 = bootstrap_lds(subset_predictions(truth, masks), noisy, draws=300)
+    assert high2 - low2 < high - low
+
+
+def test_spearman_ties_and_constant_rows():
+    rows = spearman_rows(
+        np.array([[1, 2, 2, 3], [1, 1, 1, 1]]), np.array([[1, 2, 3, 4], [1, 2, 3, 4]])
+    )
+    expected = np.corrcoef([1, 2.5, 2.5, 4], [1, 2, 3, 4])[0, 1]
+    assert rows[0] == pytest.approx(expected) and np.isnan(rows[1])
+    assert lds(np.array([[1, 2, 2, 3], [1, 1, 1, 1]]), np.array([[1, 2, 3, 4], [1, 2, 3, 4]])) == (
+        pytest.approx(expected)
+    )  # the constant row is left out
+
+
+def test_the_ceiling_pairs_every_seed_with_every_other():
+    a, b = np.arange(6.0).reshape(2, 3), -np.arange(6.0).reshape(2, 3)
+    predicted, actual = ceiling_lds([a, b])
+    assert predicted.shape == (4, 3) and np.array_equal(predicted[:2], a)
+    assert np.array_equal(actual[:2], b) and np.array_equal(predicted[2:], b)
+    assert lds(predicted, actual) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        ceiling_lds([a])
+
+
+def test_subset_masks_follow_the_subset_versions_training_sets():
+    train_idx = np.array([3, 5, 8, 9])
+    frames = {"a": pd.DataFrame({"idx": [3, 5, 8, 9], "dropped": [False, True, False, True]}),
+              "b": pd.DataFrame({"idx": [3, 5, 8, 9], "dropped": [True, False, False, False]})}  # fmt: skip
+    assert subset_masks(frames, train_idx).tolist() == [[True, False, True, False],
+                                                        [False, True, True, True]]  # fmt: skip
+    frames["c"] = pd.DataFrame({"idx": [3, 4], "dropped": [False, False]})
+    with pytest.raises(ValueError, match="subset version c trains on 1 images"):
+        subset_masks(frames, train_idx)
+
+
+# --- subsets of a training set ---------------------------------------------------------------------
+
+
+def source_train_set(n=40, dropped=(3, 7)):
+    idx = np.arange(100, 100 + n)
+    return pd.DataFrame({"idx": idx, "label": idx % 4, "original_label": idx % 4,
+                         "noisy": False, "dropped": np.isin(np.arange(n), dropped)})  # fmt: skip
+
+
+def test_a_subset_keeps_a_seeded_fraction_of_the_images_the_source_trains_on():
+    source = source_train_set()
+    half = subset_train_set(source, 0.5, seed=3)
+    kept = ~half["dropped"]
+    assert kept.sum() == 19  # half of 38, the two the source dropped stay dropped
+    assert not kept[source["dropped"]].any()
+    assert half.equals(subset_train_set(source, 0.5, seed=3))
+    assert not half.equals(subset_train_set(source, 0.5, seed=4))
+    assert (half[["idx", "label", "original_label", "noisy"]]
+            .equals(source[["idx", "label", "original_label", "noisy"]]))  # fmt: skip
+    whole = subset_train_set(source, None, seed=0)
+    assert whole.equals(source)
+
+
+def test_removing_images_drops_exactly_them_and_refuses_one_the_source_does_not_train_on():
+    source = source_train_set()
+    out = without_images(source, [101, 105], "set x")
+    assert sorted(out.loc[out["dropped"], "idx"]) == [101, 103, 105, 107]
+    with pytest.raises(ValueError, match=r"set x: idx \[103\] is not among the images"):
+        without_images(source, [103], "set x")
+
+
+# --- removal -------------------------------------------------------------------------------------
+
+
+def test_the_proponents_union_takes_each_rows_top_k_positive_scores_ties_by_lower_idx():
+    scores = np.array([[5.0, 1.0, 5.0, -1.0], [-2.0, 0.5, 0.0, 3.0]])
+    train_idx = np.array([10, 20, 30, 40])
+    assert proponents_union(scores, train_idx, 1).tolist() == [10, 40]
+    assert proponents_union(scores, train_idx, 2).tolist() == [10, 20, 30, 40]
+    assert proponents_union(scores, train_idx, 3).tolist() == [
+        10,
+        20,
+        30,
+        40,
+    ]  # 0.0 is no proponent
+
+
+def test_the_controls_keep_the_label_counts_and_the_hardness_matched_one_the_losses():
+    rng = np.random.default_rng(0)
+    idx = np.arange(200)
+    labels = idx % 5
+    losses = rng.gamma(1.0, 1.0, 200)
+    removed = np.sort(rng.choice(idx, 30, replace=False))
+    counts = np.bincount(labels[removed], minlength=5)
+    for seed in range(3):
+        random = label_matched_random(removed, idx, labels, seed)
+        assert len(random) == 30 and np.array_equal(
+            np.bincount(labels[random], minlength=5), counts
+        )
+        matched = hardness_matched(removed, idx, labels, losses, seed)
+        assert np.array_equal(np.bincount(labels[matched], minlength=5), counts)
+        assert not np.isin(matched, removed).any() and len(np.unique(matched)) == 30
+        # as hard: the matched losses follow the removed ones far closer than random images do
+        gap = np.abs(np.sort(losses[matched]) - np.sort(losses[removed])).mean()
+        assert gap < 0.2 * np.abs(np.sort(losses[random]) - np.sort(losses[removed])).mean() + 0.05
+    top = highest_loss(30, idx, losses)
+    assert set(top) == set(idx[np.argsort(-losses)[:30]])
+
+
+def test_a_removal_outcome_is_the_change_against_the_same_seeds_full_retrain():
+    group = np.array([True, True, True, False, False])
+    label = np.array([0, 1, 2, 0, 1])
+    full = removal_outcome(group, label, [1, 1, 0, 0, 1], [0.1, 0.2, 0.3, 1, 1],
+                           [0, 1, 0, 0, 0], [0.4, 0.2, 0.0, 1, 1])  # fmt: skip
+    assert full == pytest.approx({"fixed": 1 / 3, "margin": 0.0, "rest_accuracy": -0.5})
+
+
+def test_the_removal_table_pairs_the_method_with_each_control_by_seed():
+    rows = []
+    for seed, (m, r) in enumerate([(0.3, 0.1), (0.2, 0.1), (0.4, 0.0)]):
+        for selection, fixed in (("method", m), ("random", r)):
+            rows.append({"method": "tracin_final", "k": 5, "selection": selection, "seed": seed,
+                         "removed": 40, "fixed": fixed, "margin": fixed * 2,
+                         "rest_accuracy": 0.0})  # fmt: skip
+    table = removal_table(pd.DataFrame(rows)).set_index("selection")
+    assert table.loc["method", "fixed"] == pytest.approx(0.3)
+    assert table.loc["method", "fixed_se"] == pytest.approx(0.1 / np.sqrt(3))
+    assert np.isnan(table.loc["method", "method_minus_this_fixed"])
+    differences = np.array([0.2, 0.1, 0.4])
+    assert table.loc["random", "method_minus_this_fixed"] == pytest.approx(differences.mean())
+    assert table.loc["random", "method_minus_this_fixed_se"] == pytest.approx(
+        differences.std(ddof=1) / np.sqrt(3)
+    )
+    assert table.loc["random", "method_minus_this_margin"] == pytest.approx(2 * differences.mean())
+
+
+def test_the_brittleness_sample_is_seeded_and_of_correct_predictions_and_the_table_finds_the_least_k():
+    reference = pd.DataFrame({"idx": np.arange(10), "label": [0] * 10,
+                              "pred": [0, 1, 0, 0, 1, 0, 0, 0, 1, 0]})  # fmt: skip
+    sample = brittleness_sample(reference, 3, seed=5)
+    assert len(sample) == 3 and not np.isin(sample, [1, 4, 8]).any()
+    assert np.array_equal(sample, brittleness_sample(reference, 3, seed=5))
+    with pytest.raises(
+        ValueError, match="wants 8 correctly predicted test images; the reference has 7"
+    ):
+        brittleness_sample(reference, 8, seed=0)
+    rows = pd.DataFrame(
+        [("m", "method", 3, k, k >= 20) for k in (10, 20, 40)]
+        + [("m", "random", 3, k, False) for k in (10, 20, 40)],
+        columns=["method", "selection", "test_idx", "k", "flipped"],
+    )
+    table = brittleness_table(rows).set_index("selection")
+    assert table.loc["method", "smallest_k"] == 20 and np.isnan(table.loc["random", "smallest_k"])
+    assert table.loc["method", "flipped_k40"] and not table.loc["method", "flipped_k10"]
