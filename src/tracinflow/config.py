@@ -13,6 +13,7 @@ import importlib
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 
 import jsonschema
@@ -22,7 +23,9 @@ from tracinflow._util.errors import InputError
 
 # Settings shared by every version: one dataset and one split, so that every version is tested on the
 # same untouched test images and accuracies compare honestly.
-GLOBAL_ONLY_KEYS = ("dataset", "split", "versions", "cluster", "cross_version", "study")
+GLOBAL_ONLY_KEYS = (
+    "dataset", "split", "versions", "cluster", "cross_version", "study", "evaluation",
+)  # fmt: skip
 # One list of TracIn checkpoint epochs for every version: train_model declares each checkpoint file
 # as an output, and one rule's outputs are the same patterns for every version.
 SHARED_CHECKPOINT_EPOCHS = ("training", "stage2", "checkpoint_epochs")
@@ -35,6 +38,41 @@ FASHION_MNIST_FILES = (
 
 class ConfigError(InputError):
     """A config problem, worded for the person who edits config.yaml."""
+
+
+#: the layer sets an attribution method may name (the head's Linear layers by module path)
+LAYER_SETS = {"final": ("fc.4",), "head": ("fc.0", "fc.2", "fc.4")}
+#: the forms of an attribution method's name (``<layers>`` one of LAYER_SETS)
+METHOD_PATTERNS = ("tracin_<layers>", "tracin_<layers>_epoch_EEE", "tracin_<layers>_error")
+_METHOD_NAME = re.compile(
+    r"^tracin_(?P<layers>[a-z]+)(?:_epoch_(?P<epoch>\d{3})|_(?P<error>error))?$"
+)
+
+
+def parse_method(name: str) -> dict:
+    """``{"layers": (...), "epoch": int | None, "error_only": bool}`` of an attribution method's
+    name (tracinflow.influence.methods computes them), or a ConfigError saying the forms."""
+    match = _METHOD_NAME.match(str(name))
+    if not match or match["layers"] not in LAYER_SETS:
+        raise ConfigError(
+            f"unknown attribution method {name!r}: the methods are {', '.join(METHOD_PATTERNS)} "
+            f"with <layers> one of {', '.join(LAYER_SETS)} (EEE a checkpoint's epoch)"
+        )
+    return {
+        "layers": LAYER_SETS[match["layers"]],
+        "epoch": int(match["epoch"]) if match["epoch"] else None,
+        "error_only": bool(match["error"]),
+    }
+
+
+def default_method(layers) -> str | None:
+    """The attribution method a version's own reports use: TracIn summed over its checkpoints over
+    its ``influence.layers`` (None when they are not one of LAYER_SETS)."""
+    layers = list(layers) if not isinstance(layers, str) else list(LAYER_SETS[layers])
+    for set_name, needed in LAYER_SETS.items():
+        if sorted(layers) == sorted(needed):
+            return f"tracin_{set_name}"
+    return None
 
 
 #: ``model.pretrained`` naming the backbone's ImageNet weights at their usual place
@@ -283,6 +321,213 @@ def with_study_versions(config: dict, schema: dict, own_versions: bool) -> dict:
     return {**config, "study": study, "versions": {**generated, **own}}
 
 
+# --- the counterfactual evaluation (evaluation: in the config) -------------------------------------
+
+#: the prefix of every version the evaluation generates
+EVALUATION_PREFIX = "eval_"
+#: the fewest subsets whose LDS gets a confidence interval
+MIN_LDS_SUBSETS = 8
+
+
+def lds_version(subset: int, seed: int) -> str:
+    """The version that retrains LDS subset ``subset`` with training seed ``seed``."""
+    return f"{EVALUATION_PREFIX}lds_{subset:03d}_s{seed}"
+
+
+def full_version(seed: int) -> str:
+    """The version that retrains the reference's whole training set with seed ``seed``."""
+    return f"{EVALUATION_PREFIX}full_s{seed}"
+
+
+def _subset_seed(seed: int, subset: int) -> int:
+    return 1_000_003 * seed + subset
+
+
+def removal_sets(evaluation: dict, default: str | None) -> dict[str, dict]:
+    """``{name: {selection, method, k, seed}}`` of every removal set: per method and k, the union
+    of the mistakes' top-k proponents (``method_<method>_k<k>``), and as many images by each control
+    (``loss_...``; ``random_..._s<seed>`` and ``hardness_..._s<seed>``, drawn per training seed)."""
+    removal = evaluation["removal"]
+    sets = {}
+    for method in removal["methods"] or [default]:
+        for k in removal["k"]:
+            base = f"{method}_k{k}"
+            sets[f"method_{base}"] = {"selection": "method", "method": method, "k": k, "seed": None}
+            for control in removal["controls"]:
+                if control == "loss":
+                    sets[f"loss_{base}"] = {"selection": "loss", "method": method, "k": k,
+                                            "seed": None}  # fmt: skip
+                    continue
+                for seed in removal["seeds"]:
+                    sets[f"{control}_{base}_s{seed}"] = {
+                        "selection": control, "method": method, "k": k, "seed": seed
+                    }  # fmt: skip
+    return sets
+
+
+def brittleness_sets(evaluation: dict, default: str | None) -> dict[str, dict]:
+    """``{name: {selection, method, k, seed, test}}`` of the brittleness test's removal sets: per
+    sampled test image (its position ``test`` in the sample), k and selection (the default
+    method's top-k proponents at the label, or as many at random with the same labels)."""
+    brittleness = evaluation.get("brittleness")
+    if not brittleness:
+        return {}
+    sets = {}
+    for test in range(brittleness["test_images"]):
+        for k in brittleness["k"]:
+            for selection in ("method", "random"):
+                sets[f"brittle_{selection}_{default}_t{test}_k{k}"] = {
+                    "selection": selection, "method": default, "k": k,
+                    "seed": brittleness["seed"] + test, "test": test,
+                    "test_images": brittleness["test_images"],
+                    "sample_seed": brittleness["seed"],
+                }  # fmt: skip
+    return sets
+
+
+def brittleness_versions(evaluation: dict, default: str | None, seed: int) -> dict[str, dict]:
+    """``{version: {set, ...}}``: each brittleness set retrained with the reference's seed (so the
+    reference is the model it is compared with)."""
+    return {
+        f"{EVALUATION_PREFIX}br_{name.removeprefix('brittle_')}": {**spec, "set": name,
+                                                                   "training_seed": seed}
+        for name, spec in brittleness_sets(evaluation, default).items()
+    }  # fmt: skip
+
+
+def removal_versions(evaluation: dict, default: str | None) -> dict[str, dict]:
+    """``{version: {set, selection, method, k, seed}}``: each removal set retrained with each
+    training seed (a seeded control's set with its own seed)."""
+    versions = {}
+    for name, spec in removal_sets(evaluation, default).items():
+        seeds = [spec["seed"]] if spec["seed"] is not None else evaluation["removal"]["seeds"]
+        selection, method, k = spec["selection"], spec["method"], spec["k"]
+        for seed in seeds:
+            version = f"{EVALUATION_PREFIX}rm_{selection}_{method}_k{k}_s{seed}"
+            versions[version] = {**spec, "set": name, "seed": seed}
+    return versions
+
+
+def evaluation_versions(
+    evaluation: dict, reference: str, overrides: dict, seed: int, default: str | None
+) -> dict[str, dict]:
+    """The versions the evaluation retrains, each with the reference's own overrides (its noise
+    and cleaning are in its training set, which every one takes through ``subset``): per LDS
+    subset and seed, the subset; per removal seed other than the reference's own, the whole
+    training set; per removal set and seed, the training set without it."""
+    base = {k: copy.deepcopy(v) for k, v in (overrides or {}).items()
+            if k not in ("label_noise", "clean", "subset", "seed")}  # fmt: skip
+    lds = evaluation["lds"]
+    versions = {}
+    for subset in range(lds["subsets"]):
+        for training_seed in lds["seeds"]:
+            versions[lds_version(subset, training_seed)] = {
+                **base, "seed": training_seed,
+                "subset": {"from": reference, "fraction": lds["fraction"],
+                           "seed": _subset_seed(lds["seed"], subset)},
+            }  # fmt: skip
+    for training_seed in evaluation["removal"]["seeds"]:
+        if training_seed != seed:
+            versions[full_version(training_seed)] = {
+                **base, "seed": training_seed, "subset": {"from": reference}
+            }  # fmt: skip
+    for name, spec in removal_versions(evaluation, default).items():
+        versions[name] = {**base, "seed": spec["seed"],
+                          "subset": {"from": reference, "remove": spec["set"]}}  # fmt: skip
+    for name, spec in brittleness_versions(evaluation, default, seed).items():
+        versions[name] = {**base, "seed": seed,
+                          "subset": {"from": reference, "remove": spec["set"]}}  # fmt: skip
+    return versions
+
+
+def _check_evaluation(evaluation: dict, versions: dict, epochs, default: str | None) -> None:
+    """What the schema cannot say: the reference exists, the methods are known (and their epochs
+    checkpoints), enough subsets for a CI, seeds for a standard error."""
+    reference = evaluation["reference"]
+    if reference not in versions:
+        raise ConfigError(
+            f"evaluation.reference: version '{reference}' is not configured (versions: "
+            f"{', '.join(versions)})"
+        )
+    named = [("evaluation.methods", m) for m in evaluation["methods"] or []]
+    named += [("evaluation.removal.methods", m) for m in evaluation["removal"]["methods"] or []]
+    for key, method in named:
+        try:
+            epoch = parse_method(method)["epoch"]
+        except ConfigError as error:
+            raise ConfigError(f"{key}: {error}") from None
+        if epoch is not None and epoch not in epochs:
+            raise ConfigError(
+                f"{key}: {method} names epoch {epoch}, which is not a checkpoint (training.stage2."
+                f"checkpoint_epochs: {list(epochs)})"
+            )
+    if evaluation.get("brittleness") and default is None:
+        raise ConfigError(
+            "evaluation.brittleness: removes the default method's proponents, and the reference's "
+            "influence.layers are not final or head (it has no default method)"
+        )
+    if not evaluation["removal"]["methods"] and default is None:
+        raise ConfigError(
+            "evaluation.removal.methods: the reference's influence.layers are not final or head, "
+            "so it has no default method: name the methods (e.g. [tracin_final])"
+        )
+    if evaluation["lds"]["subsets"] < MIN_LDS_SUBSETS:
+        raise ConfigError(
+            f"evaluation.lds.subsets: {evaluation['lds']['subsets']} subsets give no confidence "
+            f"interval worth the name; use at least {MIN_LDS_SUBSETS} (32 or more for a CI of a "
+            f"few hundredths)"
+        )
+    if len(evaluation["removal"]["seeds"]) < 2:
+        raise ConfigError(
+            "evaluation.removal.seeds: at least 2 seeds (3 or more recommended): each removal is "
+            "compared with the same seed's full retrain, and the spread over seeds is its error"
+        )
+
+
+def _reference_default(config: dict, schema: dict, evaluation: dict) -> tuple[dict, str | None]:
+    """The evaluation's reference's own overrides, and its default method (from its resolved
+    ``influence.layers``)."""
+    overrides = (config.get("versions") or {}).get(evaluation["reference"]) or {}
+    base = {key: value for key, value in config.items() if key not in ("versions", "evaluation")}
+    resolved = with_defaults(deep_merge(base, overrides), schema)
+    return resolved, default_method(resolved["influence"]["layers"])
+
+
+def evaluation_settings(config: dict, schema: dict) -> dict | None:
+    """The config's ``evaluation:`` with its defaults filled in and ``default``, the reference's
+    own attribution method (what its reports use), added; None without one."""
+    evaluation = config.get("evaluation")
+    if not evaluation:
+        return None
+    evaluation = with_defaults(evaluation, schema["properties"]["evaluation"])
+    _, default = _reference_default(config, schema, evaluation)
+    return {**evaluation, "default": default}
+
+
+def with_evaluation_versions(config: dict, schema: dict) -> dict:
+    """``config`` with its evaluation's versions (:func:`evaluation_versions`) added to its versions
+    (the reference among them) and the evaluation's defaults filled in; a name in both is an
+    error."""
+    evaluation = config.get("evaluation")
+    if not evaluation:
+        return config
+    evaluation = with_defaults(evaluation, schema["properties"]["evaluation"])
+    versions = dict(config.get("versions") or {})
+    reference = evaluation["reference"]
+    resolved, default = _reference_default(config, schema, evaluation)
+    _check_evaluation(evaluation, versions, resolved["training"]["stage2"]["checkpoint_epochs"],
+                      default)  # fmt: skip
+    generated = evaluation_versions(
+        evaluation, reference, versions.get(reference) or {}, resolved["seed"], default
+    )
+    clash = sorted(set(versions) & set(generated))
+    if clash:
+        raise ConfigError(
+            f"versions: {', '.join(clash[:5])} are also generated by evaluation:; rename them"
+        )
+    return {**config, "evaluation": evaluation, "versions": {**versions, **generated}}
+
+
 #: what a ranking that not every version computes needs (the others need nothing more)
 RANKING_NEEDS = {
     "cleanlab": "model.pretrained (the frozen pretrained backbone's features)",
@@ -296,12 +541,13 @@ def plants_noise(versions: dict, name: str) -> bool:
     steps as there are versions, so a cycle, which check_version_links reports, ends)."""
     for _ in range(len(versions)):
         settings = versions[name]
-        noise, clean = settings.get("label_noise"), settings.get("clean")
+        noise = settings.get("label_noise")
+        source = settings.get("clean") or settings.get("subset")
         if noise and noise.get("rate", 0) > 0:
             return True
-        if not clean or clean.get("from") not in versions:
+        if not source or source.get("from") not in versions:
             return False
-        name = clean["from"]
+        name = source["from"]
     return False
 
 
@@ -374,6 +620,8 @@ def _source_keys(settings: dict) -> list[tuple[str, str]]:
         sources.append(("label_noise.reference", noise["reference"]))
     if settings.get("clean"):
         sources.append(("clean.from", settings["clean"]["from"]))
+    if settings.get("subset"):
+        sources.append(("subset.from", settings["subset"]["from"]))
     return sources
 
 
@@ -420,10 +668,32 @@ def _check_compared(name: str, settings: dict, versions: dict) -> None:
         )
 
 
-def check_version_links(versions: dict[str, dict], workdir=".") -> None:
-    """Label noise and cleaning name other versions: check the names, the choices that must come in
-    pairs, that a marks file to clean by exists (relative to ``workdir``), and that no version
-    depends on itself through a chain."""
+def _check_subset(where: str, settings: dict, removal_sets) -> None:
+    """A subset version takes its labels from its source: it plants no noise and cleans nothing,
+    and it keeps a fraction or drops a removal set the evaluation makes, not both."""
+    subset = settings["subset"]
+    noise = settings.get("label_noise")
+    if (noise and noise.get("rate", 0) > 0) or settings.get("clean"):
+        raise ConfigError(
+            f"{where}: a subset version trains on its source's training set as it is (its noise and "
+            "cleaning included); remove label_noise and clean"
+        )
+    if subset.get("fraction") is not None and subset.get("remove") is not None:
+        raise ConfigError(f"{where}.subset: give `fraction` or `remove`, not both")
+    remove = subset.get("remove")
+    if remove is not None and remove not in removal_sets:
+        known = ", ".join(sorted(removal_sets)[:6]) or "none: the config has no evaluation block"
+        raise ConfigError(
+            f"{where}.subset.remove: {remove!r} is not a removal set of the evaluation (they are "
+            f"{known}{', ...' if len(removal_sets) > 6 else ''})"
+        )
+
+
+def check_version_links(versions: dict[str, dict], workdir=".", removal_sets=()) -> None:
+    """Label noise, cleaning and subsets name other versions: check the names, the choices that must
+    come in pairs, that a marks file to clean by exists (relative to ``workdir``), that a subset's
+    removal set is one of ``removal_sets`` (the evaluation's), and that no version depends on
+    itself through a chain."""
     for name, settings in versions.items():
         _check_rankings(name, settings, versions)
         _check_compared(name, settings, versions)
@@ -447,6 +717,8 @@ def check_version_links(versions: dict[str, dict], workdir=".") -> None:
             )
         if clean:
             _check_clean(where, clean, workdir)
+        if settings.get("subset"):
+            _check_subset(where, settings, removal_sets)
         for key, source in _source_keys(settings):
             if source not in versions:
                 raise ConfigError(

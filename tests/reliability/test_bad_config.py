@@ -392,3 +392,69 @@ def test_a_cycle_through_a_noise_reference_names_that_key():
 def test_a_noise_reference_to_an_unknown_version_names_that_key():
     message = linked({"a": {"label_noise": {"rate": 0.1, "mode": "confusing", "reference": "zz"}}})
     assert message.startswith("versions.a.label_noise.reference: refers to version 'zz'")
+
+
+# --- a bad evaluation: block ------------------------------------------------------------------------
+
+BAD_EVALUATIONS = {
+    # what is wrong: (the evaluation block, what the dry run says)
+    "an unknown method": (
+        {"reference": "v1", "methods": ["tracin_final", "gauss_newton"]},
+        "evaluation.methods: unknown attribution method 'gauss_newton'",
+    ),
+    "a method at no checkpoint": (
+        {"reference": "v1", "removal": {"methods": ["tracin_final_epoch_007"]}},
+        "evaluation.removal.methods: tracin_final_epoch_007 names epoch 7, which is not a checkpoint",
+    ),
+    "a fraction of 1": (
+        {"reference": "v1", "lds": {"fraction": 1.0}},
+        "evaluation.lds.fraction: 1.0 is greater than or equal to the maximum of 1",
+    ),
+    "a fraction of 0": (
+        {"reference": "v1", "lds": {"fraction": 0}},
+        "evaluation.lds.fraction: 0 is less than or equal to the minimum of 0",
+    ),
+    "too few subsets for a CI": (
+        {"reference": "v1", "lds": {"subsets": 4}},
+        "evaluation.lds.subsets: 4 subsets give no confidence interval",
+    ),
+    "one removal seed": (
+        {"reference": "v1", "removal": {"seeds": [0]}},
+        "evaluation.removal.seeds: at least 2 seeds",
+    ),
+    "a reference that does not exist": (
+        {"reference": "v9"},
+        "evaluation.reference: version 'v9' is not configured (versions: v1)",
+    ),
+}
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("case", BAD_EVALUATIONS)
+def test_a_bad_evaluation_block_stops_the_dry_run_naming_the_key(tmp_path, case):
+    from snakemake_runs import run_snakemake, tiny_config, write_config
+
+    evaluation, said = BAD_EVALUATIONS[case]
+    config = {**tiny_config(), "versions": {"v1": {}}, "evaluation": evaluation}
+    write_config(tmp_path, config)
+    run = run_snakemake(tmp_path, "-n", check=False)
+    console = run.stdout + run.stderr
+    assert run.returncode != 0 and said in console, console[-2000:]
+    assert "Traceback" not in console and not (tmp_path / "results").exists()
+
+
+def test_a_subset_names_a_removal_set_of_the_evaluation_and_neither_noise_nor_cleaning():
+    versions = {"a": {"subset": {"from": "b", "remove": "method_tracin_final_k1"}}, "b": {}}
+    settings = version_settings({**demo_config(), "versions": versions}, SCHEMA)
+    with pytest.raises(ConfigError, match=r"versions.a.subset.remove: 'method_tracin_final_k1' is "
+                                          r"not a removal set of the evaluation"):  # fmt: skip
+        check_version_links(settings)
+    check_version_links(settings, removal_sets={"method_tracin_final_k1": {}})
+    versions["a"]["label_noise"] = {"rate": 0.1}
+    settings = version_settings({**demo_config(), "versions": versions}, SCHEMA)
+    with pytest.raises(ConfigError, match=r"versions\.a: a subset version trains on its source's"):
+        check_version_links(settings, removal_sets={"method_tracin_final_k1": {}})
+    versions = {"a": {"subset": {"from": "a"}}}
+    settings = version_settings({**demo_config(), "versions": versions}, SCHEMA)
+    with pytest.raises(ConfigError, match="refers to itself"):
+        check_version_links(settings)
