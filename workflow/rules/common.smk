@@ -10,7 +10,10 @@ from tracinflow.config import (
     ConfigError,
     check_against_schema,
     check_dataset_source,
+    brittleness_sets,
+    brittleness_versions,
     check_version_links,
+    evaluation_settings,
     claim_results,
     dataset_identity,
     load_schema,
@@ -18,6 +21,11 @@ from tracinflow.config import (
     pretrained_weights_file,
     shared_checkpoint_epochs,
     version_settings,
+    full_version,
+    lds_version,
+    removal_sets,
+    removal_versions,
+    with_evaluation_versions,
     with_study_versions,
 )
 from tracinflow.data.listing import NOT_WATCHED, read_source, stat_cache_file
@@ -36,8 +44,20 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 try:
     CONFIG = with_study_versions(config, SCHEMA, OWN_VERSIONS)
+    CONFIG = with_evaluation_versions(CONFIG, SCHEMA)
     VERSIONS = version_settings(CONFIG, SCHEMA)
-    check_version_links(VERSIONS)
+    # the counterfactual evaluation's settings (defaults filled in, its default method), or None
+    EVALUATION = evaluation_settings(CONFIG, SCHEMA)
+    # every removal set a subset version may drop: the removal test's and the brittleness test's
+    REMOVAL_SETS = (
+        {
+            **removal_sets(EVALUATION, EVALUATION["default"]),
+            **brittleness_sets(EVALUATION, EVALUATION["default"]),
+        }
+        if EVALUATION
+        else {}
+    )
+    check_version_links(VERSIONS, removal_sets=REMOVAL_SETS)
     check_dataset_source(config["dataset"])
 except ConfigError as error:
     raise WorkflowError(f"config error: {error}") from None
@@ -168,6 +188,79 @@ def get_dataset_source(wildcards):
     return source.digest
 
 
+# --- the counterfactual evaluation's versions and files (rules/evaluation.smk) --------------------
+
+if EVALUATION:
+    EVAL_REFERENCE = EVALUATION["reference"]
+    EVAL_SETTINGS = VERSIONS[EVAL_REFERENCE]
+    # the evaluation's own factors of the reference: every head layer, all checkpoints; the test
+    # images at their label (LDS) and at the reference's prediction (removal)
+    EVAL_SIDES = {
+        "train": {"split": "train", "target": "label"},
+        "test": {"split": "test", "target": "label"},
+        "test_predicted": {"split": "test", "target": "prediction"},
+    }
+    # {version: (subset, training seed)} of the LDS retrains, in subset then seed order
+    EVAL_LDS_VERSIONS = {
+        lds_version(m, s): (m, s)
+        for m in range(EVALUATION["lds"]["subsets"])
+        for s in EVALUATION["lds"]["seeds"]
+    }
+    EVAL_REMOVALS = removal_versions(EVALUATION, EVALUATION["default"])
+    EVAL_BRITTLE = brittleness_versions(
+        EVALUATION, EVALUATION["default"], EVAL_SETTINGS["seed"]
+    )
+    # the model retrained on the whole training set with each removal seed (the reference's own
+    # seed: the reference itself)
+    EVAL_FULL = {
+        s: (EVAL_REFERENCE if s == EVAL_SETTINGS["seed"] else full_version(s))
+        for s in EVALUATION["removal"]["seeds"]
+    }
+
+
+def get_evaluation_factor_inputs(wildcards):
+    """The evaluation's reference's checkpoint of the epoch, its checkpoint list, training set and
+    the cache of the side's split."""
+    files = dict(zip(CHECKPOINT_EPOCHS, rules.train_model.output.epochs))
+    split = EVAL_SIDES[wildcards.side]["split"]
+    return {
+        "checkpoint": one(files[int(wildcards.epoch)], version=EVAL_REFERENCE),
+        "checkpoints": one(
+            rules.train_model.output.checkpoints, version=EVAL_REFERENCE
+        ),
+        "manifest": rules.split_dataset.output.manifest,
+        "train_set": one(
+            rules.build_train_set.output.train_set, version=EVAL_REFERENCE
+        ),
+        "cache": one(rules.cache_images.output.cache, split=split),
+    }
+
+
+def evaluation_factor_dirs(side):
+    """The evaluation's factor folders of one side (train, test, test_predicted), in epoch order."""
+    return expand(
+        rules.evaluation_factors.output.factors,
+        epoch=[f"{epoch:03d}" for epoch in CHECKPOINT_EPOCHS],
+        side=side,
+    )
+
+
+def outputs_of(pattern, versions):
+    """An output of a versioned rule for each of ``versions``, in order."""
+    return [one(pattern, version=v) for v in versions]
+
+
+def get_summary_inputs(wildcards):
+    """The tables the summary reads (the brittleness test's where it runs)."""
+    inputs = {
+        "lds": rules.lds.output.table,
+        "removal": rules.removal.output.table,
+    }
+    if EVALUATION["brittleness"]:
+        inputs["brittleness"] = rules.brittleness.output.table
+    return inputs
+
+
 # --- files of other rules, by the names those rules give them --------------------------------------
 
 
@@ -199,10 +292,21 @@ def get_pretrained_weights(wildcards):
 def get_train_set_inputs(wildcards):
     """The manifest, and the other versions' outputs a training set is built from: the reference
     model's predictions for confusing noise, the source version's training set, predictions and
-    suspicion scores for cleaning (or, cleaning by a marks file, that file instead of the scores).
+    suspicion scores for cleaning (or, cleaning by a marks file, that file instead of the scores),
+    the source version's training set (and the evaluation's removal set) for a subset.
     """
     settings = VERSIONS[wildcards.version]
     inputs = {"manifest": rules.split_dataset.output.manifest}
+    subset = settings["subset"]
+    if subset:  # the source's training set, and the removal set it drops
+        inputs["source_train_set"] = one(
+            rules.build_train_set.output.train_set, version=subset["from"]
+        )
+        if subset["remove"]:
+            inputs["removal"] = one(
+                rules.removal_set.output.removal, removal_set=subset["remove"]
+            )
+        return inputs
     noise = settings["label_noise"]
     if noise and noise["mode"] == "confusing":
         inputs["reference"] = one(
@@ -396,10 +500,23 @@ def get_cross_version_settings():
 
 
 def get_final_outputs():
-    """What `snakemake` with no target builds: with a study, the study's tables (each version's
-    full reports stay one `snakemake version_<name>` away)."""
-    if STUDY:
-        return get_data_outputs() + list(rules.study.output)
+    """What `snakemake` with no target builds: with a study, the study's tables; with an
+    evaluation, its tables and the reference version's files (each version's full reports stay
+    one `snakemake version_<name>` away)."""
+    if STUDY or EVALUATION:
+        outputs = get_data_outputs()
+        if STUDY:
+            outputs += list(rules.study.output)
+        if EVALUATION:
+            outputs += get_version_outputs(EVALUATION["reference"])
+            outputs += [
+                *rules.lds.output,
+                *rules.removal.output,
+                *rules.evaluation_summary.output,
+            ]
+            if EVALUATION["brittleness"]:
+                outputs += list(rules.brittleness.output)
+        return outputs
     return (
         get_data_outputs()
         + [path for version in VERSIONS for path in get_version_outputs(version)]
@@ -413,15 +530,15 @@ def claim_results_folders():
     among them. Refuses, while the workflow is parsed, a config of another dataset (name or root)
     whose results would go into a folder made from that one (tracinflow.config.claim_results).
     """
-    summary = (
-        rules.study.output.summary if STUDY else rules.cross_version.output.summary
-    )
+    summaries = [rules.study.output.summary] if STUDY else []
+    summaries += [rules.evaluation_summary.output.summary] if EVALUATION else []
+    summaries = summaries or [rules.cross_version.output.summary]
     try:
         return claim_results(
             rules.results_stamp.output.stamp,
             Path(rules.split_dataset.output.manifest).parent.parent,
             dataset_identity(config["dataset"]),
-            [*VERSIONS, Path(summary).parent.name],
+            [*VERSIONS, *(Path(summary).parent.name for summary in summaries)],
             workflow.overwrite_configfiles or workflow.configfiles,
         )
     except ConfigError as error:
