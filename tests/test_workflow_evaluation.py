@@ -122,6 +122,14 @@ def test_the_brittleness_test_removes_one_images_proponents_and_as_many_random_o
     assert "## Brittleness" in (evaluated / "results/evaluation/summary.md").read_text()
 
 
+def test_the_evaluation_is_in_the_html_report(evaluated):
+    report = evaluated / "report.html"
+    run_snakemake(evaluated, "--report", str(report))
+    html = report.read_text(errors="replace")
+    for name in ("Evaluation", "lds.csv", "lds.png", "removal.csv", "brittleness.csv"):
+        assert name in html, name
+
+
 def test_a_second_run_does_nothing_and_one_more_subset_retrains_that_subset_alone(evaluated):
     dry = run_snakemake(evaluated, "-n", "--cores", "2")
     assert "Nothing to be done" in dry.stdout + dry.stderr
