@@ -11,10 +11,13 @@ import torch
 from test_influence import HEAD_LAYERS, checkpoints_and_samples, extract
 
 from tracinflow.influence.curvature import (
+    WithOnes,
     augmented,
+    curvature_inverses,
     gauss_newton,
     gauss_newton_scores,
     kfac_sides,
+    preconditioned_sides,
 )
 from tracinflow.influence.kernel import score_block
 
@@ -102,3 +105,41 @@ def test_the_bias_is_folded_into_the_activations(setup):
     train = extract([model], loss_fn, x_train, y_train, ["fc.4"], np.float64)[0]
     a = augmented(train, "fc.4")
     assert a.shape == (len(y_train), train.act["fc.4"].shape[1] + 1) and (a[:, -1] == 1).all()
+
+
+def test_the_gauss_newton_influence_in_the_kernels_ghost_form_equals_the_dense_one(setup):
+    """The workflow's form: the preconditioned test gradient as K ghost terms, scored by TracIn's
+    blocked kernel against the stored training factors, equals the dense autograd computation."""
+    model, loss_fn, (x_test, y_test), (x_train, y_train) = setup
+    weights = {"class_weights": loss_fn.class_weights.tolist()}
+    train64 = extract([model], loss_fn, x_train, y_train, ["fc.4"], np.float64)[0]
+    train64.meta["loss"] = weights
+    test64 = extract([model], loss_fn, x_test, y_test, ["fc.4"], np.float64)[0]
+    expected = gauss_newton_scores(test64, train64, "fc.4", 0.1)  # the dense form, tested above
+    for dtype, tol in ((np.float64, 1e-10), (np.float32, 1e-4)):
+        test = extract([model], loss_fn, x_test, y_test, ["fc.4"], dtype)[0]
+        train = extract([model], loss_fn, x_train, y_train, ["fc.4"], dtype)[0]
+        train.meta["loss"] = weights
+        inverses = curvature_inverses("gauss_newton", [train], ["fc.4"], 0.1)
+        sides_t, sides_r, layers = preconditioned_sides("gauss_newton", [test], [train], inverses,
+                                                        ["fc.4"])  # fmt: skip
+        assert layers == [f"fc.4#{k}" for k in range(test.err["fc.4"].shape[1])]
+        got = score_block(sides_t, sides_r, [1.0], layers=layers, block=(3, 5), device="cpu")
+        assert got.dtype == dtype and rel_err(got, expected) < tol, (dtype, rel_err(got, expected))
+
+
+def test_the_stored_kfac_inverses_give_the_same_scores_and_ones_are_added_block_by_block(setup):
+    model, loss_fn, (x_test, y_test), (x_train, y_train) = setup
+    test = extract([model], loss_fn, x_test, y_test, HEAD_LAYERS, np.float64)[0]
+    train = extract([model], loss_fn, x_train, y_train, HEAD_LAYERS, np.float64)[0]
+    expected = score_block(*[[side] for side in kfac_sides(test, train, list(HEAD_LAYERS))], [1.0])
+    inverses = curvature_inverses("kfac", [train], HEAD_LAYERS)
+    assert sorted(inverses[0]) == sorted(f"{layer}/{m}" for layer in HEAD_LAYERS for m in "AS")
+    sides_t, sides_r, layers = preconditioned_sides("kfac", [test], [train], inverses, HEAD_LAYERS)
+    got = score_block(sides_t, sides_r, [1.0], layers=layers, block=(4, 3), device="cpu")
+    assert rel_err(got, expected) < 1e-12
+    ones = WithOnes(train.act["fc.4"])
+    assert ones.shape == (len(train), train.act["fc.4"].shape[1] + 1)
+    assert np.array_equal(ones[2:5], augmented(train, "fc.4")[2:5])
+    with pytest.raises(ValueError, match="final layer's alone"):
+        curvature_inverses("gauss_newton", [train], HEAD_LAYERS)

@@ -14,6 +14,7 @@ from tracinflow.analysis.evaluation import (
     brittleness_sample,
     brittleness_table,
     ceiling_lds,
+    chosen_method,
     hardness_matched,
     highest_loss,
     label_matched_random,
@@ -22,13 +23,19 @@ from tracinflow.analysis.evaluation import (
     random_scores,
     removal_outcome,
     removal_table,
+    selection_half,
     spearman_rows,
     subset_masks,
     subset_predictions,
 )
 from tracinflow.config import ConfigError, parse_method
 from tracinflow.data.train_set import subset_train_set, without_images
-from tracinflow.influence.methods import available_methods, default_method, method_scores
+from tracinflow.influence.methods import (
+    available_methods,
+    default_method,
+    method_scores,
+    self_scores,
+)
 
 EPOCHS = [2, 5, 9]
 
@@ -106,10 +113,18 @@ def test_each_method_equals_its_brute_force_definition(
 def test_the_methods_the_factors_can_form_and_the_default():
     assert available_methods(HEAD_LAYERS, [1, 3]) == [
         "tracin_final", "tracin_final_epoch_001", "tracin_final_epoch_003", "tracin_final_error",
+        "kfac_final", "kfac_final_epoch_001", "kfac_final_epoch_003",
+        "gn_final", "gn_final_epoch_001", "gn_final_epoch_003",
+        "cosine_final", "relatif_tracin_final", "relatif_kfac_final", "relatif_gn_final",
         "tracin_head", "tracin_head_epoch_001", "tracin_head_epoch_003", "tracin_head_error",
+        "kfac_head", "kfac_head_epoch_001", "kfac_head_epoch_003",
+        "cosine_head", "relatif_tracin_head", "relatif_kfac_head",
     ]  # fmt: skip
-    assert available_methods(["fc.4"], [2]) == ["tracin_final", "tracin_final_epoch_002",
-                                                "tracin_final_error"]  # fmt: skip
+    assert available_methods(["fc.4"], [2]) == [
+        "tracin_final", "tracin_final_epoch_002", "tracin_final_error", "kfac_final",
+        "kfac_final_epoch_002", "gn_final", "gn_final_epoch_002", "cosine_final",
+        "relatif_tracin_final", "relatif_kfac_final", "relatif_gn_final",
+    ]  # fmt: skip
     assert default_method(["fc.4"]) == "tracin_final"
     assert default_method(["fc.4", "fc.2", "fc.0"]) == "tracin_head"
     assert default_method(["fc.2"]) is None
@@ -180,6 +195,19 @@ def test_the_ceiling_pairs_every_seed_with_every_other():
     assert lds(predicted, actual) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="at least 2 seeds"):
         ceiling_lds([a])
+
+
+def test_the_selection_half_is_seeded_and_the_choice_skips_controls_and_other_dampings():
+    half = selection_half(11, seed=3)
+    assert half.sum() == 5 and (half == selection_half(11, seed=3)).all()
+    assert not (half == selection_half(11, seed=4)).all()
+    table = pd.DataFrame({
+        "method": ["tracin_final", "kfac_head", "kfac_head@1", "random", "ceiling"],
+        "kind": ["method", "method", "method", "random", "ceiling"],
+        "lds_selection": [0.10, 0.20, 0.30, 0.40, 0.90],
+    })  # fmt: skip
+    assert chosen_method(table) == "kfac_head"
+    assert chosen_method(table[table["kind"] != "method"]) is None
 
 
 def test_subset_masks_follow_the_subset_versions_training_sets():
@@ -307,3 +335,108 @@ def test_the_brittleness_sample_is_seeded_and_of_correct_predictions_and_the_tab
     table = brittleness_table(rows).set_index("selection")
     assert table.loc["method", "smallest_k"] == 20 and np.isnan(table.loc["random", "smallest_k"])
     assert table.loc["method", "flipped_k40"] and not table.loc["method", "flipped_k10"]
+
+
+# --- curvature-aware methods, RelatIF and the cosine ------------------------------------------------
+
+
+def gradients_of(factors, checkpoint, side, layers):
+    """Per-sample autograd gradients (weights with the bias as a last column, flattened) of
+    ``layers`` at ``checkpoint``, for the test or train samples, float64."""
+    from test_curvature import per_sample_gradients
+
+    x, y = factors["test_xy"] if side == "test" else factors["train_xy"]
+    model = factors["models"][checkpoint]
+    return {layer: per_sample_gradients(model, factors["loss_fn"], x, y, layer) for layer in layers}
+
+
+def damped(matrix, damping=0.1):
+    return matrix + damping * np.trace(matrix) / len(matrix) * np.eye(len(matrix))
+
+
+def brute_curvature(factors, kind, layers, checkpoints=(0, 1, 2)):
+    """sum_c lr_c sum_L g_t^T C_L^-1 g_j by dense algebra on autograd's per-sample gradients, with
+    C_L the damped K-FAC product S (x) A (kind kfac) or the final layer's damped autograd Hessian
+    (kind gn)."""
+    from test_curvature import damped as damp
+
+    (x_train, y_train) = factors["train_xy"]
+    total = np.zeros((len(factors["test_xy"][1]), len(y_train)))
+    for c in checkpoints:
+        g_test = gradients_of(factors, c, "test", layers)
+        g_train = gradients_of(factors, c, "train", layers)
+        for layer in layers:
+            module = dict(factors["models"][c].named_modules())[layer]
+            d_out, d_in = module.weight.shape
+            if kind == "kfac":
+                grads = g_train[layer].reshape(len(y_train), d_out, d_in + 1)
+                a = grads[:, 0, :] / grads[:, 0, -1:]
+                e = grads[:, :, -1]
+                curvature = np.kron(damp(e.T @ e / len(e), 0.1), damp(a.T @ a / len(a), 0.1))
+            else:
+                model = factors["models"][c]
+                features = model.fc[:4](model.backbone(x_train)).detach()
+                w = torch.cat([module.weight, module.bias[:, None]], 1).detach().reshape(-1)
+
+                def loss(theta, features=features, shape=(d_out, d_in + 1)):
+                    t = theta.reshape(shape)
+                    z = features @ t[:, :-1].T + t[:, -1]
+                    return factors["loss_fn"](z, y_train, reduction="none").mean()
+
+                hessian = torch.autograd.functional.hessian(loss, w).numpy()
+                curvature = damp(hessian, 0.1)
+            total += LRS[c] * g_test[layer] @ np.linalg.solve(curvature, g_train[layer].T)
+    return total
+
+
+@pytest.mark.parametrize(
+    "name, kind, layers, checkpoints",
+    [("kfac_head", "kfac", HEAD_LAYERS, (0, 1, 2)), ("kfac_final_epoch_009", "kfac", ("fc.4",), (2,)),
+     ("gn_final", "gn", ("fc.4",), (0, 1, 2)), ("gn_final_epoch_005", "gn", ("fc.4",), (1,))],
+)  # fmt: skip
+def test_each_curvature_method_equals_its_dense_brute_force(
+    factors, name, kind, layers, checkpoints
+):
+    expected = brute_curvature(factors, kind, layers, checkpoints)
+    for dtype, tol in (("float64", 1e-9), ("float32", 1e-4)):
+        test, train = factors[dtype]
+        if kind == "gn":
+            for side in (test, train):
+                for f in side:
+                    f.meta["loss"] = {"class_weights": factors["loss_fn"].class_weights.tolist()}
+        got = method_scores(name, test, train)
+        assert rel_err(got, expected) < tol, (dtype, name, rel_err(got, expected))
+
+
+def test_relatif_and_the_cosine_divide_by_the_self_influences(factors):
+    test, train = factors["float64"]
+    for f in [*test, *train]:
+        f.meta["loss"] = {"class_weights": factors["loss_fn"].class_weights.tolist()}
+    for base, kind, layers in (("tracin_head", None, HEAD_LAYERS), ("kfac_final", "kfac", ("fc.4",)),
+                               ("gn_final", "gn", ("fc.4",))):  # fmt: skip
+        plain = brute(factors, layers) if kind is None else brute_curvature(factors, kind, layers)
+        # the self-influence of a training image: its own column of the train x train matrix
+        twin = {"test_xy": factors["train_xy"], **{k: v for k, v in factors.items()
+                                                   if k != "test_xy"}}  # fmt: skip
+        own = brute(twin, layers) if kind is None else brute_curvature(twin, kind, layers)
+        expected = plain / np.sqrt(np.diag(own))[None, :]
+        assert rel_err(method_scores(f"relatif_{base}", test, train), expected) < 1e-9, base
+        assert np.allclose(self_scores(base, train), np.diag(own), rtol=1e-9)
+    test_twin = {"train_xy": factors["test_xy"], **{k: v for k, v in factors.items()
+                                                    if k != "train_xy"}}  # fmt: skip
+    own_test = np.diag(brute(test_twin, HEAD_LAYERS))
+    own_train = np.diag(brute({**factors, "test_xy": factors["train_xy"]}, HEAD_LAYERS))
+    cosine = brute(factors, HEAD_LAYERS) / np.sqrt(np.outer(own_test, own_train))
+    got = method_scores("cosine_head", test, train)
+    assert rel_err(got, cosine) < 1e-9 and np.abs(got).max() <= 1 + 1e-12
+
+
+def test_the_method_grammar_refuses_what_is_not_a_method():
+    assert parse_method("relatif_kfac_head_epoch_003@0.01") == {
+        "kind": "kfac", "layers": HEAD_LAYERS, "epoch": 3, "error_only": False, "relative": True,
+        "damping": 0.01,
+    }  # fmt: skip
+    for bad in ("gn_head", "kfac_final_error", "cosine_final_epoch_001", "relatif_cosine_final",
+                "tracin_final@0.1", "kfac_final@0", "kfac_final@x"):  # fmt: skip
+        with pytest.raises(ConfigError, match="unknown attribution method"):
+            parse_method(bad)

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from snakemake_runs import planned_jobs, run_snakemake, tiny_config, write_config
 
+from tracinflow.influence.methods import available_methods, damping_variants
+
 pytestmark = pytest.mark.workflow
 
 EVALUATION = {
@@ -39,11 +41,18 @@ def evaluated(tmp_path_factory):
 def test_the_evaluation_writes_every_methods_lds_with_its_controls(evaluated):
     table = pd.read_csv(evaluated / "results/evaluation/lds.csv")
     methods = table[table["kind"] == "method"]["method"].tolist()
-    assert methods == [
-        "tracin_final", "tracin_final_epoch_002", "tracin_final_epoch_003", "tracin_final_error",
-        "tracin_head", "tracin_head_epoch_002", "tracin_head_epoch_003", "tracin_head_error",
-    ]  # fmt: skip
+    formed = available_methods(["fc.0", "fc.2", "fc.4"], [2, 3])
+    assert methods == formed + damping_variants(formed)
+    assert {"tracin_head_epoch_003", "kfac_head", "gn_final@0.01", "relatif_gn_final"} <= set(
+        methods
+    )
     assert table[table["default"]]["method"].tolist() == ["tracin_final"]  # v1's own layers
+    chosen = table[table["chosen"]]
+    assert len(chosen) == 1 and "@" not in chosen["method"].iloc[0]
+    candidates = table[(table["kind"] == "method") & ~table["method"].str.contains("@")]
+    assert chosen["lds_selection"].iloc[0] == candidates["lds_selection"].max()
+    held_out = table.dropna(subset=["lds_held_out"])
+    assert (held_out["held_out_ci_low"] <= held_out["lds_held_out"]).all()
     assert table["kind"].tolist()[-2:] == ["random", "ceiling"]
     assert ((table["lds"] >= -1) & (table["lds"] <= 1)).all()
     assert ((table["ci_low"] <= table["lds"]) & (table["lds"] <= table["ci_high"])).all()

@@ -42,37 +42,122 @@ class ConfigError(InputError):
 
 #: the layer sets an attribution method may name (the head's Linear layers by module path)
 LAYER_SETS = {"final": ("fc.4",), "head": ("fc.0", "fc.2", "fc.4")}
-#: the forms of an attribution method's name (``<layers>`` one of LAYER_SETS)
-METHOD_PATTERNS = ("tracin_<layers>", "tracin_<layers>_epoch_EEE", "tracin_<layers>_error")
+#: the forms of an attribution method's name (``<layers>`` one of LAYER_SETS; any of the first
+#: seven may be prefixed ``relatif_``, and a curvature method suffixed ``@<damping>``)
+METHOD_PATTERNS = (
+    "tracin_<layers>", "tracin_<layers>_epoch_EEE", "tracin_<layers>_error",
+    "kfac_<layers>", "kfac_<layers>_epoch_EEE", "gn_final", "gn_final_epoch_EEE",
+    "cosine_<layers>",
+)  # fmt: skip
 _METHOD_NAME = re.compile(
-    r"^tracin_(?P<layers>[a-z]+)(?:_epoch_(?P<epoch>\d{3})|_(?P<error>error))?$"
+    r"^(?P<kind>tracin|kfac|gn|cosine)_(?P<layers>[a-z]+)"
+    r"(?:_epoch_(?P<epoch>\d{3})|_(?P<error>error))?(?:@(?P<damping>[0-9.eE+-]+))?$"
 )
 
 
+def _method_error(name) -> ConfigError:
+    return ConfigError(
+        f"unknown attribution method {name!r}: the methods are {', '.join(METHOD_PATTERNS)}, "
+        f"each but cosine_ also as relatif_<method>, with <layers> one of {', '.join(LAYER_SETS)} "
+        f"(EEE a checkpoint's epoch; kfac_ and gn_ may end in @<damping>)"
+    )
+
+
 def parse_method(name: str) -> dict:
-    """``{"layers": (...), "epoch": int | None, "error_only": bool}`` of an attribution method's
-    name (tracinflow.influence.methods computes them), or a ConfigError saying the forms."""
-    match = _METHOD_NAME.match(str(name))
+    """``{"kind", "layers", "epoch", "error_only", "relative", "damping"}`` of an attribution
+    method's name (tracinflow.influence.methods computes them), or a ConfigError saying the forms.
+    ``kind``: tracin, kfac (K-FAC influence), gn (the final layer's exact Gauss-Newton influence)
+    or cosine (of TracIn's gradients); ``relative``: RelatIF, divided by the square root of the
+    training image's self-influence under the same method; ``damping``: None for the default."""
+    name = str(name)
+    relative = name.startswith("relatif_")
+    match = _METHOD_NAME.match(name.removeprefix("relatif_"))
     if not match or match["layers"] not in LAYER_SETS:
-        raise ConfigError(
-            f"unknown attribution method {name!r}: the methods are {', '.join(METHOD_PATTERNS)} "
-            f"with <layers> one of {', '.join(LAYER_SETS)} (EEE a checkpoint's epoch)"
-        )
+        raise _method_error(name)
+    kind = match["kind"]
+    curvature = kind in ("kfac", "gn")
+    invalid = (
+        (kind == "gn" and match["layers"] != "final")
+        or (match["error"] and kind != "tracin")
+        or (kind == "cosine" and (match["epoch"] or relative))
+        or (match["damping"] and not curvature)
+    )
+    if invalid:
+        raise _method_error(name)
+    try:
+        damping = float(match["damping"]) if match["damping"] else None
+    except ValueError:
+        raise _method_error(name) from None
+    if damping is not None and damping <= 0:
+        raise _method_error(name)
     return {
+        "kind": kind,
         "layers": LAYER_SETS[match["layers"]],
         "epoch": int(match["epoch"]) if match["epoch"] else None,
         "error_only": bool(match["error"]),
+        "relative": relative,
+        "damping": damping,
     }
 
 
-def default_method(layers) -> str | None:
-    """The attribution method a version's own reports use: TracIn summed over its checkpoints over
-    its ``influence.layers`` (None when they are not one of LAYER_SETS)."""
+_METHOD_KINDS = {"tracin": "TracIn", "kfac": "K-FAC influence", "gn": "Gauss-Newton influence",
+                 "cosine": "TracIn cosine"}  # fmt: skip
+_LAYER_WORDS = {"final": "the final layer", "head": "the head's Linear layers"}
+
+
+def method_label(name: str) -> str:
+    """A reader's name of an attribution method, e.g. ``K-FAC influence over the head's Linear
+    layers, summed over the checkpoints``."""
+    spec = parse_method(name)
+    kind = _METHOD_KINDS[spec["kind"]]
+    layers = next(word for key, word in _LAYER_WORDS.items() if LAYER_SETS[key] == spec["layers"])
+    text = f"{'RelatIF of ' if spec['relative'] else ''}{kind} over {layers}"
+    if spec["error_only"]:
+        text += " (error signal only)"
+    text += (f", checkpoint of epoch {spec['epoch']}" if spec["epoch"] is not None
+             else ", summed over the checkpoints")  # fmt: skip
+    return text + (f", damping {spec['damping']:g}" if spec["damping"] else "")
+
+
+#: the default damping of the curvature-aware methods: this fraction of a curvature matrix's
+#: mean eigenvalue is added to its diagonal (influence.damping)
+DEFAULT_DAMPING = 0.1
+#: influence.method's values and the prefix of their names in the evaluation's grammar
+METHOD_PREFIXES = {"tracin": "tracin", "kfac": "kfac", "gauss_newton": "gn"}
+
+
+def default_method(layers, method: str = "tracin", damping: float = DEFAULT_DAMPING) -> str | None:
+    """The attribution method a version's own reports use, by its name in :func:`parse_method`'s
+    grammar: ``influence.method`` summed over the checkpoints over its ``influence.layers``
+    (``tracin_final``, ``kfac_head``, ``gn_final``, with ``@<damping>`` when not the default);
+    None when the layers are not one of LAYER_SETS."""
     layers = list(layers) if not isinstance(layers, str) else list(LAYER_SETS[layers])
     for set_name, needed in LAYER_SETS.items():
         if sorted(layers) == sorted(needed):
-            return f"tracin_{set_name}"
+            name = f"{METHOD_PREFIXES[method]}_{set_name}"
+            if method != "tracin" and float(damping) != DEFAULT_DAMPING:
+                name += f"@{float(damping):g}"
+            return name
     return None
+
+
+def version_method(settings: dict) -> str | None:
+    """:func:`default_method` of one version's resolved settings."""
+    influence = settings["influence"]
+    return default_method(influence["layers"], influence.get("method", "tracin"),
+                          influence.get("damping", DEFAULT_DAMPING))  # fmt: skip
+
+
+def _check_influence_method(name: str, settings: dict) -> None:
+    influence = settings["influence"]
+    layers = influence["layers"]
+    layers = list(LAYER_SETS[layers]) if isinstance(layers, str) else list(layers)
+    if influence["method"] == "gauss_newton" and layers != list(LAYER_SETS["final"]):
+        raise ConfigError(
+            f"versions.{name}.influence.method: gauss_newton is the final layer's exact "
+            f"Gauss-Newton influence, but influence.layers is {layers}: set influence.layers to "
+            f"[fc.4], or use method kfac for several layers"
+        )
 
 
 #: ``model.pretrained`` naming the backbone's ImageNet weights at their usual place
@@ -237,6 +322,7 @@ def version_settings(config: dict, schema: dict) -> dict[str, dict]:
         settings = with_defaults(merged, schema)
         settings.pop("versions", None)
         _check_checkpoint_epochs(name, settings)
+        _check_influence_method(name, settings)
         try:
             pretrained_weights_file(settings["model"]["arch"], settings["model"]["pretrained"])
         except ConfigError as err:
@@ -486,11 +572,11 @@ def _check_evaluation(evaluation: dict, versions: dict, epochs, default: str | N
 
 def _reference_default(config: dict, schema: dict, evaluation: dict) -> tuple[dict, str | None]:
     """The evaluation's reference's own overrides, and its default method (from its resolved
-    ``influence.layers``)."""
+    ``influence.method``, ``layers`` and ``damping``)."""
     overrides = (config.get("versions") or {}).get(evaluation["reference"]) or {}
     base = {key: value for key, value in config.items() if key not in ("versions", "evaluation")}
     resolved = with_defaults(deep_merge(base, overrides), schema)
-    return resolved, default_method(resolved["influence"]["layers"])
+    return resolved, version_method(resolved)
 
 
 def evaluation_settings(config: dict, schema: dict) -> dict | None:

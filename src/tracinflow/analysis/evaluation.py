@@ -23,6 +23,10 @@ import pandas as pd
 from scipy.stats import rankdata
 
 LDS_COLUMNS = ["method", "lds", "ci_low", "ci_high", "n_subsets", "n_test", "default", "kind"]
+#: lds.csv's columns after LDS_COLUMNS: the LDS over the reference's mistakes; the LDS on the
+#: half of the test images a method is chosen on, and on the other half with its CI
+LDS_DETAIL_COLUMNS = ["lds_mistakes", "n_mistakes", "lds_selection", "lds_held_out",
+                      "held_out_ci_low", "held_out_ci_high"]  # fmt: skip
 #: what each row of lds.csv is: a method's scores, or a control that frames them
 LDS_KINDS = ("method", "random", "ceiling")
 
@@ -100,6 +104,25 @@ def ceiling_lds(margins_by_seed: Sequence[np.ndarray]) -> tuple[np.ndarray, np.n
         if i != j
     ]
     return np.vstack([a for a, _ in pairs]), np.vstack([b for _, b in pairs])
+
+
+def selection_half(n_test: int, seed: int) -> np.ndarray:
+    """(T,) booleans: a seeded random half of the sampled test images on which a method is chosen;
+    the other half reports the chosen method's LDS, so that the choice is not judged on the
+    images it was made on."""
+    chosen = np.zeros(n_test, dtype=bool)
+    chosen[np.random.default_rng(seed).permutation(n_test)[: n_test // 2]] = True
+    return chosen
+
+
+def chosen_method(table: pd.DataFrame) -> str | None:
+    """The method with the highest ``lds_selection`` among the candidates: the rows of kind
+    method whose damping is the default (the sensitivity rows, ``...@<damping>``, are not)."""
+    candidates = table[(table["kind"] == "method") & ~table["method"].str.contains("@")]
+    candidates = candidates[np.isfinite(candidates["lds_selection"].to_numpy(float))]
+    if candidates.empty:
+        return None
+    return str(candidates.loc[candidates["lds_selection"].idxmax(), "method"])
 
 
 def random_scores(shape: tuple[int, int], seed: int) -> np.ndarray:

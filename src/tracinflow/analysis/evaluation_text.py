@@ -15,7 +15,8 @@ def _interval(row) -> str:
 
 def lds_reading(table: pd.DataFrame) -> str:
     """One paragraph: the default method's LDS and whether its CI excludes zero, the random
-    control, the ceiling, and the best method."""
+    control, the ceiling, and the method chosen on one half of the test images with its LDS on the
+    other (the best method where the table has no choice)."""
     methods = table[table["kind"] == "method"]
     parts = []
     default = methods[methods["default"]]
@@ -36,7 +37,16 @@ def lds_reading(table: pd.DataFrame) -> str:
         rows = table[table["kind"] == kind]
         if len(rows):
             parts.append(f"{what}: {_interval(rows.iloc[0])}.")
-    if len(methods):
+    chosen = methods[methods["chosen"]] if "chosen" in methods else methods.iloc[:0]
+    if len(chosen):
+        row = chosen.iloc[0]
+        parts.append(
+            f"Chosen on a random half of the test images (LDS {row['lds_selection']:+.3f} there): "
+            f"`{markdown_text(row['method'])}`, whose LDS on the other half is "
+            f"{row['lds_held_out']:+.3f} [{row['held_out_ci_low']:+.3f}, "
+            f"{row['held_out_ci_high']:+.3f}]."
+        )
+    elif len(methods):
         best = methods.loc[methods["lds"].idxmax()]
         parts.append(f"Best method: `{markdown_text(best['method'])}`, {_interval(best)}.")
     return " ".join(parts)
@@ -124,7 +134,10 @@ def evaluation_summary_markdown(
                 f"the sum of its scores over a subset; LDS is the mean over test images of the "
                 f"Spearman correlation over subsets, with a 95% bootstrap CI over subsets and test "
                 f"images ({settings['bootstrap']} resamples). `lds_mistakes`: the same over the test "
-                f"images the reference mispredicts.",
+                f"images the reference mispredicts. `lds_selection`: the LDS over a seeded random "
+                f"half of the test images, on which one method is `chosen` (the sensitivity rows, "
+                f"a curvature method at another damping, are not candidates); `lds_held_out`: the "
+                f"LDS over the other half, with its CI.",
                 lds_reading(lds),
                 markdown_table(_rounded(lds)),
                 "![LDS per method](lds.png)",

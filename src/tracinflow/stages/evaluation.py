@@ -15,10 +15,12 @@ from tracinflow._util.files import save_figure, write_csv, write_parquet, write_
 from tracinflow._util.progress import Progress
 from tracinflow.analysis.evaluation import (
     LDS_COLUMNS,
+    LDS_DETAIL_COLUMNS,
     bootstrap_lds,
     brittleness_sample,
     brittleness_table,
     ceiling_lds,
+    chosen_method,
     hardness_matched,
     highest_loss,
     label_matched_random,
@@ -27,12 +29,13 @@ from tracinflow.analysis.evaluation import (
     random_scores,
     removal_outcome,
     removal_table,
+    selection_half,
     spearman_rows,
     subset_masks,
     subset_predictions,
 )
 from tracinflow.analysis.evaluation_text import evaluation_summary_markdown
-from tracinflow.influence.methods import available_methods, method_scores
+from tracinflow.influence.methods import available_methods, damping_variants, method_scores
 from tracinflow.plots.evaluation import plot_lds, plot_removal
 from tracinflow.stages.common import optional_input
 from tracinflow.stages.factor_store import load_checkpoints
@@ -98,7 +101,18 @@ def _subset_masks(subsets, seeds, by_seed, train_idx) -> np.ndarray:
     return per_seed[0]
 
 
-def _method_row(name, scores, masks, actual, mistakes, settings, n_test, default, per_test, kind):
+def _held_out(row, predicted, actual, correlations, halves, settings) -> dict:
+    """``row`` with the LDS on the selection half of the test images (``lds_selection``) and on
+    the other half with its bootstrap CI (``lds_held_out``, ``held_out_ci_low/high``)."""
+    row["lds_selection"] = float(np.nanmean(correlations[halves]))
+    rows = np.tile(~halves, len(predicted) // len(halves))  # the ceiling stacks pairs of seeds
+    held_out = bootstrap_lds(predicted[rows], actual[rows], settings["bootstrap"], settings["seed"])
+    row["lds_held_out"], row["held_out_ci_low"], row["held_out_ci_high"] = held_out
+    return row
+
+
+def _method_row(name, scores, masks, actual, mistakes, halves, settings, n_test, default,
+                per_test, kind):  # fmt: skip
     predicted = subset_predictions(scores, masks)
     values = bootstrap_lds(predicted, actual, settings["bootstrap"], settings["seed"])
     correlations = spearman_rows(predicted, actual)
@@ -108,10 +122,10 @@ def _method_row(name, scores, masks, actual, mistakes, settings, n_test, default
     )
     row["n_mistakes"] = int(mistakes.sum())
     per_test.append(correlations)
-    return row
+    return _held_out(row, predicted, actual, correlations, halves, settings)
 
 
-def _ceiling_row(margins_by_seed, mistakes, settings, per_test) -> dict:
+def _ceiling_row(margins_by_seed, mistakes, halves, settings, per_test) -> dict:
     """The retraining-noise ceiling: each seed's retrained margins as the prediction of every
     other seed's; a test image's correlation is its mean over the ordered pairs of seeds."""
     predicted, target = ceiling_lds(margins_by_seed)
@@ -122,7 +136,16 @@ def _ceiling_row(margins_by_seed, mistakes, settings, per_test) -> dict:
     row["lds_mistakes"] = float(np.nanmean(correlations[mistakes])) if mistakes.any() else np.nan
     row["n_mistakes"] = int(mistakes.sum())
     per_test.append(correlations)
-    return row
+    return _held_out(row, predicted, target, correlations, halves, settings)
+
+
+def _scored_methods(named, train) -> list[str]:
+    """The methods named, or every one the factors form and the curvature methods' damping
+    sensitivity rows."""
+    if named:
+        return list(named)
+    methods = available_methods(train[0].layers, [int(f.meta["epoch"]) for f in train])
+    return methods + damping_variants(methods)
 
 
 def lds(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
@@ -130,7 +153,8 @@ def lds(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     test images) of every method, of random scores and of the retraining-noise ceiling; the
     per-test Spearman correlations; the plot. ``params``: ``retrains`` ((subset, seed) of each
     LDS version, the order of the inputs ``train_sets`` and ``predictions``), ``methods`` (None:
-    every one the factors form), ``default`` and the ``lds`` settings."""
+    every one the factors form, and the curvature methods at a tenth and ten times their damping),
+    ``default`` and the ``lds`` settings."""
     torch.set_num_threads(threads)
     settings = params["lds"]
     train = load_checkpoints(list(inputs["train"]))
@@ -147,14 +171,14 @@ def lds(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     masks = _subset_masks(subsets, seeds, by_seed, train[0].idx)
     margins = {s: _margins([by_seed[s][m][1] for m in subsets], test_idx) for s in seeds}
     actual = np.mean([margins[s] for s in seeds], axis=0)
-    epochs = [int(f.meta["epoch"]) for f in train]
-    methods = params["methods"] or available_methods(train[0].layers, epochs)
+    methods = _scored_methods(params["methods"], train)
     log(f"LDS over {len(subsets)} subsets x {len(seeds)} seeds, {len(test_idx)} test images "
         f"({int(mistakes.sum())} mispredicted by the reference), {len(train[0])} training images, "
         f"{len(methods)} methods")  # fmt: skip
     rows, per_test = [], []
     progress = Progress(len(methods) + 2, "lds", "methods", log=log)
-    common = (masks, actual, mistakes, settings, len(test_idx), params["default"], per_test)
+    halves = selection_half(len(test_idx), settings["seed"])
+    common = (masks, actual, mistakes, halves, settings, len(test_idx), params["default"], per_test)
     for name in methods:
         scores = method_scores(name, test, train)
         rows.append(_method_row(name, scores, *common, "method"))
@@ -165,10 +189,11 @@ def lds(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     progress.update(message=f"random: LDS {rows[-1]['lds']:+.3f}")
     names = [*methods, "random"]
     if len(seeds) >= 2:
-        rows.append(_ceiling_row([margins[s] for s in seeds], mistakes, settings, per_test))
+        rows.append(_ceiling_row([margins[s] for s in seeds], mistakes, halves, settings, per_test))
         names.append("ceiling")
         progress.update(message=f"ceiling (one retrain predicting another): {rows[-1]['lds']:+.3f}")
-    table = pd.DataFrame(rows, columns=[*LDS_COLUMNS, "lds_mistakes", "n_mistakes"])
+    table = pd.DataFrame(rows, columns=[*LDS_COLUMNS, *LDS_DETAIL_COLUMNS])
+    table["chosen"] = table["method"] == chosen_method(table)
     per_test_frame = pd.DataFrame(
         {
             "method": np.repeat(names, len(test_idx)),
