@@ -226,3 +226,14 @@ def test_a_failing_build_leaves_the_old_folder_and_no_temporary_one(tmp_path, mo
         explorer(stage_inputs(tmp_path, root), {"explorer": out}, PARAMS)
     assert (out / "data.js").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_page_says_which_method_its_lists_come_from():
+    data = explorer_payload(tables(), version="v", default_ranking="loss", top=3, planted=False,
+                            method="kfac_head")  # fmt: skip
+    assert data["method"] == "kfac_head"
+    assert data["method_label"] == (
+        "K-FAC influence over the head's Linear layers, summed over the checkpoints"
+    )
+    plain = explorer_payload(tables(), version="v", default_ranking="loss", top=3, planted=False)
+    assert plain["method_label"].startswith("TracIn over the final layer")

@@ -20,6 +20,7 @@ from tracinflow.config import (
     plants_noise,
     pretrained_weights_file,
     shared_checkpoint_epochs,
+    version_method,
     version_settings,
     full_version,
     lds_version,
@@ -345,10 +346,15 @@ def get_factor_dirs(version, split):
 
 
 def get_shard_factors(wildcards):
-    return {
+    """A shard's factor folders, and the curvature it preconditions with (influence.method kfac or
+    gauss_newton)."""
+    files = {
         "test": get_factor_dirs(wildcards.version, "test"),
         "train": get_factor_dirs(wildcards.version, "train"),
     }
+    if VERSIONS[wildcards.version]["influence"]["method"] != "tracin":
+        files["curvature"] = f"results/{wildcards.version}/influence/curvature.npz"
+    return files
 
 
 def get_train_factors(wildcards):

@@ -27,6 +27,7 @@ rule explorer:
     params:
         version="{version}",
         ranking=setting("reports", "ranking"),
+        method=lambda wildcards: version_method(VERSIONS[wildcards.version]),
         top=setting("reports", "explorer", "top"),
         thumbnail_px=setting("reports", "explorer", "thumbnail_px"),
         planted=lambda wildcards: has_planted_noise(wildcards.version),

@@ -23,10 +23,34 @@ rule influence_shard:
         k=setting("influence", "top_k"),
         memory_mb=setting("influence", "memory_mb"),
         precision=setting("influence", "precision"),
+        method=setting("influence", "method"),
         tiles=setting("influence", "shards"),
         device=setting("training", "device"),
     script:
         "../scripts/influence_shard.py"
+
+
+rule curvature:
+    input:
+        train=get_train_factors,
+    output:
+        inverses="results/{version}/influence/curvature.npz",
+    log:
+        "logs/curvature/{version}.log",
+    benchmark:
+        "results/benchmarks/curvature/{version}.tsv"
+    conda:
+        "../envs/tracinflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=memory_mb(4000),
+        runtime=30,
+    params:
+        method=setting("influence", "method"),
+        damping=setting("influence", "damping"),
+        layers=setting("influence", "layers"),
+    script:
+        "../scripts/curvature.py"
 
 
 rule merge_topk:

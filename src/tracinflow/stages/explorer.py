@@ -117,6 +117,7 @@ def explorer(inputs, outputs, params, threads=1, log=print) -> dict:
         top=params["top"],
         planted=params["planted"],
         compared=_compared(inputs, list(params["compare"])),
+        method=params.get("method", "tracin_final"),
     )
     images = payload["images"]
     paths = dict(zip(images["idx"], images["path"], strict=True))

@@ -355,3 +355,32 @@ def load_checkpoints(paths: Sequence, rows=None, layers=None, stream=False) -> l
     """The factor folders of every checkpoint of one split (or ``rows`` of them), in order; with
     ``stream``, act and err as :class:`NpyRows`."""
     return [load_factor_dir(path, rows=rows, layers=layers, stream=stream) for path in paths]
+
+
+# --- the curvature file ---------------------------------------------------------------------------
+
+
+def save_curvature(path, inverses: Sequence[dict], *, method: str, damping: float, layers,
+                   epochs: Sequence[int]) -> None:  # fmt: skip
+    """One ``.npz``: each checkpoint's damped inverses (:func:`~tracinflow.influence.curvature.
+    curvature_inverses`, key ``c<checkpoint>:<name>``) and what made them (``meta``, JSON: method,
+    damping, layers, the checkpoints' epochs); written atomically."""
+    arrays = {f"c{c}:{name}": matrix for c, found in enumerate(inverses)
+              for name, matrix in found.items()}  # fmt: skip
+    meta = {"method": method, "damping": float(damping), "layers": list(layers),
+            "epochs": [int(e) for e in epochs]}  # fmt: skip
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_curvature(path) -> tuple[list[dict], dict]:
+    """``(inverses per checkpoint, meta)`` of a file :func:`save_curvature` wrote."""
+    with np.load(path, allow_pickle=False) as stored:
+        meta = json.loads(str(stored["meta"]))
+        inverses = [{} for _ in meta["epochs"]]
+        for key in stored.files:
+            if key != "meta":
+                checkpoint, name = key.split(":", 1)
+                inverses[int(checkpoint[1:])][name] = stored[key]
+    return inverses, meta

@@ -1,4 +1,4 @@
-"""The influence rules: influence_shard, merge_topk, self_influence.
+"""The influence rules: curvature, influence_shard, merge_topk, self_influence.
 
 Each function takes its rule's ``inputs``, ``outputs`` and ``params`` (mappings by the names the
 rule gives them), its ``threads`` and a ``log`` function; it reads, calls the influence package
@@ -18,10 +18,38 @@ from tracinflow._util.files import write_csv, write_parquet
 from tracinflow.analysis.reports import readable_topk
 from tracinflow.data.split import class_names_of
 from tracinflow.influence import self_influence as scores
+from tracinflow.influence.curvature import curvature_inverses, preconditioned_sides
 from tracinflow.influence.kernel import COLUMNS, topk_influence
 from tracinflow.influence.shards import merge_topk as merge_candidates
 from tracinflow.influence.shards import tile_rows
-from tracinflow.stages.factor_store import folder_rows, load_checkpoints
+from tracinflow.stages.factor_store import (
+    folder_rows,
+    load_checkpoints,
+    load_curvature,
+    save_curvature,
+)
+
+
+def _epochs(factors) -> list[int]:
+    return [int(f.meta.get("epoch", -1)) for f in factors]
+
+
+def curvature(inputs, outputs, params, threads=1, log=print) -> list[dict]:
+    """The damped curvature inverses of every checkpoint (influence.method kfac or gauss_newton)
+    from the training factors, the file every shard of the version preconditions with."""
+    torch.set_num_threads(threads)
+    method, damping = params["method"], float(params["damping"])
+    train = load_checkpoints(list(inputs["train"]))
+    layers = list(train[0].layers)
+    started = time.perf_counter()
+    inverses = curvature_inverses(method, train, layers, damping)
+    save_curvature(outputs["inverses"], inverses, method=method, damping=damping, layers=layers,
+                   epochs=_epochs(train))  # fmt: skip
+    sizes = ", ".join(f"{name} {m.shape[0]}x{m.shape[1]}" for name, m in inverses[0].items())
+    log(f"{method} curvature of {len(train)} checkpoints x {len(train[0])} training images, "
+        f"damping {damping:g} x mean eigenvalue ({sizes}) in "
+        f"{time.perf_counter() - started:.2f} s")  # fmt: skip
+    return inverses
 
 
 def shard_topk(
@@ -31,6 +59,7 @@ def shard_topk(
     *,
     test_tile: tuple[int, int] = (0, 1),
     train_tile: tuple[int, int] = (0, 1),
+    curvature=None,
     log=None,
     **kernel,
 ) -> pd.DataFrame:
@@ -40,26 +69,41 @@ def shard_topk(
     grid block at a time, so a shard's memory does not grow with its train tile); learning rates
     come from each folder's meta.json. ``kernel``: the keyword arguments of
     :func:`~tracinflow.influence.kernel.topk_influence` (layers, memory_bytes, block, device,
-    dtype, precision). The merge over all ``R`` train tiles of a test tile gives the exact top-k."""
+    dtype, precision). The merge over all ``R`` train tiles of a test tile gives the exact top-k.
+    ``curvature``: the file of the curvature rule, for a curvature-aware method's influence
+    (the test tile preconditioned with it; :func:`~tracinflow.influence.curvature.
+    preconditioned_sides`) instead of TracIn's."""
     if len(test_dirs) != len(train_dirs) or not test_dirs:
         raise ValueError(f"{len(test_dirs)} test folders but {len(train_dirs)} train folders")
     rows_t = tile_rows(*test_tile, folder_rows(test_dirs, "test"))
     rows_r = tile_rows(*train_tile, folder_rows(train_dirs, "train"))
-    layers = kernel.get("layers")
-    test = load_checkpoints(test_dirs, rows=rows_t, layers=layers, stream=True)
+    layers = kernel.pop("layers", None)
+    # a preconditioned test tile is computed whole in memory (the train tile is streamed either way)
+    test = load_checkpoints(test_dirs, rows=rows_t, layers=layers, stream=curvature is None)
     train = load_checkpoints(train_dirs, rows=rows_r, layers=layers, stream=True)
-    return topk_influence(test, train, k, log=log, label="shard", **kernel)
+    if curvature is not None:
+        inverses, meta = load_curvature(curvature)
+        if meta["epochs"] != _epochs(train):
+            raise ValueError(
+                f"{curvature}: made for the checkpoints of epochs {meta['epochs']}, but the "
+                f"factors are of epochs {_epochs(train)}: rerun the curvature rule"
+            )
+        test, train, layers = preconditioned_sides(meta["method"], test, train, inverses,
+                                                   layers or meta["layers"])  # fmt: skip
+    return topk_influence(test, train, k, log=log, label="shard", layers=layers, **kernel)
 
 
 def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
-    """Top-k candidates of one (test tile, train tile) shard, summed over every checkpoint."""
+    """Top-k candidates of one (test tile, train tile) shard, summed over every checkpoint, of
+    ``params["method"]`` (TracIn, or a curvature-aware influence with ``inputs["curvature"]``)."""
     torch.set_num_threads(threads)
     tiles = params["tiles"]
     t, r = int(params["test_tile"]), int(params["train_tile"])
     precision = params.get("precision", "float32")
+    method = params.get("method", "tracin")
     log(
         f"shard test tile {t}/{tiles['test']}, train tile {r}/{tiles['train']}, k {params['k']}, "
-        f"precision {precision}"
+        f"precision {precision}, method {method}"
     )
     started = time.perf_counter()
     frame = shard_topk(
@@ -71,6 +115,7 @@ def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFra
         memory_bytes=params["memory_mb"] * 2**20,
         device=select_device(params["device"]),
         precision=precision,
+        curvature=inputs["curvature"] if method != "tracin" else None,
         log=log,
     )
     write_parquet(outputs["shard"], frame[COLUMNS])

@@ -307,9 +307,9 @@ function renderTest(idx, params) {
           fact("prediction", `${className(t.pred[row])} (${wrong ? "mispredicted" : "correct"})`,
             { id: "test-pred", class: wrong ? "no" : "ok" }),
           fact("confidence", formatConfidence(t.confidence[row]))),
-        el("p", { class: "hint" }, `The training images with the largest TracIn influence on this ` +
-          `image's loss: proponents lowered it (they pushed toward its label), opponents raised it. ` +
-          `Top ${D.top} of each.`))),
+        el("p", { class: "hint", id: "method-hint" }, `The training images with the largest ` +
+          `influence on this image's loss (${D.method_label}): proponents lowered it (they pushed ` +
+          `toward its label), opponents raised it. Top ${D.top} of each.`))),
     el("div", { class: "columns" }, section("Proponents", proponents, "proponents"),
       section("Opponents", opponents, "opponents")),
     compareTable(row),
