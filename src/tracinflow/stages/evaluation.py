@@ -7,6 +7,8 @@ retrained versions' predictions, calls the analysis package, and writes every ou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
@@ -148,6 +150,56 @@ def _scored_methods(named, train) -> list[str]:
     return methods + damping_variants(methods)
 
 
+@dataclass
+class LdsProblem:
+    """What every method's LDS is computed against: the reference's factors (``train``, and
+    ``test`` at the sampled test images ``test_idx``), which of them it mispredicts, the subsets'
+    masks (M, N), each seed's retrained margins (T, M), their mean ``actual`` and the selection
+    half of the test images."""
+
+    train: list
+    test: list
+    test_idx: np.ndarray
+    mistakes: np.ndarray
+    masks: np.ndarray
+    margins: dict
+    actual: np.ndarray
+    halves: np.ndarray
+    settings: dict
+
+    def row(self, name, scores, per_test: list, default=None, kind="method") -> dict:
+        """lds.csv's row of ``scores`` (T, N), its per-test correlations appended to ``per_test``."""
+        return _method_row(name, scores, self.masks, self.actual, self.mistakes, self.halves,
+                           self.settings, len(self.test_idx), default, per_test, kind)  # fmt: skip
+
+
+def lds_problem(inputs, params) -> LdsProblem:
+    """:class:`LdsProblem` of the lds rule's ``inputs`` and ``params`` (also what
+    benchmarks/bench_peers.py scores the peers' attributions against)."""
+    settings = params["lds"]
+    train = load_checkpoints(list(inputs["train"]))
+    test_all = load_checkpoints(list(inputs["test"]))
+    test = [f.take(_test_sample(len(test_all[0]), settings)) for f in test_all]
+    test_idx = np.asarray(test[0].idx, dtype=np.int64)
+    reference = pd.read_parquet(inputs["reference_test"], columns=["idx", "label", "pred"])
+    reference = reference.set_index("idx").loc[test_idx]
+    subsets, seeds, by_seed = _retrain_grid(
+        [tuple(r) for r in params["retrains"]], inputs["train_sets"], inputs["predictions"]
+    )
+    margins = {s: _margins([by_seed[s][m][1] for m in subsets], test_idx) for s in seeds}
+    return LdsProblem(
+        train=train,
+        test=test,
+        test_idx=test_idx,
+        mistakes=(reference["pred"] != reference["label"]).to_numpy(),
+        masks=_subset_masks(subsets, seeds, by_seed, train[0].idx),
+        margins=margins,
+        actual=np.mean(list(margins.values()), axis=0),
+        halves=selection_half(len(test_idx), settings["seed"]),
+        settings=settings,
+    )
+
+
 def lds(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     """lds.csv: the LDS (with its 95% bootstrap CI, and over the reference's mispredicted sampled
     test images) of every method, of random scores and of the retraining-noise ceiling; the
@@ -156,49 +208,35 @@ def lds(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     every one the factors form, and the curvature methods at a tenth and ten times their damping),
     ``default`` and the ``lds`` settings."""
     torch.set_num_threads(threads)
-    settings = params["lds"]
-    train = load_checkpoints(list(inputs["train"]))
-    test_all = load_checkpoints(list(inputs["test"]))
-    sample = _test_sample(len(test_all[0]), settings)
-    test = [f.take(sample) for f in test_all]
-    test_idx = np.asarray(test[0].idx, dtype=np.int64)
-    reference = pd.read_parquet(inputs["reference_test"], columns=["idx", "label", "pred"])
-    reference = reference.set_index("idx").loc[test_idx]
-    mistakes = (reference["pred"] != reference["label"]).to_numpy()
-    subsets, seeds, by_seed = _retrain_grid(
-        [tuple(r) for r in params["retrains"]], inputs["train_sets"], inputs["predictions"]
-    )
-    masks = _subset_masks(subsets, seeds, by_seed, train[0].idx)
-    margins = {s: _margins([by_seed[s][m][1] for m in subsets], test_idx) for s in seeds}
-    actual = np.mean([margins[s] for s in seeds], axis=0)
-    methods = _scored_methods(params["methods"], train)
-    log(f"LDS over {len(subsets)} subsets x {len(seeds)} seeds, {len(test_idx)} test images "
-        f"({int(mistakes.sum())} mispredicted by the reference), {len(train[0])} training images, "
-        f"{len(methods)} methods")  # fmt: skip
+    problem = lds_problem(inputs, params)
+    n_test, n_train = len(problem.test_idx), len(problem.train[0])
+    methods = _scored_methods(params["methods"], problem.train)
+    log(f"LDS over {problem.masks.shape[0]} subsets x {len(problem.margins)} seeds, {n_test} test "
+        f"images ({int(problem.mistakes.sum())} mispredicted by the reference), {n_train} "
+        f"training images, {len(methods)} methods")  # fmt: skip
     rows, per_test = [], []
     progress = Progress(len(methods) + 2, "lds", "methods", log=log)
-    halves = selection_half(len(test_idx), settings["seed"])
-    common = (masks, actual, mistakes, halves, settings, len(test_idx), params["default"], per_test)
     for name in methods:
-        scores = method_scores(name, test, train)
-        rows.append(_method_row(name, scores, *common, "method"))
+        scores = method_scores(name, problem.test, problem.train)
+        rows.append(problem.row(name, scores, per_test, params["default"]))
         progress.update(message=f"{name}: LDS {rows[-1]['lds']:+.3f} "
                                 f"[{rows[-1]['ci_low']:+.3f}, {rows[-1]['ci_high']:+.3f}]")  # fmt: skip
-    noise = random_scores((len(test_idx), len(train[0])), settings["seed"])
-    rows.append(_method_row("random", noise, *common, "random"))
+    noise = random_scores((n_test, n_train), problem.settings["seed"])
+    rows.append(problem.row("random", noise, per_test, kind="random"))
     progress.update(message=f"random: LDS {rows[-1]['lds']:+.3f}")
     names = [*methods, "random"]
-    if len(seeds) >= 2:
-        rows.append(_ceiling_row([margins[s] for s in seeds], mistakes, halves, settings, per_test))
+    if len(problem.margins) >= 2:
+        rows.append(_ceiling_row(list(problem.margins.values()), problem.mistakes, problem.halves,
+                                 problem.settings, per_test))  # fmt: skip
         names.append("ceiling")
         progress.update(message=f"ceiling (one retrain predicting another): {rows[-1]['lds']:+.3f}")
     table = pd.DataFrame(rows, columns=[*LDS_COLUMNS, *LDS_DETAIL_COLUMNS])
     table["chosen"] = table["method"] == chosen_method(table)
     per_test_frame = pd.DataFrame(
         {
-            "method": np.repeat(names, len(test_idx)),
-            "test_idx": np.tile(test_idx, len(names)),
-            "mispredicted": np.tile(mistakes, len(names)),
+            "method": np.repeat(names, n_test),
+            "test_idx": np.tile(problem.test_idx, len(names)),
+            "mispredicted": np.tile(problem.mistakes, len(names)),
             "spearman": np.concatenate(per_test),
         },
         columns=PER_TEST_COLUMNS,
