@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 from conftest import REPO
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from tracinflow.config import (
@@ -167,6 +167,8 @@ def test_a_value_of_the_wrong_type_names_its_key_and_the_types_accepted(case):
 
 @EXAMPLES
 @given(case=wrong_types(VERSION_KEYS), version=VERSION_NAMES)
+# once failed by chance in CI: put() descended into the null default of a list
+@example(case=(("reports", "explorer", "compare", 0), ["string"], None), version="v")
 def test_a_version_overriding_a_key_with_the_wrong_type_names_the_version_and_key(case, version):
     path, types, value = case
     key = f"versions.{version}.{dotted(path)}"
