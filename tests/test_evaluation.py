@@ -288,6 +288,9 @@ def test_the_controls_keep_the_label_counts_and_the_hardness_matched_one_the_los
         assert gap < 0.2 * np.abs(np.sort(losses[random]) - np.sort(losses[removed])).mean() + 0.05
     top = highest_loss(30, idx, losses)
     assert set(top) == set(idx[np.argsort(-losses)[:30]])
+    # more than half of a label removed: no control of as many others exists, and it says so
+    with pytest.raises(ValueError, match="takes 21 of the 40 training images of label 3"):
+        hardness_matched(idx[labels == 3][:21], idx, labels, losses, 0)
 
 
 def test_a_removal_outcome_is_the_change_against_the_same_seeds_full_retrain():

@@ -179,6 +179,15 @@ def hardness_matched(removed, idx, labels, losses, seed: int) -> np.ndarray:
     removed = np.asarray(removed, dtype=np.int64)
     position = {int(i): p for p, i in enumerate(idx)}
     taken = np.isin(idx, removed)
+    counts = np.bincount(labels[taken], minlength=labels.max() + 1)
+    totals = np.bincount(labels, minlength=labels.max() + 1)
+    if (2 * counts > totals).any():
+        label = int(np.argmax(2 * counts - totals))
+        raise ValueError(
+            f"no hardness-matched control: the removal takes {counts[label]} of the "
+            f"{totals[label]} training images of label {label}, and the control needs as many "
+            f"others of that label; use a smaller removal k (evaluation.removal.k) for this method"
+        )
     rng = np.random.default_rng(seed)
     chosen = []
     for i in rng.permutation(removed):
