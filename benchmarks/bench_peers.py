@@ -12,7 +12,9 @@ reference's training set in the order of its factor files and the test images in
 lds.csv's.
 
 * **Ours**: ``tracin_final`` and ``kfac_head`` recomputed from the factor files; they must equal
-  their rows of results/evaluation/lds.csv (checked: the benchmark's LDS is the workflow's).
+  their rows of results/evaluation/lds.csv (checked: the benchmark's LDS is the workflow's), and
+  dattri 0.3.0's ``dattri.metric.lds`` of the same scores, subsets and targets must give the same
+  LDS (checked to 1e-9: our metric is the field's).
 * **Kronfluence** 1.0.1, ``strategy="ekfac"`` (its default Fisher from sampled labels, damping
   ``None``: its heuristic of 0.1 x the mean eigenvalue, the rule ours follows), at the final
   checkpoint, tracking the head's three Linear layers (``fc.0``, ``fc.2``, ``fc.4``, the layers
@@ -26,7 +28,7 @@ lds.csv's.
 Time is wall-clock on this machine, each peer from its model and images to its score matrix
 (ours: from the factor files, whose extraction the workflow did; its time is in
 results/benchmarks/). Prints one markdown table and writes it with the rows to
-results/evaluation/peers.csv.
+results/evaluation/peers.csv (replacing the rows of the same name, so ``--skip`` reruns some).
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ def kronfluence_scores(model, loss_fn, train, test, modules, measurement, workdi
             return list(modules)
 
     task = Classification()
+    torch.manual_seed(0)  # the Fisher's sampled labels
     model = prepare_model(model, task)
     analyzer = Analyzer("peers", model=model, task=task, cpu=True, disable_tqdm=True,
                         output_dir=str(workdir))  # fmt: skip
@@ -152,7 +155,7 @@ def trak_scores(checkpoints, train, test, workdir) -> np.ndarray:
                                device="cpu", dtype=torch.float32)  # fmt: skip
     traker = TRAKer(model=model, task="image_classification", train_set_size=len(train[1]),
                     save_dir=str(workdir), device="cpu", projector=projector, proj_dim=1024,
-                    use_half_precision=False, grad_wrt=params, load_from_save_dir=False)  # fmt: skip
+                    use_half_precision=False, grad_wrt=params)  # fmt: skip
     for model_id, path in enumerate(checkpoints):
         state, _ = load_checkpoint(path)
         traker.load_checkpoint(state.state_dict(), model_id=model_id)
@@ -169,6 +172,18 @@ def trak_scores(checkpoints, train, test, workdir) -> np.ndarray:
             traker.score(batch=batch, num_samples=len(batch[1]))
     scores = traker.finalize_scores(exp_name="lds")  # (train, test)
     return np.asarray(scores, dtype=np.float64).T
+
+
+def dattri_lds(problem, scores: np.ndarray) -> float:
+    """dattri 0.3.0's LDS (``dattri.metric.lds``: the Spearman correlation per test image of the
+    scores summed over each subset's training images with the target) of the same scores,
+    subsets and targets, averaged over the test images as ours is."""
+    from dattri.metric import lds
+
+    indices = torch.as_tensor(np.stack([np.flatnonzero(mask) for mask in problem.masks]))
+    target = torch.as_tensor(problem.actual.T)  # (subsets, test images)
+    correlations, _ = lds(torch.as_tensor(np.asarray(scores, np.float64).T), (target, indices))
+    return float(np.nanmean(correlations.numpy()))
 
 
 def main() -> None:
@@ -194,7 +209,12 @@ def main() -> None:
         rows.append({**problem.row(name, scores, per_test), "seconds": took})
         print(f"{name}: LDS {rows[-1]['lds']:+.3f} [{rows[-1]['ci_low']:+.3f}, "
               f"{rows[-1]['ci_high']:+.3f}] in {took:.1f} s", flush=True)  # fmt: skip
-        write_csv(out, pd.DataFrame(rows))  # each row as it comes: a long run keeps what it has
+        # each row as it comes (a long run keeps what it has), replacing an earlier run's row of
+        # the same name and keeping the others (a run with --skip updates its own rows)
+        earlier = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=["method"])
+        fresh = pd.DataFrame(rows)
+        earlier = earlier[~earlier["method"].isin(fresh["method"])]
+        write_csv(out, pd.concat([earlier, fresh], ignore_index=True))
 
     def wanted(name):
         return not any(name.startswith(prefix) for prefix in args.skip)
@@ -206,6 +226,11 @@ def main() -> None:
         if abs(rows[-1]["lds"] - published.loc[name, "lds"]) > 1e-9:
             raise SystemExit(f"{name}: LDS {rows[-1]['lds']} here, {published.loc[name, 'lds']} "
                              f"in lds.csv: the benchmark does not judge as the workflow does")  # fmt: skip
+        theirs = dattri_lds(problem, scores)
+        print(f"{name}: dattri's LDS of the same scores {theirs:+.12f}, ours "
+              f"{rows[-1]['lds']:+.12f}")  # fmt: skip
+        if abs(theirs - rows[-1]["lds"]) > 1e-9:
+            raise SystemExit(f"{name}: dattri's LDS {theirs} differs from ours {rows[-1]['lds']}")
     checkpoints = sorted((tree / f"results/{args.reference}/model").glob("epoch_*.pt"))
     model, checkpoint = load_checkpoint(checkpoints[-1])
     model.eval()
