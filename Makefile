@@ -8,7 +8,7 @@ CORES ?= all
 # Idle OpenMP threads spin by default; with concurrent jobs on few cores that costs 10x.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo study evaluate bench test install fetch-demo-data lint format config-docs rulegraph clean-results
+.PHONY: demo study evaluate bench bench-peers test install fetch-demo-data lint format config-docs rulegraph clean-results
 
 demo: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
@@ -30,11 +30,11 @@ evaluate: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The speed benchmarks (benchmarks/README.md), about 13 minutes on 2 cores, each table also kept in
+# The speed benchmarks (benchmarks/README.md), about 18 minutes on 2 cores, each table also kept in
 # results/bench/. The Captum comparison and the stage table read the demo's results, so the demo
 # runs first (a no-op once it has run).
 BENCH_STAMP := $(VENV)/.bench-installed
-BENCHMARKS := bench_influence bench_scale bench_captum bench_demo
+BENCHMARKS := bench_influence bench_scale bench_captum bench_demo bench_curvature
 
 bench: demo $(BENCH_STAMP)
 	mkdir -p results/bench
@@ -43,6 +43,14 @@ bench: demo $(BENCH_STAMP)
 		mv results/bench/$$name.md.tmp results/bench/$$name.md; \
 		cat results/bench/$$name.md; \
 	done
+
+# The peers (Kronfluence, TRAK, dattri's LDS) on the evaluation's retrains: make evaluate first,
+# then about 20-35 minutes on 2 cores; the table also in results/evaluation/peers.csv.
+bench-peers: evaluate $(BENCH_STAMP)
+	mkdir -p results/bench
+	$(BIN)/python benchmarks/bench_peers.py > results/bench/bench_peers.md.tmp
+	mv results/bench/bench_peers.md.tmp results/bench/bench_peers.md
+	cat results/bench/bench_peers.md
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'

@@ -1,7 +1,7 @@
 """The field's peers on the same retrains as `make evaluate`: Kronfluence (EK-FAC) and TRAK.
 
-    make evaluate                          # first: the reference, its factors and the LDS retrains
-    python benchmarks/bench_peers.py       # about 10 minutes on 2 CPU cores
+    make bench-peers                       # make evaluate first, then this: 20-35 min on 2 CPU cores
+    python benchmarks/bench_peers.py --skip trak   # rows of the same name are replaced
 
 Every score matrix, ours and the peers', is judged by the same code as the lds rule
 (``tracinflow.stages.evaluation.lds_problem``): the same 32 subsets x 2 seeds of retrains, the same
