@@ -24,6 +24,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from study_cost import print_rule_table  # noqa: E402
 
 from tracinflow.config import (  # noqa: E402
     evaluation_settings,
@@ -62,13 +65,7 @@ def main() -> None:
     jobs = measured(versions)
     if jobs.empty:
         raise SystemExit("no benchmark files of the evaluation: run `make evaluate` first")
-    per_rule = jobs.groupby("rule")["s"].agg(["count", "mean", "sum"])
-    print("| rule | jobs run | mean s per job | total min |")
-    print("| --- | ---: | ---: | ---: |")
-    for rule, row in per_rule.sort_values("sum", ascending=False).iterrows():
-        print(f"| {rule} | {int(row['count'])} | {row['mean']:.1f} | {row['sum'] / 60:.1f} |")
-    total = per_rule["sum"].sum()
-    print(f"| **all** | {int(per_rule['count'].sum())} | | {total / 60:.1f} |")
+    per_rule = print_rule_table(jobs)
 
     manifest = pd.read_parquet(
         REPO / f"results/data/{config['dataset']['name']}/manifest.parquet", columns=["split"]

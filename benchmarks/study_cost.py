@@ -44,6 +44,18 @@ def measured(versions: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rule", "version", "s"])
 
 
+def print_rule_table(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Print the markdown table of ``jobs`` (rule, s) per rule: jobs, mean and total wall time,
+    slowest rule first, and a total row; return the per-rule ``count``, ``mean`` and ``sum``."""
+    per_rule = jobs.groupby("rule")["s"].agg(["count", "mean", "sum"])
+    print("| rule | jobs run | mean s per job | total min |")
+    print("| --- | ---: | ---: | ---: |")
+    for rule, row in per_rule.sort_values("sum", ascending=False).iterrows():
+        print(f"| {rule} | {int(row['count'])} | {row['mean']:.1f} | {row['sum'] / 60:.1f} |")
+    print(f"| **all** | {int(per_rule['count'].sum())} | | {per_rule['sum'].sum() / 60:.1f} |")
+    return per_rule
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "config/study.yaml"))
@@ -55,13 +67,8 @@ def main() -> None:
     jobs = measured(versions)
     if jobs.empty:
         raise SystemExit("no benchmark files of the study's versions: run `make study` first")
-    per_rule = jobs.groupby("rule")["s"].agg(["count", "mean", "sum"])
-    print("| rule | jobs run | mean s per job | total min |")
-    print("| --- | ---: | ---: | ---: |")
-    for rule, row in per_rule.sort_values("sum", ascending=False).iterrows():
-        print(f"| {rule} | {int(row['count'])} | {row['mean']:.1f} | {row['sum'] / 60:.1f} |")
+    per_rule = print_rule_table(jobs)
     total = per_rule["sum"].sum()
-    print(f"| **all** | {int(per_rule['count'].sum())} | | {total / 60:.1f} |")
 
     full = {**study, "drop": [*RANKINGS, "random", "oracle"], "relabel": [*RANKINGS, "random"]}
     cleaned_now = len(versions) - len(study["seeds"]) * (1 + len(study["noise"]))
