@@ -138,7 +138,7 @@ def gauss_newton_test_side(test: Factors, inverse: np.ndarray, layer: str) -> Fa
     g_t`` as ``K x (d + 1)``) and errors the one-hot ``k`` (the module's docstring)."""
     dtype = np.asarray(test.err[layer][:0]).dtype
     k = np.asarray(test.err[layer][:0]).shape[1]
-    preconditioned = (_final_gradients(test, layer) @ inverse).reshape(len(test), k, -1)
+    preconditioned = (final_gradients(test, layer) @ inverse).reshape(len(test), k, -1)
     act = {f"{layer}#{c}": _as(dtype, preconditioned[:, c, :]) for c in range(k)}
     err = {}
     for c in range(k):
@@ -193,7 +193,7 @@ def preconditioned_sides(
     return sides_t, [ones_side(r, layers, copies=k) for r in train], list(sides_t[0].act)
 
 
-def _final_gradients(factors: Factors, layer: str) -> np.ndarray:
+def final_gradients(factors: Factors, layer: str) -> np.ndarray:
     """Per-sample gradients ``e (x) a~`` of the final layer's weights and bias, (N, K (d+1))."""
     a = augmented(factors, layer)
     e = np.asarray(factors.err[layer], dtype=np.float64)
@@ -243,8 +243,8 @@ def gauss_newton_scores(
     """``g_t^T (H + lambda I)^-1 g_j`` (T, N) for the final layer ``layer`` of one checkpoint, with
     :func:`gauss_newton`'s ``H`` and ``lambda`` = ``damping`` times its mean eigenvalue; float64."""
     inverse = damped_inverse(gauss_newton(train, layer), damping)
-    preconditioned = _final_gradients(test, layer) @ inverse
-    return _matmul(preconditioned, _final_gradients(train, layer))
+    preconditioned = final_gradients(test, layer) @ inverse
+    return _matmul(preconditioned, final_gradients(train, layer))
 
 
 def _matmul(left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -32,7 +32,9 @@ from tracinflow.config import DEFAULT_DAMPING, LAYER_SETS, default_method, parse
 from tracinflow.influence.curvature import (
     augmented,
     damped_inverse,
+    final_gradients,
     gauss_newton,
+    gauss_newton_scores,
     kfac_inverses,
     kfac_sides,
 )
@@ -119,17 +121,6 @@ def _checkpoints(spec, test, train, lrs):
     return [test[c] for c in chosen], [train[c] for c in chosen], [lrs[c] for c in chosen]
 
 
-def _final_gradients(factors: Factors) -> np.ndarray:
-    a = augmented(factors, FINAL)
-    e = np.asarray(factors.err[FINAL], dtype=np.float64)
-    return (e[:, :, None] * a[:, None, :]).reshape(len(a), -1)
-
-
-def _gn_terms(train: Factors, damping: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(H_damped^-1, G_train)`` of one checkpoint's final layer."""
-    return damped_inverse(gauss_newton(train, FINAL), damping), _final_gradients(train)
-
-
 def self_scores(name: str, train, lrs: Sequence[float] | None = None) -> np.ndarray:
     """Each training row's self-influence under method ``name`` (its relative and cosine forms
     use the plain method's), float64, (N,)."""
@@ -150,7 +141,8 @@ def self_scores(name: str, train, lrs: Sequence[float] | None = None) -> np.ndar
                     lr * np.einsum("ij,ij->i", a @ a_inv, a) * np.einsum("ij,ij->i", e @ s_inv, e)
                 )
         else:
-            inverse, gradients = _gn_terms(f, damping)
+            inverse = damped_inverse(gauss_newton(f, FINAL), damping)
+            gradients = final_gradients(f, FINAL)
             total += lr * np.einsum("ij,ij->i", gradients @ inverse, gradients)
     return total
 
@@ -165,15 +157,8 @@ def _plain_scores(spec, test, train, lrs) -> np.ndarray:
     if spec["kind"] == "kfac":
         sides = [kfac_sides(t, r, layers, damping) for t, r in zip(test, train, strict=True)]
         return score_block([t for t, _ in sides], [r for _, r in sides], lrs, layers=layers)
-    total = None
-    for lr, t, r in zip(lrs, test, train, strict=True):
-        inverse, gradients = _gn_terms(r, damping)
-        with torch.inference_mode():
-            term = (
-                torch.from_numpy(_final_gradients(t) @ inverse) @ torch.from_numpy(gradients).T
-            ).numpy()
-        total = lr * term if total is None else total + lr * term
-    return total
+    terms = [gauss_newton_scores(t, r, FINAL, damping) for t, r in zip(test, train, strict=True)]
+    return sum(lr * term for lr, term in zip(lrs, terms, strict=True))
 
 
 def method_scores(name: str, test, train, lrs: Sequence[float] | None = None) -> np.ndarray:
