@@ -23,7 +23,10 @@ lds.csv's.
   and, as in Kronfluence's and TRAK's examples, minus its margin.
 * **TRAK** 0.3.2 (``BasicProjector`` on the CPU, float32, projection dimension 1024, gradients of
   the head's parameters, ``image_classification``'s margin output), one model per checkpoint of the
-  reference's run (epochs 1-3) ensembled, and the final checkpoint alone.
+  reference's run (epochs 1-3) ensembled, the final checkpoint alone, and (with
+  ``evaluation.ensemble``) TRAK's own ensembling: the final checkpoints of the reference and of its
+  training set retrained with the ensemble's seeds, beside ours of the same models
+  (``ensemble<models>_kfac_head``, checked against lds.csv).
 
 Time is wall-clock on this machine, each peer from its model and images to its score matrix
 (ours: from the factor files, whose extraction the workflow did; its time is in
@@ -49,15 +52,19 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tracinflow._util.files import write_csv  # noqa: E402
 from tracinflow.analysis.markdown import markdown_table  # noqa: E402
-from tracinflow.config import load_schema, with_defaults  # noqa: E402
-from tracinflow.influence.methods import method_scores  # noqa: E402
+from tracinflow.config import ensemble_name, load_schema, with_defaults  # noqa: E402
+from tracinflow.influence.methods import ensemble_scores, method_scores  # noqa: E402
 from tracinflow.stages.checkpoints import load_checkpoint  # noqa: E402
 from tracinflow.stages.common import version_split  # noqa: E402
-from tracinflow.stages.evaluation import lds_problem  # noqa: E402
+from tracinflow.stages.evaluation import ensemble_members, lds_problem  # noqa: E402
 from tracinflow.train.loss import loss_from_checkpoint  # noqa: E402
 from tracinflow.train.model import to_input  # noqa: E402
 
 HEAD = ["fc.0", "fc.2", "fc.4"]
+
+
+def factors_dir(tree: Path) -> Path:
+    return tree / "results/evaluation/factors"
 
 
 def lds_inputs(tree: Path, reference: str) -> tuple[dict, list]:
@@ -68,10 +75,12 @@ def lds_inputs(tree: Path, reference: str) -> tuple[dict, list]:
         retrains.append((int(subset), int(seed)))
         train_sets.append(str(folder / "train_set.parquet"))
         predictions.append(str(folder / "predictions/test.parquet"))
-    factors = tree / "results/evaluation/factors"
+    factors = factors_dir(tree)
     inputs = {
         "train": [str(p) for p in sorted(factors.glob("epoch_*/train"))],
         "test": [str(p) for p in sorted(factors.glob("epoch_*/test"))],
+        "ensemble_train": [str(p) for p in sorted(factors.glob("ensemble_s*/epoch_*/train"))],
+        "ensemble_test": [str(p) for p in sorted(factors.glob("ensemble_s*/epoch_*/test"))],
         "reference_test": str(tree / f"results/{reference}/predictions/test.parquet"),
         "train_sets": train_sets,
         "predictions": predictions,
@@ -231,6 +240,20 @@ def main() -> None:
               f"{rows[-1]['lds']:+.12f}")  # fmt: skip
         if abs(theirs - rows[-1]["lds"]) > 1e-9:
             raise SystemExit(f"{name}: dattri's LDS {theirs} differs from ours {rows[-1]['lds']}")
+    # TRAK's ensembling, ours: the evaluation's ensemble rows, recomputed from the factor files
+    seeds = [
+        int(p.name.removeprefix("ensemble_s"))
+        for p in sorted(factors_dir(tree).glob("ensemble_s*"))
+    ]
+    members = ensemble_members(inputs, seeds, problem) if seeds else []
+    for name in ("kfac_head",) if members else ():
+        started = time.perf_counter()
+        scores = ensemble_scores(name, [(problem.test, problem.train), *members])
+        name = ensemble_name(name, 1 + len(members))
+        judge(name, scores, time.perf_counter() - started)
+        if abs(rows[-1]["lds"] - published.loc[name, "lds"]) > 1e-9:
+            raise SystemExit(f"{name}: LDS {rows[-1]['lds']} here, {published.loc[name, 'lds']} "
+                             f"in lds.csv")  # fmt: skip
     checkpoints = sorted((tree / f"results/{args.reference}/model").glob("epoch_*.pt"))
     model, checkpoint = load_checkpoint(checkpoints[-1])
     model.eval()
@@ -247,12 +270,19 @@ def main() -> None:
             started = time.perf_counter()
             scores = kronfluence_scores(model, loss_fn, train, test, modules, measurement, workdir)
             judge(name, scores, time.perf_counter() - started)
-        for members in (checkpoints, checkpoints[-1:]):
-            name = f"trak_head ({len(members)} checkpoints)"
-            if not wanted(name):
+        # TRAK's own ensembling: its models, the final checkpoints of the ensemble's models (the
+        # reference and its whole training set retrained with each seed), beside the reference's
+        # run's checkpoints and its final one alone
+        models = [checkpoints[-1], *(tree / f"results/eval_full_s{seed}/model" / checkpoints[-1].name
+                                     for seed in seeds)]  # fmt: skip
+        for name, chosen in ((f"trak_head ({len(checkpoints)} checkpoints)", checkpoints),
+                             ("trak_head (1 checkpoints)", checkpoints[-1:]),
+                             (f"trak_head ({len(models)} models)", models if seeds else [])):  # fmt: skip
+            if not chosen or not wanted(name):
                 continue
             started = time.perf_counter()
-            scores = trak_scores(members, train, test, Path(workdir) / f"trak{len(members)}")
+            folder = Path(workdir) / f"trak-{len(chosen)}-{name.split()[-1].rstrip(')')}"
+            scores = trak_scores(chosen, train, test, folder)
             judge(name, scores, time.perf_counter() - started)
     table = pd.DataFrame(rows)
     columns = ["method", "lds", "ci_low", "ci_high", "lds_held_out", "lds_mistakes", "seconds"]

@@ -230,6 +230,17 @@ def test_noise_and_cleaning_settings_get_their_defaults():
     check_version_links(resolved)
 
 
+def test_an_ensembles_members_differ_in_their_seed_alone():
+    resolved = resolved_versions({
+        "a": {"influence": {"method": "kfac", "layers": "head", "ensemble": ["b", "c"]}},
+        "b": {"seed": 1, "influence": {"method": "kfac", "layers": "head"}},
+        "c": {"seed": 2, "influence": {"method": "kfac", "layers": "head", "ensemble": ["a"]}},
+    })  # fmt: skip
+    assert resolved["a"]["influence"]["ensemble"] == ["b", "c"]
+    assert resolved["b"]["influence"]["ensemble"] == []
+    check_version_links(resolved)
+
+
 @pytest.mark.parametrize(
     ("versions", "message"),
     [
@@ -266,6 +277,25 @@ def test_noise_and_cleaning_settings_get_their_defaults():
                 "c": {"label_noise": {"rate": 0.1, "mode": "confusing", "reference": "b"}},
             },
             "'b' drops training images",
+        ),
+        (
+            {"a": {"influence": {"ensemble": ["a"]}}},
+            "versions.a.influence.ensemble: names the version itself",
+        ),
+        (
+            {"a": {"influence": {"ensemble": ["b"]}}},
+            "versions.a.influence.ensemble: refers to version 'b', which is not configured",
+        ),
+        (
+            {"a": {"influence": {"ensemble": ["b"]}}, "b": {}},
+            "'b' has the same seed (0), so the same model",
+        ),
+        (
+            {
+                "a": {"influence": {"ensemble": ["b"]}},
+                "b": {"seed": 1, "label_noise": {"rate": 0.1}},
+            },
+            "'b' differs from 'a' in more than its seed (label_noise)",
         ),
     ],
 )

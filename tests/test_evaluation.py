@@ -33,6 +33,7 @@ from tracinflow.data.train_set import subset_train_set, without_images
 from tracinflow.influence.methods import (
     available_methods,
     default_method,
+    ensemble_scores,
     method_scores,
     self_scores,
 )
@@ -432,6 +433,30 @@ def test_relatif_and_the_cosine_divide_by_the_self_influences(factors):
     cosine = brute(factors, HEAD_LAYERS) / np.sqrt(np.outer(own_test, own_train))
     got = method_scores("cosine_head", test, train)
     assert rel_err(got, cosine) < 1e-9 and np.abs(got).max() <= 1 + 1e-12
+
+
+def test_an_ensemble_is_the_mean_of_its_members_and_one_sum_over_all_their_checkpoints(factors):
+    """Two members (the checkpoints 0-1 and 2, as if two models of one training set): the mean of
+    their brute-force scores, and the kernel's one sum over both members' checkpoints with each
+    learning rate halved (what influence.ensemble's shards compute)."""
+    test, train = factors["float64"]
+    members = [(test[:2], train[:2]), (test[2:], train[2:])]
+    for name, kind, layers in (
+        ("tracin_head", None, HEAD_LAYERS),
+        ("kfac_head", "kfac", HEAD_LAYERS),
+    ):
+        parts = [(0, 1), (2,)]
+        if kind is None:
+            expected = sum(brute(factors, layers, part) for part in parts) / 2
+        else:
+            expected = sum(brute_curvature(factors, kind, layers, part) for part in parts) / 2
+        got = ensemble_scores(name, members)
+        assert rel_err(got, expected) < 1e-9, name
+    halved = [float(f.meta["lr"]) / 2 for f in train]
+    assert rel_err(method_scores("tracin_head", test, train, halved),
+                   ensemble_scores("tracin_head", members)) < 1e-12  # fmt: skip
+    with pytest.raises(ValueError, match="no models"):
+        ensemble_scores("tracin_head", [])
 
 
 def test_the_method_grammar_refuses_what_is_not_a_method():

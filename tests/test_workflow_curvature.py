@@ -1,16 +1,19 @@
 """The curvature-aware methods run by the workflow (influence.method kfac and gauss_newton): the
 shards' merged top-k from the factor files equals the top-k of an independent dense computation of
 the same method (tracinflow.influence.methods), and changing the method or the damping reruns
-exactly the curvature and the shards."""
+exactly the curvature and the shards; a version averaging its model's scores with another seed's
+(influence.ensemble) equals the mean of both models' dense scores."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pandas as pd
 import pytest
 from snakemake_runs import planned_jobs, run_snakemake, tiny_config, write_config
 
-from tracinflow.influence.methods import method_scores
+from tracinflow.influence.methods import ensemble_scores, method_scores
 from tracinflow.stages.factor_store import load_checkpoints
 
 pytestmark = pytest.mark.workflow
@@ -20,11 +23,21 @@ VERSIONS = {
     "k": {"influence": {"method": "kfac", "layers": "head", "shards": {"test": 2, "train": 3}}},
     # the final layer's exact Gauss-Newton influence
     "g": {"influence": {"method": "gauss_newton", "shards": {"test": 1, "train": 2}}},
+    # k's recipe with another seed, its scores averaged with k's model (TRAK's ensembling)
+    "k1": {
+        "seed": 1,
+        "influence": {
+            "method": "kfac",
+            "layers": "head",
+            "ensemble": ["k"],
+            "shards": {"test": 2, "train": 3},
+        },
+    },
 }
 
 
 def config() -> dict:
-    return {**tiny_config(), "versions": VERSIONS}
+    return {**tiny_config(), "versions": copy.deepcopy(VERSIONS)}
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +62,30 @@ def dense_topk(scores: np.ndarray, test_idx, train_idx, k: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["test_idx", "kind", "rank", "train_idx", "influence"])
 
 
-@pytest.mark.parametrize("version, name", [("k", "kfac_head"), ("g", "gn_final")])
-def test_the_shards_top_k_equals_a_dense_recomputation_of_the_method(
-    curvature_workflow, version, name
-):
-    out = curvature_workflow / "results" / version
+def float64_factors(out):
+    """A version's test and train factors, in float64 from the float32 files: the method's
+    definition on the same factors."""
     folders = {
         split: sorted((out / "factors").glob(f"epoch_*/{split}")) for split in ("test", "train")
     }
     test, train = (load_checkpoints(folders[s]) for s in ("test", "train"))
-    # float64 from the float32 factor files: the method's definition on the same factors
     for side in (*test, *train):
         side.act = {k: np.asarray(v, np.float64) for k, v in side.act.items()}
         side.err = {k: np.asarray(v, np.float64) for k, v in side.err.items()}
-    scores = method_scores(name, test, train)
+    return test, train
+
+
+@pytest.mark.parametrize(
+    "version, name, members",
+    [("k", "kfac_head", ["k"]), ("g", "gn_final", ["g"]), ("k1", "kfac_head", ["k1", "k"])],
+)
+def test_the_shards_top_k_equals_a_dense_recomputation_of_the_method(
+    curvature_workflow, version, name, members
+):
+    out = curvature_workflow / "results" / version
+    models = [float64_factors(curvature_workflow / "results" / m) for m in members]
+    test, train = models[0]
+    scores = ensemble_scores(name, models) if len(models) > 1 else method_scores(name, test, train)
     expected = dense_topk(scores, test[0].idx, train[0].idx, 5)
     got = pd.read_parquet(out / "influence/top_k_influences.parquet")
     got = got[["test_idx", "kind", "rank", "train_idx", "influence"]].astype({"kind": str})
@@ -75,11 +98,16 @@ def test_the_shards_top_k_equals_a_dense_recomputation_of_the_method(
     np.testing.assert_allclose(got["influence"], expected["influence"], rtol=1e-4,
                                atol=1e-5 * scale)  # fmt: skip
     assert (out / "influence/curvature.npz").exists()
+    if len(members) > 1:  # the ensemble's lists are not its own model's alone
+        own = dense_topk(method_scores(name, test, train), test[0].idx, train[0].idx, 5)
+        own = own.sort_values(["test_idx", "kind", "rank"]).reset_index(drop=True)
+        assert (got["train_idx"] == own["train_idx"]).mean() < 0.9
 
 
 def test_a_new_damping_reruns_the_curvature_and_the_shards_alone(curvature_workflow):
     changed = config()
-    changed["versions"]["k"]["influence"]["damping"] = 0.5
+    for version in ("k", "k1"):  # an ensemble's members keep one recipe
+        changed["versions"][version]["influence"]["damping"] = 0.5
     write_config(curvature_workflow, changed)
     try:
         run = run_snakemake(

@@ -20,6 +20,8 @@ EVALUATION = {
     "lds": {"subsets": 8, "seeds": [0, 1], "bootstrap": 200},
     "removal": {"k": [1], "seeds": [0, 1]},
     "brittleness": {"test_images": 1, "k": [1, 3]},
+    # the removal test's full retrain with seed 1 is the other member: no training more
+    "ensemble": {"seeds": [1], "methods": ["tracin_final", "kfac_head"]},
 }
 
 
@@ -53,7 +55,10 @@ def test_the_evaluation_writes_every_methods_lds_with_its_controls(evaluated):
     assert chosen["lds_selection"].iloc[0] == candidates["lds_selection"].max()
     held_out = table.dropna(subset=["lds_held_out"])
     assert (held_out["held_out_ci_low"] <= held_out["lds_held_out"]).all()
-    assert table["kind"].tolist()[-2:] == ["random", "ceiling"]
+    assert table["kind"].tolist()[-4:] == ["ensemble", "ensemble", "random", "ceiling"]
+    ensembles = table[table["kind"] == "ensemble"]
+    assert ensembles["method"].tolist() == ["ensemble2_tracin_final", "ensemble2_kfac_head"]
+    assert not ensembles["default"].any() and not ensembles["chosen"].any()
     assert ((table["lds"] >= -1) & (table["lds"] <= 1)).all()
     assert ((table["ci_low"] <= table["lds"]) & (table["lds"] <= table["ci_high"])).all()
     assert (table["n_subsets"] == 8).all()
@@ -64,6 +69,37 @@ def test_the_evaluation_writes_every_methods_lds_with_its_controls(evaluated):
     assert set(per_test["method"]) == set(table["method"])
     for name in ("lds.png", "removal.png", "summary.md"):
         assert (evaluated / "results/evaluation" / name).stat().st_size > 0
+
+
+def test_the_ensembles_other_member_is_the_full_retrain_with_its_seed(evaluated):
+    """Its factors are of eval_full_s1's checkpoints (their logits are what that checkpoint
+    computes on the cached images), on the same training images as the reference's factors."""
+    import torch
+
+    from tracinflow.stages.common import version_split
+    from tracinflow.stages.factor_store import load_checkpoints
+    from tracinflow.stages.predict import load_for_inference
+    from tracinflow.train.model import to_input
+
+    factors = evaluated / "results/evaluation/factors"
+    for epoch in ("002", "003"):
+        member = load_checkpoints([str(factors / f"ensemble_s1/epoch_{epoch}/train")])[0]
+        reference = load_checkpoints([str(factors / f"epoch_{epoch}/train")])[0]
+        assert np.array_equal(member.idx, reference.idx)
+        assert not np.allclose(member.logits, reference.logits)
+    member = load_checkpoints([str(factors / "ensemble_s1/epoch_003/test")])[0]
+    model, _, _, _ = load_for_inference(
+        evaluated / "results/eval_full_s1/model/epoch_003.pt", 1, "cpu"
+    )
+    data = next((evaluated / "results/data").glob("*/manifest.parquet")).parent
+    images, _, idx = version_split(
+        pd.read_parquet(data / "manifest.parquet"), "test",
+        evaluated / "results/eval_full_s1/train_set.parquet", data / "cache/test.npy",
+    )  # fmt: skip
+    assert np.array_equal(np.asarray(idx), np.asarray(member.idx))
+    with torch.inference_mode():
+        logits = model(to_input(torch.from_numpy(np.asarray(images[:16])), model.arch, "cpu"))
+    assert np.allclose(logits.numpy(), np.asarray(member.logits)[:16], atol=1e-4)
 
 
 def test_the_subset_retrains_train_on_seeded_halves_the_same_for_both_seeds(evaluated):

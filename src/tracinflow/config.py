@@ -105,9 +105,10 @@ _METHOD_KINDS = {"tracin": "TracIn", "kfac": "K-FAC influence", "gn": "Gauss-New
 _LAYER_WORDS = {"final": "the final layer", "head": "the head's Linear layers"}
 
 
-def method_label(name: str) -> str:
+def method_label(name: str, ensemble=()) -> str:
     """A reader's name of an attribution method, e.g. ``K-FAC influence over the head's Linear
-    layers, summed over the checkpoints``."""
+    layers, summed over the checkpoints``; ``ensemble``: the other versions whose models' scores
+    are averaged with it (influence.ensemble)."""
     spec = parse_method(name)
     kind = _METHOD_KINDS[spec["kind"]]
     layers = next(word for key, word in _LAYER_WORDS.items() if LAYER_SETS[key] == spec["layers"])
@@ -116,7 +117,10 @@ def method_label(name: str) -> str:
         text += " (error signal only)"
     text += (f", checkpoint of epoch {spec['epoch']}" if spec["epoch"] is not None
              else ", summed over the checkpoints")  # fmt: skip
-    return text + (f", damping {spec['damping']:g}" if spec["damping"] else "")
+    text += f", damping {spec['damping']:g}" if spec["damping"] else ""
+    if ensemble:
+        text += f", averaged over {1 + len(ensemble)} models (with {', '.join(ensemble)})"
+    return text
 
 
 #: the default damping of the curvature-aware methods: this fraction of a curvature matrix's
@@ -146,6 +150,39 @@ def version_method(settings: dict) -> str | None:
     influence = settings["influence"]
     return default_method(influence["layers"], influence.get("method", "tracin"),
                           influence.get("damping", DEFAULT_DAMPING))  # fmt: skip
+
+
+def _check_ensemble(name: str, settings: dict, versions: dict) -> None:
+    """influence.ensemble names other configured versions whose settings are this version's but
+    for their seed (and their own ensemble): models of one training set, one recipe."""
+    where = f"versions.{name}.influence.ensemble"
+
+    def recipe(settings):
+        out = copy.deepcopy(settings)
+        out.pop("seed", None)
+        out["influence"].pop("ensemble", None)
+        return out
+
+    for member in settings["influence"].get("ensemble") or []:
+        if member == name:
+            raise ConfigError(f"{where}: names the version itself (it is always a member)")
+        if member not in versions:
+            raise ConfigError(
+                f"{where}: refers to version '{member}', which is not configured (versions: "
+                f"{', '.join(versions)})"
+            )
+        if versions[member]["seed"] == settings["seed"]:
+            raise ConfigError(
+                f"{where}: '{member}' has the same seed ({settings['seed']}), so the same model; "
+                f"give it another `seed:`"
+            )
+        if recipe(versions[member]) != recipe(settings):
+            differ = sorted(k for k in {*settings, *versions[member]}
+                            if recipe(settings).get(k) != recipe(versions[member]).get(k))  # fmt: skip
+            raise ConfigError(
+                f"{where}: '{member}' differs from '{name}' in more than its seed ({', '.join(differ)}); "
+                f"an ensemble's members are the same training set and recipe with other seeds"
+            )
 
 
 def _check_influence_method(name: str, settings: dict) -> None:
@@ -425,6 +462,17 @@ def full_version(seed: int) -> str:
     return f"{EVALUATION_PREFIX}full_s{seed}"
 
 
+def full_seeds(evaluation: dict) -> list[int]:
+    """The seeds the reference's whole training set is trained with: the removal test's (each
+    removal's pair) and the ensemble's other members, in that order, once each."""
+    return list(dict.fromkeys([*evaluation["removal"]["seeds"], *evaluation["ensemble"]["seeds"]]))
+
+
+def ensemble_name(method: str, models: int) -> str:
+    """lds.csv's row of ``method`` averaged over ``models`` models (the evaluation's ensemble)."""
+    return f"ensemble{models}_{method}"
+
+
 def _subset_seed(seed: int, subset: int) -> int:
     return 1_000_003 * seed + subset
 
@@ -503,6 +551,8 @@ def evaluation_versions(
     training set; per removal set and seed, the training set without it."""
     base = {k: copy.deepcopy(v) for k, v in (overrides or {}).items()
             if k not in ("label_noise", "clean", "subset", "seed")}  # fmt: skip
+    if "ensemble" in base.get("influence", {}):  # a retrain scores no influence of its own
+        base["influence"] = {k: v for k, v in base["influence"].items() if k != "ensemble"}
     lds = evaluation["lds"]
     versions = {}
     for subset in range(lds["subsets"]):
@@ -512,7 +562,7 @@ def evaluation_versions(
                 "subset": {"from": reference, "fraction": lds["fraction"],
                            "seed": _subset_seed(lds["seed"], subset)},
             }  # fmt: skip
-    for training_seed in evaluation["removal"]["seeds"]:
+    for training_seed in full_seeds(evaluation):
         if training_seed != seed:
             versions[full_version(training_seed)] = {
                 **base, "seed": training_seed, "subset": {"from": reference}
@@ -526,9 +576,11 @@ def evaluation_versions(
     return versions
 
 
-def _check_evaluation(evaluation: dict, versions: dict, epochs, default: str | None) -> None:
+def _check_evaluation(evaluation: dict, versions: dict, epochs, default: str | None,
+                      seed: int) -> None:  # fmt: skip
     """What the schema cannot say: the reference exists, the methods are known (and their epochs
-    checkpoints), enough subsets for a CI, seeds for a standard error."""
+    checkpoints), enough subsets for a CI, seeds for a standard error, an ensemble of other
+    seeds averaging plain methods."""
     reference = evaluation["reference"]
     if reference not in versions:
         raise ConfigError(
@@ -537,11 +589,18 @@ def _check_evaluation(evaluation: dict, versions: dict, epochs, default: str | N
         )
     named = [("evaluation.methods", m) for m in evaluation["methods"] or []]
     named += [("evaluation.removal.methods", m) for m in evaluation["removal"]["methods"] or []]
+    named += [("evaluation.ensemble.methods", m) for m in evaluation["ensemble"]["methods"]]
     for key, method in named:
         try:
-            epoch = parse_method(method)["epoch"]
+            spec = parse_method(method)
         except ConfigError as error:
             raise ConfigError(f"{key}: {error}") from None
+        epoch = spec["epoch"]
+        if key == "evaluation.ensemble.methods" and (spec["relative"] or spec["kind"] == "cosine"):
+            raise ConfigError(
+                f"{key}: {method} is not a sum over checkpoints that the members' scores average "
+                f"into (use tracin_, kfac_ or gn_ methods)"
+            )
         if epoch is not None and epoch not in epochs:
             raise ConfigError(
                 f"{key}: {method} names epoch {epoch}, which is not a checkpoint (training.stage2."
@@ -562,6 +621,11 @@ def _check_evaluation(evaluation: dict, versions: dict, epochs, default: str | N
             f"evaluation.lds.subsets: {evaluation['lds']['subsets']} subsets give no confidence "
             f"interval worth the name; use at least {MIN_LDS_SUBSETS} (32 or more for a CI of a "
             f"few hundredths)"
+        )
+    if seed in evaluation["ensemble"]["seeds"]:
+        raise ConfigError(
+            f"evaluation.ensemble.seeds: {seed} is the reference's own seed (the reference is "
+            f"always a member); name the other members' seeds"
         )
     if len(evaluation["removal"]["seeds"]) < 2:
         raise ConfigError(
@@ -602,7 +666,7 @@ def with_evaluation_versions(config: dict, schema: dict) -> dict:
     reference = evaluation["reference"]
     resolved, default = _reference_default(config, schema, evaluation)
     _check_evaluation(evaluation, versions, resolved["training"]["stage2"]["checkpoint_epochs"],
-                      default)  # fmt: skip
+                      default, resolved["seed"])  # fmt: skip
     generated = evaluation_versions(
         evaluation, reference, versions.get(reference) or {}, resolved["seed"], default
     )
@@ -782,6 +846,7 @@ def check_version_links(versions: dict[str, dict], workdir=".", removal_sets=())
     itself through a chain."""
     for name, settings in versions.items():
         _check_rankings(name, settings, versions)
+        _check_ensemble(name, settings, versions)
         _check_compared(name, settings, versions)
         noise, clean = settings.get("label_noise"), settings.get("clean")
         where = f"versions.{name}"

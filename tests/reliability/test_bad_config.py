@@ -424,6 +424,14 @@ BAD_EVALUATIONS = {
         {"reference": "v1", "removal": {"seeds": [0]}},
         "evaluation.removal.seeds: at least 2 seeds",
     ),
+    "the reference's seed in its ensemble": (
+        {"reference": "v1", "ensemble": {"seeds": [0, 1]}},
+        "evaluation.ensemble.seeds: 0 is the reference's own seed",
+    ),
+    "an ensemble of a relative method": (
+        {"reference": "v1", "ensemble": {"seeds": [1], "methods": ["relatif_kfac_head"]}},
+        "evaluation.ensemble.methods: relatif_kfac_head is not a sum over checkpoints",
+    ),
     "a reference that does not exist": (
         {"reference": "v9"},
         "evaluation.reference: version 'v9' is not configured (versions: v1)",

@@ -217,24 +217,32 @@ if EVALUATION:
         s: (EVAL_REFERENCE if s == EVAL_SETTINGS["seed"] else full_version(s))
         for s in EVALUATION["removal"]["seeds"]
     }
+    # the ensemble's other members: the whole training set retrained with each of its seeds
+    EVAL_ENSEMBLE = {s: full_version(s) for s in EVALUATION["ensemble"]["seeds"]}
+
+
+def evaluation_model_inputs(version, epoch, side):
+    """A model's checkpoint of the epoch, its checkpoint list, training set and the cache of the
+    side's split: what the evaluation's factors of it read."""
+    files = dict(zip(CHECKPOINT_EPOCHS, rules.train_model.output.epochs))
+    split = EVAL_SIDES[side]["split"]
+    return {
+        "checkpoint": one(files[int(epoch)], version=version),
+        "checkpoints": one(rules.train_model.output.checkpoints, version=version),
+        "manifest": rules.split_dataset.output.manifest,
+        "train_set": one(rules.build_train_set.output.train_set, version=version),
+        "cache": one(rules.cache_images.output.cache, split=split),
+    }
 
 
 def get_evaluation_factor_inputs(wildcards):
-    """The evaluation's reference's checkpoint of the epoch, its checkpoint list, training set and
-    the cache of the side's split."""
-    files = dict(zip(CHECKPOINT_EPOCHS, rules.train_model.output.epochs))
-    split = EVAL_SIDES[wildcards.side]["split"]
-    return {
-        "checkpoint": one(files[int(wildcards.epoch)], version=EVAL_REFERENCE),
-        "checkpoints": one(
-            rules.train_model.output.checkpoints, version=EVAL_REFERENCE
-        ),
-        "manifest": rules.split_dataset.output.manifest,
-        "train_set": one(
-            rules.build_train_set.output.train_set, version=EVAL_REFERENCE
-        ),
-        "cache": one(rules.cache_images.output.cache, split=split),
-    }
+    return evaluation_model_inputs(EVAL_REFERENCE, wildcards.epoch, wildcards.side)
+
+
+def get_ensemble_factor_inputs(wildcards):
+    return evaluation_model_inputs(
+        EVAL_ENSEMBLE[int(wildcards.seed)], wildcards.epoch, wildcards.side
+    )
 
 
 def evaluation_factor_dirs(side):
@@ -244,6 +252,21 @@ def evaluation_factor_dirs(side):
         epoch=[f"{epoch:03d}" for epoch in CHECKPOINT_EPOCHS],
         side=side,
     )
+
+
+def ensemble_factor_dirs(side):
+    """The ensemble's other members' factor folders of one side (train, test), by seed then
+    epoch."""
+    return [
+        one(
+            rules.ensemble_factors.output.factors,
+            seed=seed,
+            epoch=f"{epoch:03d}",
+            side=side,
+        )
+        for seed in EVAL_ENSEMBLE
+        for epoch in CHECKPOINT_EPOCHS
+    ]
 
 
 def outputs_of(pattern, versions):
@@ -347,14 +370,25 @@ def get_factor_dirs(version, split):
 
 def get_shard_factors(wildcards):
     """A shard's factor folders, and the curvature it preconditions with (influence.method kfac or
-    gauss_newton)."""
+    gauss_newton); with influence.ensemble, the same of each other member (by member, then
+    epoch)."""
+    influence = VERSIONS[wildcards.version]["influence"]
+    curvature = influence["method"] != "tracin"
+    members = influence["ensemble"]
     files = {
         "test": get_factor_dirs(wildcards.version, "test"),
         "train": get_factor_dirs(wildcards.version, "train"),
+        "ensemble_test": [d for m in members for d in get_factor_dirs(m, "test")],
+        "ensemble_train": [d for m in members for d in get_factor_dirs(m, "train")],
+        "ensemble_curvature": [curvature_file(m) for m in members] if curvature else [],
     }
-    if VERSIONS[wildcards.version]["influence"]["method"] != "tracin":
-        files["curvature"] = f"results/{wildcards.version}/influence/curvature.npz"
+    if curvature:
+        files["curvature"] = curvature_file(wildcards.version)
     return files
+
+
+def curvature_file(version):
+    return one(rules.curvature.output.inverses, version=version)
 
 
 def get_train_factors(wildcards):

@@ -32,10 +32,43 @@ if EVALUATION:
         script:
             "../scripts/evaluation_factors.py"
 
+    rule ensemble_factors:
+        input:
+            unpack(get_ensemble_factor_inputs),
+        output:
+            factors=directory(
+                "results/evaluation/factors/ensemble_s{seed}/epoch_{epoch}/{side}"
+            ),
+        log:
+            "logs/evaluation_factors/ensemble_s{seed}_epoch_{epoch}_{side}.log",
+        benchmark:
+            "results/benchmarks/evaluation_factors/ensemble_s{seed}_epoch_{epoch}_{side}.tsv"
+        wildcard_constraints:
+            seed=r"-?\d+",
+            epoch=r"\d{3}",
+            side="train|test",
+        conda:
+            "../envs/tracinflow.yaml"
+        threads: 2
+        resources:
+            mem_mb=memory_mb(4000),
+            runtime=60,
+            gpu=GPU,
+        params:
+            split=lambda wildcards: EVAL_SIDES[wildcards.side]["split"],
+            target="label",
+            layers="head",
+            batch_size=EVAL_SETTINGS["influence"]["batch_size"],
+            device=EVAL_SETTINGS["training"]["device"],
+        script:
+            "../scripts/ensemble_factors.py"
+
     rule lds:
         input:
             train=evaluation_factor_dirs("train"),
             test=evaluation_factor_dirs("test"),
+            ensemble_train=ensemble_factor_dirs("train"),
+            ensemble_test=ensemble_factor_dirs("test"),
             reference_test=one(rules.predict.output.test, version=EVAL_REFERENCE),
             train_sets=outputs_of(
                 rules.build_train_set.output.train_set, EVAL_LDS_VERSIONS
@@ -68,6 +101,10 @@ if EVALUATION:
             methods=EVALUATION["methods"],
             default=EVALUATION["default"],
             lds=EVALUATION["lds"],
+            ensemble={
+                "seeds": list(EVAL_ENSEMBLE),
+                "methods": EVALUATION["ensemble"]["methods"],
+            },
         script:
             "../scripts/lds.py"
 

@@ -28,6 +28,7 @@ rule explorer:
         version="{version}",
         ranking=setting("reports", "ranking"),
         method=lambda wildcards: version_method(VERSIONS[wildcards.version]),
+        ensemble=setting("influence", "ensemble"),
         top=setting("reports", "explorer", "top"),
         thumbnail_px=setting("reports", "explorer", "thumbnail_px"),
         planted=lambda wildcards: has_planted_noise(wildcards.version),

@@ -24,6 +24,7 @@ rule influence_shard:
         memory_mb=setting("influence", "memory_mb"),
         precision=setting("influence", "precision"),
         method=setting("influence", "method"),
+        ensemble=setting("influence", "ensemble"),
         tiles=setting("influence", "shards"),
         device=setting("training", "device"),
     script:

@@ -27,8 +27,9 @@ LDS_COLUMNS = ["method", "lds", "ci_low", "ci_high", "n_subsets", "n_test", "def
 #: half of the test images a method is chosen on, and on the other half with its CI
 LDS_DETAIL_COLUMNS = ["lds_mistakes", "n_mistakes", "lds_selection", "lds_held_out",
                       "held_out_ci_low", "held_out_ci_high"]  # fmt: skip
-#: what each row of lds.csv is: a method's scores, or a control that frames them
-LDS_KINDS = ("method", "random", "ceiling")
+#: what each row of lds.csv is: a method's scores, a method's scores averaged over models that
+#: differ only in their seed (evaluation.ensemble), or a control that frames them
+LDS_KINDS = ("method", "ensemble", "random", "ceiling")
 
 
 # --- LDS -------------------------------------------------------------------------------------------

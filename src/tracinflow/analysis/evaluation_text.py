@@ -49,6 +49,14 @@ def lds_reading(table: pd.DataFrame) -> str:
     elif len(methods):
         best = methods.loc[methods["lds"].idxmax()]
         parts.append(f"Best method: `{markdown_text(best['method'])}`, {_interval(best)}.")
+    ensembles = table[table["kind"] == "ensemble"]
+    if len(ensembles):
+        best = ensembles.loc[ensembles["lds"].idxmax()]
+        parts.append(
+            f"Averaged over models retrained with other seeds (TRAK's ensembling, "
+            f"influence.ensemble), the best is `{markdown_text(best['method'])}`: "
+            f"{_interval(best)}, held-out half {best['lds_held_out']:+.3f}."
+        )
     return " ".join(parts)
 
 

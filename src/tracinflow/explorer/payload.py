@@ -130,14 +130,15 @@ def compared_version(test_idx, test_pred: pd.DataFrame, topk: pd.DataFrame) -> d
 
 def explorer_payload(tables: dict, *, version: str, default_ranking: str, top: int,
                      planted: bool, compared: dict[str, dict] | None = None,
-                     method: str | None = "tracin_final") -> dict:  # fmt: skip
+                     method: str | None = "tracin_final", ensemble=()) -> dict:  # fmt: skip
     """The page's data of one version. ``tables``: ``manifest``, ``train_set``, ``train_pred``,
     ``test_pred``, ``topk`` and ``suspicion`` (the version's files as frames); ``top``: the
     proponents and opponents listed per test image; ``planted``: whether the training set carries
     planted flips (the page then says whether each label was flipped); ``compared``: the versions
     of the across-versions view, ``{name: {"test_pred": ..., "topk": ...}}`` (this one included
     where it is compared); ``method``: the attribution method the top-k lists come from (its name
-    in :func:`tracinflow.config.parse_method`'s grammar), shown on the page."""
+    in :func:`tracinflow.config.parse_method`'s grammar), shown on the page with the ``ensemble``
+    whose models' scores it averages."""
     test_pred = tables["test_pred"].sort_values("idx", kind="stable").reset_index(drop=True)
     test_idx = test_pred["idx"].to_numpy(np.int64)
     train = _train_table(
@@ -147,7 +148,7 @@ def explorer_payload(tables: dict, *, version: str, default_ranking: str, top: i
     return {
         "version": version,
         "method": method or "",
-        "method_label": method_label(method) if method else "the influence",
+        "method_label": method_label(method, ensemble) if method else "the influence",
         "classes": class_names_of(tables["manifest"]),
         "top": int(top),
         "planted": bool(planted),

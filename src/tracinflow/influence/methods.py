@@ -44,8 +44,8 @@ from tracinflow.influence.kernel import score_block
 from tracinflow.influence.self_influence import self_influence_scores
 
 __all__ = [
-    "available_methods", "damping_variants", "default_method", "error_score_block",
-    "method_scores", "self_scores",
+    "available_methods", "damping_variants", "default_method", "ensemble_scores",
+    "error_score_block", "method_scores", "self_scores",
 ]  # fmt: skip
 
 FINAL = LAYER_SETS["final"][0]
@@ -178,3 +178,18 @@ def method_scores(name: str, test, train, lrs: Sequence[float] | None = None) ->
     if spec["relative"]:
         return scores / np.sqrt(self_scores(name.removeprefix("relatif_"), train, lrs))[None, :]
     return scores
+
+
+def ensemble_scores(name: str, members: Sequence[tuple]) -> np.ndarray:
+    """TRAK's ensembling: the mean over ``members`` ((test, train) factors of models that differ
+    only in their training seed, rows in the same order) of method ``name``'s dense scores (T, N).
+    For TracIn and the curvature methods, sums over checkpoints, this is one sum over every
+    member's checkpoints with each learning rate divided by the number of members (what
+    influence.ensemble's shards compute)."""
+    if not members:
+        raise ValueError("an ensemble of no models")
+    total = None
+    for test, train in members:
+        scores = method_scores(name, test, train)
+        total = scores if total is None else total + scores
+    return total / len(members)

@@ -8,7 +8,8 @@ import pandas as pd
 
 from tracinflow.plots.figure import figure, quarter
 
-KIND_COLOURS = {"method": "#2f6fb3", "random": "#9aa3ad", "ceiling": "#1a7f37"}
+KIND_COLOURS = {"method": "#2f6fb3", "ensemble": "#6a3fb3", "random": "#9aa3ad",
+                "ceiling": "#1a7f37"}  # fmt: skip
 
 
 def plot_lds(table: pd.DataFrame):

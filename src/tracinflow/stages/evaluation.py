@@ -1,4 +1,5 @@
-"""The evaluation rules: evaluation_factors, lds, removal_set, removal, evaluation_summary.
+"""The evaluation rules: evaluation_factors, ensemble_factors, lds, removal_set, removal,
+evaluation_summary.
 
 Each function takes its rule's ``inputs``, ``outputs`` and ``params`` (mappings by the names the
 rule gives them), its ``threads`` and a ``log`` function; it reads the reference's factors and the
@@ -37,7 +38,13 @@ from tracinflow.analysis.evaluation import (
     subset_predictions,
 )
 from tracinflow.analysis.evaluation_text import evaluation_summary_markdown
-from tracinflow.influence.methods import available_methods, damping_variants, method_scores
+from tracinflow.config import ensemble_name
+from tracinflow.influence.methods import (
+    available_methods,
+    damping_variants,
+    ensemble_scores,
+    method_scores,
+)
 from tracinflow.plots.evaluation import plot_lds, plot_removal
 from tracinflow.stages.common import optional_input
 from tracinflow.stages.factor_store import load_checkpoints
@@ -50,6 +57,13 @@ def evaluation_factors(inputs, outputs, params, threads=1, log=print):
     """The reference's factors for the evaluation: every head layer of one checkpoint on one side
     (``params["split"]``, at ``params["target"]``): :func:`~tracinflow.stages.factors.extract_factors`
     into the evaluation's own folder."""
+    return extract_factors(inputs, outputs, params, threads, log)
+
+
+def ensemble_factors(inputs, outputs, params, threads=1, log=print):
+    """The factors of one of the ensemble's other members (the reference's training set retrained
+    with another seed) the way :func:`evaluation_factors` traces the reference's: every head layer
+    of one checkpoint on one side, at the label."""
     return extract_factors(inputs, outputs, params, threads, log)
 
 
@@ -200,13 +214,38 @@ def lds_problem(inputs, params) -> LdsProblem:
     )
 
 
+def ensemble_members(inputs, seeds, problem: LdsProblem) -> list[tuple[list, list]]:
+    """(test, train) factors of each other member of the ensemble (``inputs["ensemble_test"]`` and
+    ``["ensemble_train"]``, by seed then epoch), their rows in the order of ``problem``'s."""
+    members = []
+    for position in range(len(seeds)):
+
+        def dirs(side, position=position):
+            folders = list(inputs[f"ensemble_{side}"])
+            per = len(folders) // len(seeds)
+            return folders[position * per : (position + 1) * per]
+
+        train = load_checkpoints(dirs("train"))
+        if not np.array_equal(np.asarray(train[0].idx), np.asarray(problem.train[0].idx)):
+            raise ValueError(
+                f"{dirs('train')[0]}: the ensemble member (seed {seeds[position]}) was trained on "
+                f"other images than the reference; its members differ only in their seed"
+            )
+        test = load_checkpoints(dirs("test"))
+        rows = pd.Series(np.arange(len(test[0])), index=np.asarray(test[0].idx))
+        members.append(([f.take(rows.loc[problem.test_idx].to_numpy()) for f in test], train))
+    return members
+
+
 def lds(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     """lds.csv: the LDS (with its 95% bootstrap CI, and over the reference's mispredicted sampled
     test images) of every method, of random scores and of the retraining-noise ceiling; the
     per-test Spearman correlations; the plot. ``params``: ``retrains`` ((subset, seed) of each
     LDS version, the order of the inputs ``train_sets`` and ``predictions``), ``methods`` (None:
     every one the factors form, and the curvature methods at a tenth and ten times their damping),
-    ``default`` and the ``lds`` settings."""
+    ``default``, the ``lds`` settings and the ``ensemble`` (``seeds`` of its other members, whose
+    factors are ``inputs["ensemble_train"]`` and ``["ensemble_test"]``, and the ``methods`` averaged
+    over them and the reference: rows ``ensemble<models>_<method>``)."""
     torch.set_num_threads(threads)
     problem = lds_problem(inputs, params)
     n_test, n_train = len(problem.test_idx), len(problem.train[0])
@@ -221,6 +260,16 @@ def lds(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
         rows.append(problem.row(name, scores, per_test, params["default"]))
         progress.update(message=f"{name}: LDS {rows[-1]['lds']:+.3f} "
                                 f"[{rows[-1]['ci_low']:+.3f}, {rows[-1]['ci_high']:+.3f}]")  # fmt: skip
+    ensemble = params.get("ensemble") or {}
+    if ensemble.get("seeds"):
+        members = ensemble_members(inputs, ensemble["seeds"], problem)
+        for name in ensemble["methods"]:
+            scores = ensemble_scores(name, [(problem.test, problem.train), *members])
+            row_name = ensemble_name(name, 1 + len(members))
+            rows.append(problem.row(row_name, scores, per_test, kind="ensemble"))
+            methods.append(row_name)
+            log(f"{row_name}: LDS {rows[-1]['lds']:+.3f} "
+                f"[{rows[-1]['ci_low']:+.3f}, {rows[-1]['ci_high']:+.3f}]")  # fmt: skip
     noise = random_scores((n_test, n_train), problem.settings["seed"])
     rows.append(problem.row("random", noise, per_test, kind="random"))
     progress.update(message=f"random: LDS {rows[-1]['lds']:+.3f}")

@@ -107,8 +107,9 @@ def explorer(inputs, outputs, params, threads=1, log=print) -> dict:
     """``<explorer>/index.html`` of one version, its script, style and data, and ``thumbs/``: a
     thumbnail of every train and test image of the manifest, made from the original files under
     ``inputs["root"]``, each checked against the manifest's sha256. ``params``: ``version``, ``ranking`` (the suspects' default), ``top``
-    (proponents and opponents per test image), ``thumbnail_px``, ``planted`` and ``compare``
-    (the versions of the across-versions view). Returns the payload."""
+    (proponents and opponents per test image), ``thumbnail_px``, ``planted``, ``compare``
+    (the versions of the across-versions view), ``method`` and ``ensemble`` (the attribution
+    method and the other versions whose models it averages). Returns the payload."""
     tables = _tables(inputs)
     payload = explorer_payload(
         tables,
@@ -118,6 +119,7 @@ def explorer(inputs, outputs, params, threads=1, log=print) -> dict:
         planted=params["planted"],
         compared=_compared(inputs, list(params["compare"])),
         method=params.get("method", "tracin_final"),
+        ensemble=params.get("ensemble") or (),
     )
     images = payload["images"]
     paths = dict(zip(images["idx"], images["path"], strict=True))

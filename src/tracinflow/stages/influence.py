@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -19,6 +20,7 @@ from tracinflow.analysis.reports import readable_topk
 from tracinflow.data.split import class_names_of
 from tracinflow.influence import self_influence as scores
 from tracinflow.influence.curvature import curvature_inverses, preconditioned_sides
+from tracinflow.influence.inputs import learning_rates
 from tracinflow.influence.kernel import COLUMNS, topk_influence
 from tracinflow.influence.shards import merge_topk as merge_candidates
 from tracinflow.influence.shards import tile_rows
@@ -60,6 +62,7 @@ def shard_topk(
     test_tile: tuple[int, int] = (0, 1),
     train_tile: tuple[int, int] = (0, 1),
     curvature=None,
+    ensemble: Sequence[tuple] = (),
     log=None,
     **kernel,
 ) -> pd.DataFrame:
@@ -72,15 +75,43 @@ def shard_topk(
     dtype, precision). The merge over all ``R`` train tiles of a test tile gives the exact top-k.
     ``curvature``: the file of the curvature rule, for a curvature-aware method's influence
     (the test tile preconditioned with it; :func:`~tracinflow.influence.curvature.
-    preconditioned_sides`) instead of TracIn's."""
+    preconditioned_sides`) instead of TracIn's. ``ensemble``: ``(test_dirs, train_dirs,
+    curvature)`` of each other model whose scores are averaged with this one's
+    (influence.ensemble): one sum over every model's checkpoints, each learning rate divided by
+    the number of models."""
     if len(test_dirs) != len(train_dirs) or not test_dirs:
         raise ValueError(f"{len(test_dirs)} test folders but {len(train_dirs)} train folders")
     rows_t = tile_rows(*test_tile, folder_rows(test_dirs, "test"))
     rows_r = tile_rows(*train_tile, folder_rows(train_dirs, "train"))
     layers = kernel.pop("layers", None)
+    models = [(test_dirs, train_dirs, curvature), *ensemble]
+    test, train, lrs, used = [], [], [], layers
+    for model_test, model_train, model_curvature in models:
+        sides = _model_sides(model_test, model_train, rows_t, rows_r, layers, model_curvature)
+        if test and not (_same_rows(sides[0], test) and _same_rows(sides[1], train)):
+            raise ValueError(
+                f"{model_train[0]}: an ensemble member's factors are of other images than "
+                f"{train_dirs[0]}'s; its members differ only in their seed"
+            )
+        test += sides[0]
+        train += sides[1]
+        used = sides[2]
+        # the mean over the models: each checkpoint's learning rate over their number
+        lrs += [lr / len(models) for lr in sides[3]]
+    return topk_influence(test, train, k, lrs, log=log, label="shard", layers=used, **kernel)
+
+
+def _same_rows(side, other) -> bool:
+    return np.array_equal(np.asarray(side[0].idx), np.asarray(other[0].idx))
+
+
+def _model_sides(test_dirs, train_dirs, rows_t, rows_r, layers, curvature):
+    """(test, train, layers, learning rates) of one model's checkpoints, at the tiles' rows: its
+    factors, preconditioned with its curvature file where the method has one."""
     # a preconditioned test tile is computed whole in memory (the train tile is streamed either way)
     test = load_checkpoints(test_dirs, rows=rows_t, layers=layers, stream=curvature is None)
     train = load_checkpoints(train_dirs, rows=rows_r, layers=layers, stream=True)
+    lrs = learning_rates([test, train], None)
     if curvature is not None:
         inverses, meta = load_curvature(curvature)
         if meta["epochs"] != _epochs(train):
@@ -90,7 +121,24 @@ def shard_topk(
             )
         test, train, layers = preconditioned_sides(meta["method"], test, train, inverses,
                                                    layers or meta["layers"])  # fmt: skip
-    return topk_influence(test, train, k, log=log, label="shard", layers=layers, **kernel)
+    return test, train, layers, lrs
+
+
+def _ensemble_inputs(inputs, members: Sequence[str], method: str) -> list[tuple]:
+    """``(test_dirs, train_dirs, curvature)`` of each member of ``params["ensemble"]``, from the
+    inputs ``ensemble_test`` and ``ensemble_train`` (by member, then epoch) and
+    ``ensemble_curvature`` (one per member, for a curvature method)."""
+    out = []
+    for position, _ in enumerate(members):
+
+        def part(name, position=position):
+            files = list(inputs[name])
+            per = len(files) // len(members)
+            return files[position * per : (position + 1) * per]
+
+        curvature = part("ensemble_curvature")[0] if method != "tracin" else None
+        out.append((part("ensemble_test"), part("ensemble_train"), curvature))
+    return out
 
 
 def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
@@ -116,6 +164,7 @@ def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFra
         device=select_device(params["device"]),
         precision=precision,
         curvature=inputs["curvature"] if method != "tracin" else None,
+        ensemble=_ensemble_inputs(inputs, params.get("ensemble") or [], method),
         log=log,
     )
     write_parquet(outputs["shard"], frame[COLUMNS])
