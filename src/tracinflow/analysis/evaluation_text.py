@@ -137,8 +137,9 @@ def evaluation_summary_markdown(
                 "## Linear datamodeling score (LDS)",
                 f"{settings['subsets']} random subsets of {settings['fraction']:.0%} of the training "
                 f"images, each retrained with the seeds {settings['seeds']}; the target is the mean "
-                f"true-label margin of each of {n_test} test images (test_images: "
-                f"{settings['test_images']}); a method's prediction is "
+                f"true-label margin of each of {n_test} test images ("
+                f"{'all of them' if settings['test_images'] is None else 'a seeded sample'}); "
+                f"a method's prediction is "
                 f"the sum of its scores over a subset; LDS is the mean over test images of the "
                 f"Spearman correlation over subsets, with a 95% bootstrap CI over subsets and test "
                 f"images ({settings['bootstrap']} resamples). `lds_mistakes`: the same over the test "
