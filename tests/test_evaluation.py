@@ -459,6 +459,32 @@ def test_an_ensemble_is_the_mean_of_its_members_and_one_sum_over_all_their_check
         ensemble_scores("tracin_head", [])
 
 
+def test_the_curvature_self_influence_rankings_are_the_methods_self_influence(factors):
+    """The self_influence rule's curvature columns (rankings kfac_self_influence over the traced
+    layers, gn_self_influence of the final layer) equal the methods' self-influence, which
+    test_relatif_and_the_cosine_divide_by_the_self_influences checks against the brute force;
+    computed in blocks of rows as on a large training set."""
+    from tracinflow.influence.curvature import curvature_self_influence
+    from tracinflow.stages.influence import curvature_self_influence_frame
+
+    _, train = factors["float64"]
+    for f in train:
+        f.meta["loss"] = {"class_weights": factors["loss_fn"].class_weights.tolist()}
+    frame = curvature_self_influence_frame(train, 0.1)
+    assert frame["train_idx"].tolist() == list(train[0].idx)
+    np.testing.assert_allclose(frame["kfac_self_influence"], self_scores("kfac_head", train),
+                               rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(frame["gn_self_influence"], self_scores("gn_final", train),
+                               rtol=1e-12)  # fmt: skip
+    lrs = [float(f.meta["lr"]) for f in train]
+    blocked = curvature_self_influence(train, "kfac", HEAD_LAYERS, lrs, 0.1, rows=3)
+    np.testing.assert_allclose(blocked, frame["kfac_self_influence"], rtol=1e-12)
+    without_final = [f.take(np.arange(len(f))) for f in train]
+    for f in without_final:
+        f.act.pop("fc.4"), f.err.pop("fc.4")
+    assert "gn_self_influence" not in curvature_self_influence_frame(without_final, 0.1)
+
+
 def test_the_method_grammar_refuses_what_is_not_a_method():
     assert parse_method("relatif_kfac_head_epoch_003@0.01") == {
         "kind": "kfac", "layers": HEAD_LAYERS, "epoch": 3, "error_only": False, "relative": True,

@@ -690,8 +690,12 @@ def test_suspicion_table_gives_every_ranking_its_known_scores():
     quality = pd.DataFrame(
         {"train_idx": [1, 2, 3], "label_quality": [0.9, 0.25, 0.5], "label_issue": [0, 1, 0]}
     )
+    curvature = pd.DataFrame(
+        {"train_idx": [2, 3, 1], "kfac_self_influence": [7.0, 8.0, 9.0],
+         "gn_self_influence": [0.7, 0.8, 0.9]}
+    )  # fmt: skip
     table = suspicion_table(
-        idx, self_influence, train_pred, error, validation=validation,
+        idx, self_influence, train_pred, error, validation=validation, curvature=curvature,
         cleanlab={"cleanlab": quality, "cleanlab_kfold": quality.assign(label_quality=0.5)},
         seed=4,
     )  # fmt: skip
@@ -702,6 +706,8 @@ def test_suspicion_table_gives_every_ranking_its_known_scores():
         # epoch means 5/3 and 4/3: 0.5 / (5/3) + 2.5 / (4/3), ...
         "self_influence_normalized": [0.3 + 1.875, 2.4 + 0.75, 0.3 + 0.375],
         "error_self_influence": [0.3, 0.1, 0.2],
+        "kfac_self_influence": [8.0, 9.0, 7.0],
+        "gn_self_influence": [0.8, 0.9, 0.7],
         "loss": [1.0, 2.0, 9.0],
         # percentile ranks (self, loss): idx 3 (2, 1), idx 1 (3, 2), idx 2 (1, 3); / (2 * 3)
         "combined": [3 / 6, 5 / 6, 4 / 6],
@@ -723,3 +729,13 @@ def test_suspicion_table_gives_every_ranking_its_known_scores():
     without = suspicion_table(idx, self_influence, train_pred, error)
     with pytest.raises(ValueError, match=r"cleanlab is not in .* needs model\.pretrained"):
         suspicion_scores("cleanlab", idx, without)
+    final_not_traced = suspicion_table(
+        idx,
+        self_influence,
+        train_pred,
+        error,
+        curvature=curvature.drop(columns="gn_self_influence"),
+    )
+    assert "kfac_self_influence" in final_not_traced
+    with pytest.raises(ValueError, match=r"gn_self_influence is not in .* tracing the final layer"):
+        suspicion_scores("gn_self_influence", idx, final_not_traced)

@@ -66,9 +66,8 @@ def test_noise_detection_table_for_noisy_versions(tiny_workflow):
         table = results(tiny_workflow, f"{version}/reports/noise_detection.csv")
         assert list(table.columns) == DETECTION_COLUMNS
         assert table.loc[table["default"], "ranking"].tolist() == ["loss"]  # reports.ranking
-        assert {"self_influence", "error_self_influence", "loss", "combined", "random"} <= set(
-            table["ranking"]
-        )
+        assert {"self_influence", "error_self_influence", "kfac_self_influence",
+                "gn_self_influence", "loss", "combined", "random"} <= set(table["ranking"])  # fmt: skip
         assert table[["found_at_5pct", "found_at_10pct", "found_at_20pct"]].le(1).all().all()
         assert table["roc_auc"].between(0, 1).all()
         assert (

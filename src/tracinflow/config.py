@@ -682,6 +682,7 @@ def with_evaluation_versions(config: dict, schema: dict) -> dict:
 RANKING_NEEDS = {
     "cleanlab": "model.pretrained (the frozen pretrained backbone's features)",
     "cleanlab_kfold": "rankings.kfold >= 2 (k-fold training of the version's model)",
+    "gn_self_influence": "influence.layers tracing the final layer fc.4",
 }
 
 

@@ -84,6 +84,7 @@ rule self_influence:
     output:
         self_influence="results/{version}/influence/self_influence.parquet",
         error_self_influence="results/{version}/influence/self_influence_error.parquet",
+        curvature_self_influence="results/{version}/influence/self_influence_curvature.parquet",
     log:
         "logs/self_influence/{version}.log",
     benchmark:
@@ -94,5 +95,7 @@ rule self_influence:
     resources:
         mem_mb=memory_mb(4000),
         runtime=30,
+    params:
+        damping=setting("influence", "damping"),
     script:
         "../scripts/self_influence.py"

@@ -86,6 +86,7 @@ rule suspicion_scores:
         train_set=rules.build_train_set.output.train_set,
         self_influence=rules.self_influence.output.self_influence,
         error_self_influence=rules.self_influence.output.error_self_influence,
+        curvature_self_influence=rules.self_influence.output.curvature_self_influence,
         train_predictions=rules.predict.output.train,
         validation=rules.validation_influence.output.validation,
     output:

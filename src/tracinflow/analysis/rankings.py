@@ -29,12 +29,15 @@ TRACIN_RANKINGS = (
     "combined",
     "error_combined",
 )
+#: self-influence under the curvature (K-FAC of the traced layers; the final layer's exact
+#: Gauss-Newton where it is traced), from the training factors
+CURVATURE_RANKINGS = ("kfac_self_influence", "gn_self_influence")
 #: computed from the TracIn scores of the training images on the validation images
 VALIDATION_RANKINGS = ("val_harm", "val_opponent")
 #: confident learning: cleanlab on out-of-fold predicted probabilities
 CLEANLAB_RANKINGS = ("cleanlab", "cleanlab_kfold")
 #: the choices of reports.ranking (and of clean.ranking)
-RANKINGS = TRACIN_RANKINGS + VALIDATION_RANKINGS + CLEANLAB_RANKINGS
+RANKINGS = TRACIN_RANKINGS + CURVATURE_RANKINGS + VALIDATION_RANKINGS + CLEANLAB_RANKINGS
 RANKING_MEANINGS = {
     "self_influence": "TracIn self-influence summed over checkpoints, largest first",
     "self_influence_first": "TracIn self-influence at the first checkpoint, largest first",
@@ -42,6 +45,10 @@ RANKING_MEANINGS = {
     "self_influence_normalized": "self-influence with each checkpoint's term divided by its mean, "
     "summed",
     "error_self_influence": "error-signal-only self-influence |e|^2 summed over checkpoints",
+    "kfac_self_influence": "self-influence under the K-FAC curvature of the traced layers, "
+    "summed over checkpoints, largest first",
+    "gn_self_influence": "self-influence under the final layer's exact Gauss-Newton curvature, "
+    "summed over checkpoints, largest first",
     "loss": "training loss at the best checkpoint, largest first",
     "combined": "mean percentile rank of self-influence and loss, largest first",
     "error_combined": "mean percentile rank of error-signal self-influence and loss",
@@ -117,6 +124,7 @@ def suspicion_table(
     error_self_influence: pd.DataFrame | None = None,
     *,
     validation: pd.DataFrame | None = None,
+    curvature: pd.DataFrame | None = None,
     cleanlab: dict[str, pd.DataFrame] | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -130,6 +138,8 @@ def suspicion_table(
     - ``loss`` (the per-sample training loss at the best checkpoint, from ``train_pred``);
     - ``combined`` / ``error_combined``: :func:`percentile_rank_mean` of (self-influence, loss) /
       (error self-influence, loss);
+    - with ``curvature`` (``train_idx`` and the :data:`CURVATURE_RANKINGS` it has, from
+      :func:`tracinflow.stages.influence.curvature_self_influence_frame`): those;
     - with ``validation`` (``train_idx, val_harm, val_opponent``, from
       :func:`tracinflow.influence.validation.validation_signals`): those two;
     - with ``cleanlab`` (``{ranking: frame of train_idx, label_quality, label_issue}``, from
@@ -142,6 +152,9 @@ def suspicion_table(
     idx = np.asarray(train_idx, dtype=np.int64)
     columns = {"train_idx": idx}
     columns |= _tracin_columns(idx, self_influence, train_pred, error_self_influence)
+    for name in CURVATURE_RANKINGS:
+        if curvature is not None and name in curvature:
+            columns[name] = _aligned(curvature, "train_idx", name, idx, "curvature self-influence")
     if validation is not None:
         for name in VALIDATION_RANKINGS:
             columns[name] = _aligned(validation, "train_idx", name, idx, "validation influence")

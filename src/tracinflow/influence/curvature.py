@@ -247,6 +247,38 @@ def gauss_newton_scores(
     return _matmul(preconditioned, final_gradients(train, layer))
 
 
+def curvature_self_influence(
+    train: Sequence[Factors], kind: str, layers: Sequence[str], lrs: Sequence[float],
+    damping: float = DEFAULT_DAMPING, rows: int = 4096,
+) -> np.ndarray:  # fmt: skip
+    """Each training row's self-influence ``sum_c lr_c g_j^T C_c^-1 g_j`` (N,), float64: ``kind``
+    ``kfac`` with each checkpoint's damped K-FAC of every layer of ``layers`` (a product of two
+    quadratic forms per layer), ``gauss_newton`` with the final layer's (``layers[0]``) damped
+    exact Gauss-Newton matrix; ``rows`` at a time, so memory stays one block of gradients."""
+    total = np.zeros(len(train[0]))
+    for lr, factors in zip(lrs, train, strict=True):
+        if kind == "kfac":
+            for layer, (a_inv, s_inv) in kfac_inverses(factors, layers, damping).items():
+                for start in range(0, len(total), rows):
+                    block = factors.take(np.arange(start, min(start + rows, len(total))))
+                    a = augmented(block, layer)
+                    e = np.asarray(block.err[layer], dtype=np.float64)
+                    total[start : start + len(a)] += lr * (
+                        np.einsum("ij,ij->i", a @ a_inv, a) * np.einsum("ij,ij->i", e @ s_inv, e)
+                    )
+        elif kind == "gauss_newton":
+            inverse = damped_inverse(gauss_newton(factors, layers[0]), damping)
+            for start in range(0, len(total), rows):
+                block = factors.take(np.arange(start, min(start + rows, len(total))))
+                gradients = final_gradients(block, layers[0])
+                total[start : start + len(gradients)] += lr * np.einsum(
+                    "ij,ij->i", gradients @ inverse, gradients
+                )
+        else:
+            raise ValueError(f"kind must be one of {CURVATURE_METHODS}, got {kind!r}")
+    return total
+
+
 def _matmul(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     with torch.inference_mode():
         return (torch.from_numpy(left) @ torch.from_numpy(right).T).numpy()

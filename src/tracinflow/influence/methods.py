@@ -30,12 +30,8 @@ import torch
 
 from tracinflow.config import DEFAULT_DAMPING, LAYER_SETS, default_method, parse_method
 from tracinflow.influence.curvature import (
-    augmented,
-    damped_inverse,
-    final_gradients,
-    gauss_newton,
+    curvature_self_influence,
     gauss_newton_scores,
-    kfac_inverses,
     kfac_sides,
 )
 from tracinflow.influence.factors import Factors
@@ -131,20 +127,9 @@ def self_scores(name: str, train, lrs: Sequence[float] | None = None) -> np.ndar
     if spec["kind"] in ("tracin", "cosine"):
         mode = "error" if spec["error_only"] else "full"
         return self_influence_scores(train, lrs, layers=layers, mode=mode)
-    total = np.zeros(len(train[0]))
-    for lr, f in zip(lrs, train, strict=True):
-        if spec["kind"] == "kfac":
-            for layer, (a_inv, s_inv) in kfac_inverses(f, layers, damping).items():
-                a = augmented(f, layer)
-                e = np.asarray(f.err[layer], dtype=np.float64)
-                total += (
-                    lr * np.einsum("ij,ij->i", a @ a_inv, a) * np.einsum("ij,ij->i", e @ s_inv, e)
-                )
-        else:
-            inverse = damped_inverse(gauss_newton(f, FINAL), damping)
-            gradients = final_gradients(f, FINAL)
-            total += lr * np.einsum("ij,ij->i", gradients @ inverse, gradients)
-    return total
+    if spec["kind"] == "kfac":
+        return curvature_self_influence(train, "kfac", layers, lrs, damping)
+    return curvature_self_influence(train, "gauss_newton", [FINAL], lrs, damping)
 
 
 def _plain_scores(spec, test, train, lrs) -> np.ndarray:

@@ -17,9 +17,14 @@ import torch
 from tracinflow._util.device import select_device
 from tracinflow._util.files import write_csv, write_parquet
 from tracinflow.analysis.reports import readable_topk
+from tracinflow.config import LAYER_SETS
 from tracinflow.data.split import class_names_of
 from tracinflow.influence import self_influence as scores
-from tracinflow.influence.curvature import curvature_inverses, preconditioned_sides
+from tracinflow.influence.curvature import (
+    curvature_inverses,
+    curvature_self_influence,
+    preconditioned_sides,
+)
 from tracinflow.influence.inputs import learning_rates
 from tracinflow.influence.kernel import COLUMNS, topk_influence
 from tracinflow.influence.shards import merge_topk as merge_candidates
@@ -30,6 +35,9 @@ from tracinflow.stages.factor_store import (
     load_curvature,
     save_curvature,
 )
+
+#: the layer whose exact Gauss-Newton self-influence is a ranking (the logits' Linear layer)
+FINAL_LAYER = LAYER_SETS["final"][0]
 
 
 def _epochs(factors) -> list[int]:
@@ -191,12 +199,32 @@ def merge_topk(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
 
 
 def self_influence(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
-    """Self-influence of every training image, with each checkpoint's term alongside; and the
-    error-signal-only variant ``sum lr |e|^2`` (a ranking the noise evaluation compares)."""
+    """Self-influence of every training image, with each checkpoint's term alongside; the
+    error-signal-only variant ``sum lr |e|^2``; and the self-influence under the curvature
+    (``params["damping"]``): K-FAC over the traced layers, and the final layer's exact
+    Gauss-Newton where it is traced (rankings the noise evaluation compares)."""
+    torch.set_num_threads(threads)
     train = load_checkpoints(list(inputs["train"]))
     frame = scores.self_influence(train, per_checkpoint=True)
     write_parquet(outputs["self_influence"], frame)
     error = scores.self_influence(train, mode="error", per_checkpoint=True)
     write_parquet(outputs["error_self_influence"], error)
-    log(f"self-influence of {len(frame)} training images (full and error-signal only)")
+    write_parquet(outputs["curvature_self_influence"],
+                  curvature_self_influence_frame(train, float(params["damping"])))  # fmt: skip
+    log(f"self-influence of {len(frame)} training images (TracIn, error-signal only, and under "
+        f"the curvature at damping {params['damping']:g})")  # fmt: skip
+    return frame
+
+
+def curvature_self_influence_frame(train, damping: float) -> pd.DataFrame:
+    """``train_idx``, ``kfac_self_influence`` (every traced layer) and, where the final layer is
+    traced, ``gn_self_influence``: summed over the checkpoints with their learning rates."""
+    lrs = learning_rates([train], None)
+    layers = list(train[0].layers)
+    frame = pd.DataFrame({"train_idx": np.asarray(train[0].idx, dtype=np.int64)})
+    frame["kfac_self_influence"] = curvature_self_influence(train, "kfac", layers, lrs, damping)
+    if FINAL_LAYER in layers:
+        frame["gn_self_influence"] = curvature_self_influence(
+            train, "gauss_newton", [FINAL_LAYER], lrs, damping
+        )
     return frame
