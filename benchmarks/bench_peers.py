@@ -1,4 +1,4 @@
-"""The field's peers on the same retrains as `make evaluate`: Kronfluence (EK-FAC) and TRAK.
+"""The field's peers on the same retrains as `make evaluate`: Captum, Kronfluence (EK-FAC), TRAK.
 
     make bench-peers                       # make evaluate first, then this: 20-35 min on 2 CPU cores
     python benchmarks/bench_peers.py --skip trak   # rows of the same name are replaced
@@ -15,6 +15,8 @@ lds.csv's.
   their rows of results/evaluation/lds.csv (checked: the benchmark's LDS is the workflow's), and
   dattri 0.3.0's ``dattri.metric.lds`` of the same scores, subsets and targets must give the same
   LDS (checked to 1e-9: our metric is the field's).
+* **Captum** 0.9.0, ``TracInCPFast`` on the final layer over the reference's 3 checkpoints (the
+  same TracIn as ``tracin_final`` but for the bias, which Captum does not trace).
 * **Kronfluence** 1.0.1, ``strategy="ekfac"`` (its default Fisher from sampled labels, damping
   ``None``: its heuristic of 0.1 x the mean eigenvalue, the rule ours follows), at the final
   checkpoint, tracking the head's three Linear layers (``fc.0``, ``fc.2``, ``fc.4``, the layers
@@ -183,6 +185,26 @@ def trak_scores(checkpoints, train, test, workdir) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64).T
 
 
+def captum_scores(checkpoints, train, test) -> np.ndarray:
+    """Captum's ``TracInCPFast`` on the final layer (``fc.4``'s weights: Captum does not trace its
+    bias) over the reference's checkpoints with their learning rates, the training set as one
+    batch: dense scores (test, train), what bench_captum.py times against ours."""
+    from bench_captum import captum_loss, checkpoint_loader
+    from captum.influence import TracInCPFast
+
+    paths = [str(p) for p in checkpoints]
+    model, checkpoint = load_checkpoint(paths[-1])
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)  # Captum enables the layer it traces
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(*train), batch_size=len(train[1])
+    )
+    tracin = TracInCPFast(model, model.fc[4], loader, paths, checkpoint_loader(paths),
+                          loss_fn=captum_loss(checkpoint["loss"]))  # fmt: skip
+    return tracin.influence(tuple(test)).double().numpy()
+
+
 def dattri_lds(problem, scores: np.ndarray) -> float:
     """dattri 0.3.0's LDS (``dattri.metric.lds``: the Spearman correlation per test image of the
     scores summed over each subset's training images with the target) of the same scores,
@@ -260,6 +282,10 @@ def main() -> None:
     loss_fn = loss_from_checkpoint(checkpoint)
     train = images(tree, args.reference, "train", problem.train[0].idx, model.arch)
     test = images(tree, args.reference, "test", problem.test_idx, model.arch)
+    name = f"captum_tracincp_fast_final ({len(checkpoints)} checkpoints)"
+    if wanted(name):
+        started = time.perf_counter()
+        judge(name, captum_scores(checkpoints, train, test), time.perf_counter() - started)
     with tempfile.TemporaryDirectory() as workdir:
         for modules, measurement in ((HEAD, "loss"), (HEAD, "margin"), (["fc.4"], "loss")):
             name = f"kronfluence_ekfac_{'head' if modules == HEAD else 'final'} ({measurement})"
