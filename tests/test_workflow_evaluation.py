@@ -98,7 +98,7 @@ def test_the_ensembles_other_member_is_the_full_retrain_with_its_seed(evaluated)
     )  # fmt: skip
     assert np.array_equal(np.asarray(idx), np.asarray(member.idx))
     with torch.inference_mode():
-        logits = model(to_input(torch.from_numpy(np.asarray(images[:16])), model.arch, "cpu"))
+        logits = model(to_input(torch.from_numpy(np.array(images[:16])), model.arch, "cpu"))
     assert np.allclose(logits.numpy(), np.asarray(member.logits)[:16], atol=1e-4)
 
 
