@@ -255,28 +255,33 @@ def curvature_self_influence(
     ``kfac`` with each checkpoint's damped K-FAC of every layer of ``layers`` (a product of two
     quadratic forms per layer), ``gauss_newton`` with the final layer's (``layers[0]``) damped
     exact Gauss-Newton matrix; ``rows`` at a time, so memory stays one block of gradients."""
+    if kind not in CURVATURE_METHODS:
+        raise ValueError(f"kind must be one of {CURVATURE_METHODS}, got {kind!r}")
     total = np.zeros(len(train[0]))
     for lr, factors in zip(lrs, train, strict=True):
         if kind == "kfac":
-            for layer, (a_inv, s_inv) in kfac_inverses(factors, layers, damping).items():
-                for start in range(0, len(total), rows):
-                    block = factors.take(np.arange(start, min(start + rows, len(total))))
-                    a = augmented(block, layer)
-                    e = np.asarray(block.err[layer], dtype=np.float64)
-                    total[start : start + len(a)] += lr * (
-                        np.einsum("ij,ij->i", a @ a_inv, a) * np.einsum("ij,ij->i", e @ s_inv, e)
-                    )
-        elif kind == "gauss_newton":
-            inverse = damped_inverse(gauss_newton(factors, layers[0]), damping)
-            for start in range(0, len(total), rows):
-                block = factors.take(np.arange(start, min(start + rows, len(total))))
-                gradients = final_gradients(block, layers[0])
-                total[start : start + len(gradients)] += lr * np.einsum(
-                    "ij,ij->i", gradients @ inverse, gradients
-                )
+            inverses = kfac_inverses(factors, layers, damping)
         else:
-            raise ValueError(f"kind must be one of {CURVATURE_METHODS}, got {kind!r}")
+            inverse = damped_inverse(gauss_newton(factors, layers[0]), damping)
+        for start in range(0, len(total), rows):
+            block = factors.take(np.arange(start, min(start + rows, len(total))))
+            if kind == "kfac":
+                term = _kfac_self_influence(block, inverses)
+            else:
+                gradients = final_gradients(block, layers[0])
+                term = np.einsum("ij,ij->i", gradients @ inverse, gradients)
+            total[start : start + len(block)] += lr * term
     return total
+
+
+def _kfac_self_influence(block: Factors, inverses: dict) -> np.ndarray:
+    """``sum_L (e^T S_L^-1 e)(a~^T A_L^-1 a~)`` of each row of ``block`` (one checkpoint)."""
+    term = np.zeros(len(block))
+    for layer, (a_inv, s_inv) in inverses.items():
+        a = augmented(block, layer)
+        e = np.asarray(block.err[layer], dtype=np.float64)
+        term += np.einsum("ij,ij->i", a @ a_inv, a) * np.einsum("ij,ij->i", e @ s_inv, e)
+    return term
 
 
 def _matmul(left: np.ndarray, right: np.ndarray) -> np.ndarray:
