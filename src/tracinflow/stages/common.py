@@ -62,3 +62,11 @@ def optional_input(inputs, name: str):
     if len(files) > 1:
         raise ValueError(f"input {name!r}: expected at most one file, got {files}")
     return files[0] if files else None
+
+
+def per_member(files, members: int) -> list[list]:
+    """An input listed by ensemble member, then checkpoint (``ensemble_train``, ...), as one list
+    per member."""
+    files = list(files)
+    per = len(files) // members if members else 0
+    return [files[m * per : (m + 1) * per] for m in range(members)]

@@ -46,7 +46,7 @@ from tracinflow.influence.methods import (
     method_scores,
 )
 from tracinflow.plots.evaluation import plot_lds, plot_removal
-from tracinflow.stages.common import optional_input
+from tracinflow.stages.common import optional_input, per_member
 from tracinflow.stages.factor_store import load_checkpoints
 from tracinflow.stages.factors import extract_factors
 
@@ -218,20 +218,16 @@ def ensemble_members(inputs, seeds, problem: LdsProblem) -> list[tuple[list, lis
     """(test, train) factors of each other member of the ensemble (``inputs["ensemble_test"]`` and
     ``["ensemble_train"]``, by seed then epoch), their rows in the order of ``problem``'s."""
     members = []
-    for position in range(len(seeds)):
-
-        def dirs(side, position=position):
-            folders = list(inputs[f"ensemble_{side}"])
-            per = len(folders) // len(seeds)
-            return folders[position * per : (position + 1) * per]
-
-        train = load_checkpoints(dirs("train"))
+    trains = per_member(inputs["ensemble_train"], len(seeds))
+    tests = per_member(inputs["ensemble_test"], len(seeds))
+    for seed, train_dirs, test_dirs in zip(seeds, trains, tests, strict=True):
+        train = load_checkpoints(train_dirs)
         if not np.array_equal(np.asarray(train[0].idx), np.asarray(problem.train[0].idx)):
             raise ValueError(
-                f"{dirs('train')[0]}: the ensemble member (seed {seeds[position]}) was trained on "
-                f"other images than the reference; its members differ only in their seed"
+                f"{train_dirs[0]}: the ensemble member (seed {seed}) was trained on other images "
+                f"than the reference; its members differ only in their seed"
             )
-        test = load_checkpoints(dirs("test"))
+        test = load_checkpoints(test_dirs)
         rows = pd.Series(np.arange(len(test[0])), index=np.asarray(test[0].idx))
         members.append(([f.take(rows.loc[problem.test_idx].to_numpy()) for f in test], train))
     return members

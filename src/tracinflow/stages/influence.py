@@ -29,6 +29,7 @@ from tracinflow.influence.inputs import learning_rates
 from tracinflow.influence.kernel import COLUMNS, topk_influence
 from tracinflow.influence.shards import merge_topk as merge_candidates
 from tracinflow.influence.shards import tile_rows
+from tracinflow.stages.common import per_member
 from tracinflow.stages.factor_store import (
     folder_rows,
     load_checkpoints,
@@ -136,17 +137,13 @@ def _ensemble_inputs(inputs, members: Sequence[str], method: str) -> list[tuple]
     """``(test_dirs, train_dirs, curvature)`` of each member of ``params["ensemble"]``, from the
     inputs ``ensemble_test`` and ``ensemble_train`` (by member, then epoch) and
     ``ensemble_curvature`` (one per member, for a curvature method)."""
-    out = []
-    for position, _ in enumerate(members):
-
-        def part(name, position=position):
-            files = list(inputs[name])
-            per = len(files) // len(members)
-            return files[position * per : (position + 1) * per]
-
-        curvature = part("ensemble_curvature")[0] if method != "tracin" else None
-        out.append((part("ensemble_test"), part("ensemble_train"), curvature))
-    return out
+    n = len(members)
+    curvatures = (
+        [files[0] for files in per_member(inputs["ensemble_curvature"], n)]
+        if method != "tracin" else [None] * n
+    )  # fmt: skip
+    tests, trains = per_member(inputs["ensemble_test"], n), per_member(inputs["ensemble_train"], n)
+    return list(zip(tests, trains, curvatures, strict=True))
 
 
 def influence_shard(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
