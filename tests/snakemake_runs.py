@@ -132,7 +132,10 @@ def tiny_config() -> dict:
             "stage2": {"max_epochs": 3, "lr_backbone": 1e-3, "lr_head": 1e-3,
                        "checkpoint_epochs": [2, 3], "patience": 1, "train_batchnorm": True},
         },
-        "influence": {"top_k": 5, "shards": {"test": 2, "train": 2}},
+        # TracIn, which test_workflow_train checks against autograd (test_workflow_curvature and
+        # the study's tiny config run the default, K-FAC on the head)
+        "influence": {"top_k": 5, "shards": {"test": 2, "train": 2}, "method": "tracin",
+                      "layers": ["fc.4"]},
         "reports": {"galleries": {"mispredictions": 3, "suspects": 6, "thumbnail_px": 48}},
         "versions": {
             "v1": {},

@@ -14,6 +14,7 @@ from tracinflow.config import (
     dataset_identity,
     deep_merge,
     load_schema,
+    version_method,
     version_settings,
     with_reference,
 )
@@ -47,6 +48,22 @@ def test_versions_get_the_global_settings_with_their_overrides():
     assert resolved["v2"]["dataset"] == resolved["v1"]["dataset"]
     assert resolved["v2"]["dataset"]["name"] == config["dataset"]["name"]
     assert "versions" not in resolved["v1"]
+
+
+def test_the_default_method_is_k_fac_on_the_head_and_tracin_stays_one_key_away():
+    # the evaluation's choice (docs/evaluation.md): what a version without an influence block uses
+    config = demo_config()
+    config["versions"] = {
+        "default": {},
+        "tracin": {"influence": {"method": "tracin"}},
+        "final": {"influence": {"method": "tracin", "layers": ["fc.4"]}},
+    }
+    resolved = version_settings(config, SCHEMA)
+    assert {name: version_method(s) for name, s in resolved.items()} == {
+        "default": "kfac_head",
+        "tracin": "tracin_head",
+        "final": "tracin_final",
+    }
 
 
 def test_a_bad_override_names_the_version_and_key():
