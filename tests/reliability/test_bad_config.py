@@ -91,7 +91,9 @@ def put(root: dict, path: tuple, value) -> dict:
         child = node[key] if present else None
         if child is None:
             child = copy.deepcopy(MINIMAL.get(prefix, NODES[prefix].get("default", {})))
-            if child is None:  # an optional list or block whose default is null
+            if not isinstance(child, (dict, list)):
+                # an optional list or block whose default is null, or a key whose default is of
+                # another of its forms (influence.layers: "head", or a list of layers)
                 child = [] if isinstance(path[depth + 1], int) else {}
             set_at(node, key, child)
         node = child
