@@ -32,6 +32,7 @@ from tracinflow.config import ConfigError, parse_method
 from tracinflow.data.train_set import subset_train_set, without_images
 from tracinflow.influence.methods import (
     available_methods,
+    damping_variants,
     default_method,
     ensemble_scores,
     method_scores,
@@ -487,10 +488,43 @@ def test_the_curvature_self_influence_rankings_are_the_methods_self_influence(fa
 
 def test_the_method_grammar_refuses_what_is_not_a_method():
     assert parse_method("relatif_kfac_head_epoch_003@0.01") == {
-        "kind": "kfac", "layers": HEAD_LAYERS, "epoch": 3, "error_only": False, "relative": True,
-        "damping": 0.01,
+        "kind": "kfac", "layers": HEAD_LAYERS, "epoch": 3, "stage2_only": False,
+        "error_only": False, "relative": True, "damping": 0.01,
     }  # fmt: skip
+    assert parse_method("gn_final_stage2")["stage2_only"]
     for bad in ("gn_head", "kfac_final_error", "cosine_final_epoch_001", "relatif_cosine_final",
-                "tracin_final@0.1", "kfac_final@0", "kfac_final@x"):  # fmt: skip
+                "tracin_final@0.1", "kfac_final@0", "kfac_final@x", "cosine_head_stage2",
+                "kfac_head_stage2_epoch_001", "tracin_final_error_stage2"):  # fmt: skip
         with pytest.raises(ConfigError, match="unknown attribution method"):
             parse_method(bad)
+
+
+def test_stage1_checkpoints_join_the_sums_and_stage2_rows_leave_them_out(factors):
+    # the whole trajectory: a plain method sums every checkpoint traced; _stage2 and _epoch_EEE
+    # take stage 2's alone (a stage-1 checkpoint of the same epoch number is not it)
+    test, train = factors["float64"]
+
+    def stage1(side):
+        copy = side.take(np.arange(len(side)))
+        copy.act = {k: 0.5 * v for k, v in copy.act.items()}
+        copy.meta = dict(side.meta) | {"stage": 1, "lr": 0.01}
+        return copy
+
+    s1_test, s1_train = [stage1(f) for f in test[:1]], [stage1(f) for f in train[:1]]
+    epoch = int(test[0].meta["epoch"])
+    for name in ("kfac_head", "tracin_final", "gn_final"):
+        whole = method_scores(name, s1_test + test, s1_train + train)
+        stage2 = method_scores(f"{name}_stage2", s1_test + test, s1_train + train)
+        np.testing.assert_allclose(stage2, method_scores(name, test, train), rtol=1e-12)
+        np.testing.assert_allclose(
+            whole, stage2 + method_scores(name, s1_test, s1_train), rtol=1e-10
+        )
+        np.testing.assert_allclose(
+            method_scores(f"{name}_epoch_{epoch:03d}", s1_test + test, s1_train + train),
+            method_scores(f"{name}_epoch_{epoch:03d}", test, train), rtol=1e-12,
+        )  # fmt: skip
+    epochs = [int(f.meta["epoch"]) for f in train]
+    assert "kfac_head_stage2" not in available_methods(HEAD_LAYERS, epochs)
+    names = available_methods(HEAD_LAYERS, epochs, trajectory=True)
+    assert {"kfac_head_stage2", "gn_final_stage2", "tracin_head_stage2"} <= set(names)
+    assert not any(n.endswith("_stage2") for n in damping_variants(names))

@@ -93,8 +93,10 @@ def train_model(train_images, train_labels, val_images, val_labels, num_classes,
     workflow's rule gives them (epoch_EEE.pt, best.pt, ...)."""
     out_dir = Path(out_dir)
     epochs = sorted(set(settings["training"]["stage2"]["checkpoint_epochs"]))
+    stage1 = sorted(set(settings["training"]["stage1"].get("checkpoint_epochs", [])))
     files = {
         "epochs": [out_dir / f"epoch_{epoch:03d}.pt" for epoch in epochs],
+        "stage1_epochs": [out_dir / f"stage1_epoch_{epoch:03d}.pt" for epoch in stage1],
         "checkpoints": out_dir / "checkpoints.json",
         "best": out_dir / "best.pt",
         "history": out_dir / "history.csv",
@@ -383,6 +385,46 @@ def test_cosine_schedule_sets_one_rate_per_epoch_and_checkpoints_record_it(tmp_p
     assert lr_scale("constant", 3, 4) == 1.0
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_scale("step", 1, 4)
+
+
+def test_stage1_checkpoints_hold_the_head_after_their_epoch_with_stage_1s_rate(tmp_path):
+    # the whole trajectory: a stage-1 checkpoint is the model after that head-only epoch (the
+    # backbone untouched), listed with stage 1's learning rate; stage 2 trains exactly as without
+    images, labels = color_images(24)
+    plain = settings(stage1={"epochs": 2, "lr": 3e-3})
+    traced = settings(stage1={"epochs": 2, "lr": 3e-3, "checkpoint_epochs": [1, 2]})
+    train_model(images, labels, images[:6], labels[:6], 3, plain, tmp_path / "plain", log=quiet)
+    train_model(images, labels, images[:6], labels[:6], 3, traced, tmp_path / "traced", log=quiet)
+    listed = json.loads((tmp_path / "traced/checkpoints.json").read_text())
+    assert [(c["stage"], c["epoch"], c["file"]) for c in listed] == [
+        (1, 1, "stage1_epoch_001.pt"), (1, 2, "stage1_epoch_002.pt"),
+        (2, 2, "epoch_002.pt"), (2, 4, "epoch_004.pt"),
+    ]  # fmt: skip
+    assert [c["lr_head"] for c in listed[:2]] == [3e-3, 3e-3]
+    assert [c["lr_backbone"] for c in listed[:2]] == [0.0, 0.0]
+    for name in ("epoch_002.pt", "epoch_004.pt", "best.pt"):
+        a = torch.load(tmp_path / "plain" / name, weights_only=True)
+        b = torch.load(tmp_path / "traced" / name, weights_only=True)
+        assert _tensors_equal(a.pop("model"), b.pop("model")), name
+    first, _ = load_checkpoint(tmp_path / "traced/stage1_epoch_001.pt")
+    last, checkpoint = load_checkpoint(tmp_path / "traced/stage1_epoch_002.pt")
+    assert checkpoint["stage"] == 1 and checkpoint["epoch"] == 2
+    head = [n for n, _ in last.named_parameters() if n.startswith("fc.")]
+    backbone = [n for n, _ in last.named_parameters() if not n.startswith("fc.")]
+    state_a, state_b = first.state_dict(), last.state_dict()
+    assert all(torch.equal(state_a[n], state_b[n]) for n in backbone)
+    assert not all(torch.equal(state_a[n], state_b[n]) for n in head)
+    history = pd.read_csv(tmp_path / "traced/history.csv")
+    assert history.loc[history["stage"] == 1, "val_loss"].iloc[-1] == pytest.approx(
+        checkpoint["val_loss"]
+    )
+
+
+def test_stage1_checkpoint_epochs_beyond_stage1_rejected(tmp_path):
+    images, labels = color_images(12)
+    s = settings(stage1={"epochs": 1, "checkpoint_epochs": [2]})
+    with pytest.raises(ValueError, match=r"stage1\.checkpoint_epochs"):
+        train_model(images, labels, images[:6], labels[:6], 3, s, tmp_path, log=quiet)
 
 
 # --- early stopping -----------------------------------------------------------------------------

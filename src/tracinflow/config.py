@@ -26,9 +26,10 @@ from tracinflow._util.errors import InputError
 GLOBAL_ONLY_KEYS = (
     "dataset", "split", "versions", "cluster", "cross_version", "study", "evaluation",
 )  # fmt: skip
-# One list of TracIn checkpoint epochs for every version: train_model declares each checkpoint file
-# as an output, and one rule's outputs are the same patterns for every version.
+# One list of checkpoint epochs per stage for every version: train_model declares each checkpoint
+# file as an output, and one rule's outputs are the same patterns for every version.
 SHARED_CHECKPOINT_EPOCHS = ("training", "stage2", "checkpoint_epochs")
+SHARED_CHECKPOINT_KEYS = (("training", "stage1", "checkpoint_epochs"), SHARED_CHECKPOINT_EPOCHS)
 
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -42,16 +43,19 @@ class ConfigError(InputError):
 
 #: the layer sets an attribution method may name (the head's Linear layers by module path)
 LAYER_SETS = {"final": ("fc.4",), "head": ("fc.0", "fc.2", "fc.4")}
-#: the forms of an attribution method's name (``<layers>`` one of LAYER_SETS; any of the first
-#: seven may be prefixed ``relatif_``, and a curvature method suffixed ``@<damping>``)
+#: the forms of an attribution method's name (``<layers>`` one of LAYER_SETS; any but the cosine
+#: may be prefixed ``relatif_``, and a curvature method suffixed ``@<damping>``). A plain name sums
+#: over every checkpoint traced; ``_epoch_EEE`` takes one stage-2 checkpoint, ``_stage2`` the
+#: stage-2 checkpoints alone (where stage-1 checkpoints are traced too).
 METHOD_PATTERNS = (
     "tracin_<layers>", "tracin_<layers>_epoch_EEE", "tracin_<layers>_error",
-    "kfac_<layers>", "kfac_<layers>_epoch_EEE", "gn_final", "gn_final_epoch_EEE",
-    "cosine_<layers>",
+    "tracin_<layers>_stage2", "kfac_<layers>", "kfac_<layers>_epoch_EEE", "kfac_<layers>_stage2",
+    "gn_final", "gn_final_epoch_EEE", "gn_final_stage2", "cosine_<layers>",
 )  # fmt: skip
 _METHOD_NAME = re.compile(
     r"^(?P<kind>tracin|kfac|gn|cosine)_(?P<layers>[a-z]+)"
-    r"(?:_epoch_(?P<epoch>\d{3})|_(?P<error>error))?(?:@(?P<damping>[0-9.eE+-]+))?$"
+    r"(?:_epoch_(?P<epoch>\d{3})|_(?P<error>error)|_(?P<stage2>stage2))?"
+    r"(?:@(?P<damping>[0-9.eE+-]+))?$"
 )
 
 
@@ -64,7 +68,7 @@ def _method_error(name) -> ConfigError:
 
 
 def parse_method(name: str) -> dict:
-    """``{"kind", "layers", "epoch", "error_only", "relative", "damping"}`` of an attribution
+    """``{"kind", "layers", "epoch", "stage2_only", "error_only", "relative", "damping"}`` of an attribution
     method's name (tracinflow.influence.methods computes them), or a ConfigError saying the forms.
     ``kind``: tracin, kfac (K-FAC influence), gn (the final layer's exact Gauss-Newton influence)
     or cosine (of TracIn's gradients); ``relative``: RelatIF, divided by the square root of the
@@ -79,7 +83,7 @@ def parse_method(name: str) -> dict:
     invalid = (
         (kind == "gn" and match["layers"] != "final")
         or (match["error"] and kind != "tracin")
-        or (kind == "cosine" and (match["epoch"] or relative))
+        or (kind == "cosine" and (match["epoch"] or match["stage2"] or relative))
         or (match["damping"] and not curvature)
     )
     if invalid:
@@ -94,6 +98,7 @@ def parse_method(name: str) -> dict:
         "kind": kind,
         "layers": LAYER_SETS[match["layers"]],
         "epoch": int(match["epoch"]) if match["epoch"] else None,
+        "stage2_only": bool(match["stage2"]),
         "error_only": bool(match["error"]),
         "relative": relative,
         "damping": damping,
@@ -731,16 +736,19 @@ def _check_rankings(name: str, settings: dict, versions: dict) -> None:
 
 
 def _refuse_checkpoint_override(name: str, overrides: dict) -> None:
-    node = overrides
-    for key in SHARED_CHECKPOINT_EPOCHS:
-        if not isinstance(node, dict) or key not in node:
-            return
-        node = node[key]
-    path = ".".join(SHARED_CHECKPOINT_EPOCHS)
-    raise ConfigError(
-        f"versions.{name}.{path}: the checkpoint epochs are shared by all versions (train_model "
-        f"declares every checkpoint file as an output); set {path} at the top level instead"
-    )
+    for keys in SHARED_CHECKPOINT_KEYS:
+        node = overrides
+        for key in keys:
+            if not isinstance(node, dict) or key not in node:
+                break
+            node = node[key]
+        else:
+            path = ".".join(keys)
+            raise ConfigError(
+                f"versions.{name}.{path}: the checkpoint epochs are shared by all versions "
+                f"(train_model declares every checkpoint file as an output); set {path} at the "
+                f"top level instead"
+            )
 
 
 def _check_checkpoint_epochs(name: str, settings: dict) -> None:
@@ -750,6 +758,13 @@ def _check_checkpoint_epochs(name: str, settings: dict) -> None:
         raise ConfigError(
             f"versions.{name}.training.stage2.max_epochs: {stage2['max_epochs']} is before the last "
             f"checkpoint epoch ({last}); training must reach every training.stage2.checkpoint_epochs"
+        )
+    stage1 = settings["training"]["stage1"]
+    if stage1["checkpoint_epochs"] and max(stage1["checkpoint_epochs"]) > stage1["epochs"]:
+        raise ConfigError(
+            f"versions.{name}.training.stage1.epochs: {stage1['epochs']} is before the last stage-1 "
+            f"checkpoint epoch ({max(stage1['checkpoint_epochs'])}); stage 1 must reach every "
+            f"training.stage1.checkpoint_epochs"
         )
 
 
@@ -761,6 +776,25 @@ def shared_checkpoint_epochs(versions: dict[str, dict]) -> list[int]:
     if len(epochs) != 1:
         raise ConfigError(f"training.stage2.checkpoint_epochs differ between versions: {epochs}")
     return list(epochs.pop())
+
+
+def checkpoint_name(stage: int, epoch: int) -> str:
+    """A checkpoint's name in file and folder names: ``epoch_EEE`` (stage 2) or
+    ``stage1_epoch_EEE``."""
+    return f"{'stage1_' if int(stage) == 1 else ''}epoch_{int(epoch):03d}"
+
+
+def shared_checkpoint_names(versions: dict[str, dict]) -> list[str]:
+    """Every checkpoint's name in training order (stage 1's, then stage 2's): the same for every
+    version."""
+    stage1 = {
+        tuple(sorted(s["training"]["stage1"]["checkpoint_epochs"])) for s in versions.values()
+    }
+    if len(stage1) != 1:
+        raise ConfigError(f"training.stage1.checkpoint_epochs differ between versions: {stage1}")
+    return [checkpoint_name(1, e) for e in stage1.pop()] + [
+        checkpoint_name(2, e) for e in shared_checkpoint_epochs(versions)
+    ]
 
 
 def _source_keys(settings: dict) -> list[tuple[str, str]]:

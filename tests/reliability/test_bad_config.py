@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tracinflow.config import (
     GLOBAL_ONLY_KEYS,
-    SHARED_CHECKPOINT_EPOCHS,
+    SHARED_CHECKPOINT_KEYS,
     ConfigError,
     check_version_links,
     load_schema,
@@ -103,7 +103,7 @@ def put(root: dict, path: tuple, value) -> dict:
 
 def overridable(path: tuple) -> bool:
     """A version may override the key (not the shared ones, which have their own message)."""
-    return path[0] not in GLOBAL_ONLY_KEYS and path[:3] != SHARED_CHECKPOINT_EPOCHS
+    return path[0] not in GLOBAL_ONLY_KEYS and path[:3] not in SHARED_CHECKPOINT_KEYS
 
 
 TOP_LEVEL_KEYS = sorted(path for path in NODES if path[0] != "versions")

@@ -1,3 +1,4 @@
+import copy
 import re
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tracinflow.config import (
     load_schema,
     plants_noise,
     pretrained_weights_file,
-    shared_checkpoint_epochs,
+    shared_checkpoint_names,
     version_method,
     version_settings,
     full_version,
@@ -77,8 +78,12 @@ SOURCE_STAT_CACHE = stat_cache_file(".snakemake/tracinflow", DATASET_ROOT)
 DATASET_ROOT_INPUT = DATASET_ROOT if DEMO else ancient(DATASET_ROOT)
 SPLITS = ["train", "val", "test"]
 # train_model declares every checkpoint file as an output, so the epochs are one list for all
-# versions (config.py refuses a version that overrides them).
-CHECKPOINT_EPOCHS = shared_checkpoint_epochs(VERSIONS)
+# versions (config.py refuses a version that overrides them); a checkpoint's name (epoch_EEE, or
+# stage1_epoch_EEE with training.stage1.checkpoint_epochs) names its file and factor folders.
+CHECKPOINTS = shared_checkpoint_names(VERSIONS)
+STAGE1_CHECKPOINTS = [name for name in CHECKPOINTS if name.startswith("stage1_")]
+STAGE2_CHECKPOINTS = [name for name in CHECKPOINTS if name not in STAGE1_CHECKPOINTS]
+CHECKPOINT_PATTERN = r"(stage1_)?epoch_\d{3}"
 # gpu=1 on the rules that run a model when the cluster has GPUs; the profile maps the resource to a
 # partition and `--gpus` (gpu=0 adds nothing to a job's submission).
 GPU = 1 if config["cluster"]["gpu"] else 0
@@ -147,7 +152,14 @@ def get_clean_setting(wildcards):
 def get_training_settings(wildcards):
     """The settings train_model reads: a change to them (and only them) retrains the version."""
     settings = VERSIONS[wildcards.version]
-    return {key: settings[key] for key in ("seed", "model", "training")}
+    params = copy.deepcopy(
+        {key: settings[key] for key in ("seed", "model", "training")}
+    )
+    stage1 = params["training"]["stage1"]
+    if not stage1["checkpoint_epochs"]:
+        # not tracing stage 1 trains as before the key existed: results made then stay current
+        del stage1["checkpoint_epochs"]
+    return params
 
 
 def has_planted_noise(version):
@@ -221,13 +233,12 @@ if EVALUATION:
     EVAL_ENSEMBLE = {s: full_version(s) for s in EVALUATION["ensemble"]["seeds"]}
 
 
-def evaluation_model_inputs(version, epoch, side):
-    """A model's checkpoint of the epoch, its checkpoint list, training set and the cache of the
-    side's split: what the evaluation's factors of it read."""
-    files = dict(zip(CHECKPOINT_EPOCHS, rules.train_model.output.epochs))
+def evaluation_model_inputs(version, name, side):
+    """A model's checkpoint, its checkpoint list, training set and the cache of the side's split:
+    what the evaluation's factors of it read."""
     split = EVAL_SIDES[side]["split"]
     return {
-        "checkpoint": one(files[int(epoch)], version=version),
+        "checkpoint": checkpoint_file(version, name),
         "checkpoints": one(rules.train_model.output.checkpoints, version=version),
         "manifest": rules.split_dataset.output.manifest,
         "train_set": one(rules.build_train_set.output.train_set, version=version),
@@ -236,22 +247,19 @@ def evaluation_model_inputs(version, epoch, side):
 
 
 def get_evaluation_factor_inputs(wildcards):
-    return evaluation_model_inputs(EVAL_REFERENCE, wildcards.epoch, wildcards.side)
+    return evaluation_model_inputs(EVAL_REFERENCE, wildcards.ckpt, wildcards.side)
 
 
 def get_ensemble_factor_inputs(wildcards):
     return evaluation_model_inputs(
-        EVAL_ENSEMBLE[int(wildcards.seed)], wildcards.epoch, wildcards.side
+        EVAL_ENSEMBLE[int(wildcards.seed)], wildcards.ckpt, wildcards.side
     )
 
 
 def evaluation_factor_dirs(side):
-    """The evaluation's factor folders of one side (train, test, test_predicted), in epoch order."""
-    return expand(
-        rules.evaluation_factors.output.factors,
-        epoch=[f"{epoch:03d}" for epoch in CHECKPOINT_EPOCHS],
-        side=side,
-    )
+    """The evaluation's factor folders of one side (train, test, test_predicted), in training
+    order."""
+    return expand(rules.evaluation_factors.output.factors, ckpt=CHECKPOINTS, side=side)
 
 
 def ensemble_factor_dirs(side):
@@ -261,11 +269,11 @@ def ensemble_factor_dirs(side):
         one(
             rules.ensemble_factors.output.factors,
             seed=seed,
-            epoch=f"{epoch:03d}",
+            ckpt=name,
             side=side,
         )
         for seed in EVAL_ENSEMBLE
-        for epoch in CHECKPOINT_EPOCHS
+        for name in CHECKPOINTS
     ]
 
 
@@ -352,18 +360,23 @@ def get_train_set_inputs(wildcards):
     return inputs
 
 
+def checkpoint_file(version, name):
+    """A version's file of the checkpoint called ``name`` (epoch_EEE, stage1_epoch_EEE)."""
+    files = rules.train_model.output.stage1_epochs + rules.train_model.output.epochs
+    return one(dict(zip(CHECKPOINTS, files, strict=True))[name], version=version)
+
+
 def get_checkpoint(wildcards):
-    """The checkpoint file of one stage-2 epoch."""
-    files = dict(zip(CHECKPOINT_EPOCHS, rules.train_model.output.epochs))
-    return one(files[int(wildcards.epoch)], version=wildcards.version)
+    """The checkpoint file a factor folder is extracted from."""
+    return checkpoint_file(wildcards.version, wildcards.ckpt)
 
 
 def get_factor_dirs(version, split):
-    """The factor folders of every checkpoint of a version for one split, in epoch order."""
+    """The factor folders of every checkpoint of a version for one split, in training order."""
     return expand(
         rules.extract_factors.output.factors,
         version=version,
-        epoch=[f"{epoch:03d}" for epoch in CHECKPOINT_EPOCHS],
+        ckpt=CHECKPOINTS,
         split=split,
     )
 

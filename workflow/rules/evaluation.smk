@@ -8,13 +8,13 @@ if EVALUATION:
         input:
             unpack(get_evaluation_factor_inputs),
         output:
-            factors=directory("results/evaluation/factors/epoch_{epoch}/{side}"),
+            factors=directory("results/evaluation/factors/{ckpt}/{side}"),
         log:
-            "logs/evaluation_factors/epoch_{epoch}_{side}.log",
+            "logs/evaluation_factors/{ckpt}_{side}.log",
         benchmark:
-            "results/benchmarks/evaluation_factors/epoch_{epoch}_{side}.tsv"
+            "results/benchmarks/evaluation_factors/{ckpt}_{side}.tsv"
         wildcard_constraints:
-            epoch=r"\d{3}",
+            ckpt=CHECKPOINT_PATTERN,
             side="|".join(EVAL_SIDES),
         conda:
             "../envs/tracinflow.yaml"
@@ -37,15 +37,15 @@ if EVALUATION:
             unpack(get_ensemble_factor_inputs),
         output:
             factors=directory(
-                "results/evaluation/factors/ensemble_s{seed}/epoch_{epoch}/{side}"
+                "results/evaluation/factors/ensemble_s{seed}/{ckpt}/{side}"
             ),
         log:
-            "logs/evaluation_factors/ensemble_s{seed}_epoch_{epoch}_{side}.log",
+            "logs/evaluation_factors/ensemble_s{seed}_{ckpt}_{side}.log",
         benchmark:
-            "results/benchmarks/evaluation_factors/ensemble_s{seed}_epoch_{epoch}_{side}.tsv"
+            "results/benchmarks/evaluation_factors/ensemble_s{seed}_{ckpt}_{side}.tsv"
         wildcard_constraints:
             seed=r"-?\d+",
-            epoch=r"\d{3}",
+            ckpt=CHECKPOINT_PATTERN,
             side="train|test",
         conda:
             "../envs/tracinflow.yaml"

@@ -7,13 +7,13 @@ rule extract_factors:
         train_set=rules.build_train_set.output.train_set,
         cache=rules.cache_images.output.cache,
     output:
-        factors=directory("results/{version}/factors/epoch_{epoch}/{split}"),
+        factors=directory("results/{version}/factors/{ckpt}/{split}"),
     log:
-        "logs/extract_factors/{version}_epoch_{epoch}_{split}.log",
+        "logs/extract_factors/{version}_{ckpt}_{split}.log",
     benchmark:
-        "results/benchmarks/extract_factors/{version}_epoch_{epoch}_{split}.tsv"
+        "results/benchmarks/extract_factors/{version}_{ckpt}_{split}.tsv"
     wildcard_constraints:
-        epoch=r"\d{3}",
+        ckpt=CHECKPOINT_PATTERN,
         split="train|val|test",
     conda:
         "../envs/tracinflow.yaml"

@@ -28,10 +28,12 @@ rule train_model:
         val=one(rules.cache_images.output.cache, split="val"),
         weights=get_pretrained_weights,
     output:
-        # Every TracIn checkpoint: early stopping never ends before the last of these epochs.
-        epochs=expand(
-            "results/{{version}}/model/epoch_{epoch:03d}.pt", epoch=CHECKPOINT_EPOCHS
+        # Every checkpoint traced, stage 1's (none by default) and stage 2's: early stopping
+        # never ends before the last of these epochs.
+        stage1_epochs=expand(
+            "results/{{version}}/model/{ckpt}.pt", ckpt=STAGE1_CHECKPOINTS
         ),
+        epochs=expand("results/{{version}}/model/{ckpt}.pt", ckpt=STAGE2_CHECKPOINTS),
         checkpoints="results/{version}/model/checkpoints.json",
         best="results/{version}/model/best.pt",
         history="results/{version}/model/history.csv",

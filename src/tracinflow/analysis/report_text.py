@@ -80,10 +80,13 @@ def dataset_section(manifest: pd.DataFrame, rejected: pd.DataFrame | None = None
 
 
 def checkpoints_section(checkpoints: list[dict]) -> list[str]:
-    out = [f"Checkpoints used for TracIn: {len(checkpoints)}"]
+    out = [f"Checkpoints traced: {len(checkpoints)}"]
     if checkpoints:
-        columns = ["epoch", "lr_head", "lr_backbone", "val_loss", "file"]
-        out.append(_table([[c.get(name, "") for name in columns] for c in checkpoints], columns))
+        columns = ["stage", "epoch", "lr_head", "lr_backbone", "val_loss", "file"]
+        rows = [
+            [c.get(name, 2 if name == "stage" else "") for name in columns] for c in checkpoints
+        ]
+        out.append(_table(rows, columns))
     return [*out, ""]
 
 

@@ -94,7 +94,9 @@ def check_pair(test: list[Factors], train: list[Factors], layers) -> None:
                     f"checkpoint {c} layer {layer}: factor widths differ between splits"
                 )
         et, er = ft.meta.get("epoch"), fr.meta.get("epoch")
-        if et is not None and er is not None and et != er:
+        st, sr = ft.meta.get("stage", 2), fr.meta.get("stage", 2)
+        if et is not None and er is not None and (st, et) != (sr, er):
             raise ValueError(
-                f"checkpoint {c}: test factors of epoch {et}, train factors of epoch {er}"
+                f"checkpoint {c}: test factors of stage {st} epoch {et}, train factors of stage "
+                f"{sr} epoch {er}"
             )

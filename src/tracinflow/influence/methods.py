@@ -47,12 +47,18 @@ __all__ = [
 FINAL = LAYER_SETS["final"][0]
 
 
-def available_methods(layers: Sequence[str], epochs: Sequence[int]) -> list[str]:
-    """Every method the factors of ``layers`` at checkpoints ``epochs`` can form, in a fixed order:
-    per layer set, TracIn (summed, per checkpoint, error-only), K-FAC (summed, per checkpoint),
-    the Gauss-Newton influence (final layer), the cosine, and RelatIF of each summed method."""
+def available_methods(
+    layers: Sequence[str], epochs: Sequence[int], trajectory: bool = False
+) -> list[str]:
+    """Every method the factors of ``layers`` at the stage-2 checkpoints ``epochs`` can form, in a
+    fixed order: per layer set, TracIn (summed, per checkpoint, error-only), K-FAC (summed, per
+    checkpoint), the Gauss-Newton influence (final layer), the cosine, and RelatIF of each summed
+    method. ``trajectory``: stage-1 checkpoints are traced too, so the summed methods also come
+    as ``_stage2`` (stage 2's checkpoints alone)."""
     names = []
     per_epoch = [f"_epoch_{int(epoch):03d}" for epoch in epochs]
+    if trajectory:
+        per_epoch.append("_stage2")
     for set_name, needed in LAYER_SETS.items():
         if not set(needed) <= set(layers):
             continue
@@ -75,7 +81,10 @@ SENSITIVITY_DAMPINGS = (DEFAULT_DAMPING / 10, DEFAULT_DAMPING * 10)
 def damping_variants(names: Sequence[str], dampings=SENSITIVITY_DAMPINGS) -> list[str]:
     """``<method>@<damping>`` of each summed curvature method among ``names`` (kfac_<layers>,
     gn_final) at each of ``dampings``: the rows of the damping's sensitivity table."""
-    summed = [n for n in names if n.split("_")[0] in ("kfac", "gn") and "_epoch_" not in n]
+    summed = [
+        n for n in names
+        if n.split("_")[0] in ("kfac", "gn") and "_epoch_" not in n and not n.endswith("_stage2")
+    ]  # fmt: skip
     return [f"{name}@{damping:g}" for name in summed for damping in dampings]
 
 
@@ -108,9 +117,12 @@ def _checkpoints(spec, test, train, lrs):
     """The checkpoints a method sums over (one with ``_epoch_EEE``) and their learning rates."""
     test, train = checkpoint_list(test), checkpoint_list(train)
     lrs = learning_rates([test, train], lrs)
-    if spec["epoch"] is None:
+    if spec["epoch"] is None and not spec.get("stage2_only"):
         return test, train, lrs
-    chosen = [c for c, f in enumerate(test) if _epoch_of(f) == spec["epoch"]]
+    chosen = [
+        c for c, f in enumerate(test)
+        if f.meta.get("stage", 2) == 2 and spec["epoch"] in (None, _epoch_of(f))
+    ]  # fmt: skip
     if not chosen:
         epochs = [_epoch_of(f) for f in test]
         raise ValueError(f"no checkpoint of epoch {spec['epoch']} (epochs {epochs})")

@@ -67,7 +67,7 @@ def self_influence(
     by lower train idx), ordered by rank.
 
     ``mode="error"`` ranks by the error-signal-only score ``sum lr * |e|^2`` instead. With
-    ``per_checkpoint=True`` one more column per checkpoint, ``self_influence_epoch_{E:03d}`` (or
+    ``per_checkpoint=True`` one more column per checkpoint, ``self_influence_epoch_{E:03d}`` (``self_influence_stage1_epoch_{E:03d}`` at a stage-1 checkpoint; or
     ``self_influence_ckpt_{i}`` when the epoch is unknown), holds that checkpoint's term.
     """
     side = checkpoint_list(train)
@@ -83,10 +83,11 @@ def self_influence(
     if per_checkpoint:
         for c, f in enumerate(side):
             epoch = f.meta.get("epoch")
+            stage1 = "stage1_" if f.meta.get("stage") == 1 else ""
             name = (
                 f"self_influence_ckpt_{c}"
                 if epoch is None
-                else f"self_influence_epoch_{int(epoch):03d}"
+                else f"self_influence_{stage1}epoch_{int(epoch):03d}"
             )
             frame[name] = per[c]
     return frame.iloc[order].reset_index(drop=True)

@@ -160,7 +160,8 @@ def _scored_methods(named, train) -> list[str]:
     sensitivity rows."""
     if named:
         return list(named)
-    methods = available_methods(train[0].layers, [int(f.meta["epoch"]) for f in train])
+    stage2 = [int(f.meta["epoch"]) for f in train if f.meta.get("stage", 2) == 2]
+    methods = available_methods(train[0].layers, stage2, trajectory=len(stage2) < len(train))
     return methods + damping_variants(methods)
 
 

@@ -41,10 +41,11 @@ def is_complete(path) -> bool:
     return (Path(path) / META).is_file()
 
 
-def _meta(*, epoch, lr, layers, has_bias, loss, target, num_samples) -> dict:
+def _meta(*, epoch, lr, layers, has_bias, loss, target, num_samples, stage=2) -> dict:
     if lr is None:
         raise ValueError("lr is required in a factor folder's meta.json")
-    return {
+    # a stage-1 checkpoint's folder says so; stage 2's carry no stage (as before stage 1 was traced)
+    return ({"stage": 1} if int(stage) == 1 else {}) | {
         "epoch": None if epoch is None else int(epoch),
         "lr": float(lr),
         "layers": list(layers),
@@ -175,6 +176,7 @@ def extract_to_dir(
     *,
     epoch: int | None,
     lr: float,
+    stage: int = 2,
     layers: Sequence[str] = ("fc.4",),
     head: str = "fc",
     target: str = "label",
@@ -191,7 +193,8 @@ def extract_to_dir(
 
     ``num_samples`` is needed only when it cannot be read off the loader (a DataLoader without
     ``drop_last`` over a sized sampler, or a list of batches). ``lr`` is the learning rate of the
-    hooked layers' parameter group at this checkpoint; it goes to meta.json with ``epoch``.
+    hooked layers' parameter group at this checkpoint; it goes to meta.json with ``epoch`` (and
+    ``stage``: 1 for a stage-1 checkpoint).
     """
     _, modules, final = resolve_layers(model, layers, head)
     loss_fn = traced_loss(model, final, loss_fn)
@@ -218,6 +221,7 @@ def extract_to_dir(
                 loss=loss_fn.settings(),
                 target=target,
                 num_samples=n,
+                stage=stage,
             )
         )
     return Path(path)
@@ -361,14 +365,15 @@ def load_checkpoints(paths: Sequence, rows=None, layers=None, stream=False) -> l
 
 
 def save_curvature(path, inverses: Sequence[dict], *, method: str, damping: float, layers,
-                   epochs: Sequence[int]) -> None:  # fmt: skip
+                   epochs: Sequence[int | str]) -> None:  # fmt: skip
     """One ``.npz``: each checkpoint's damped inverses (:func:`~tracinflow.influence.curvature.
     curvature_inverses`, key ``c<checkpoint>:<name>``) and what made them (``meta``, JSON: method,
-    damping, layers, the checkpoints' epochs); written atomically."""
+    damping, layers, the checkpoints: a stage-2 epoch, or ``stage1_epoch_EEE``); written
+    atomically."""
     arrays = {f"c{c}:{name}": matrix for c, found in enumerate(inverses)
               for name, matrix in found.items()}  # fmt: skip
     meta = {"method": method, "damping": float(damping), "layers": list(layers),
-            "epochs": [int(e) for e in epochs]}  # fmt: skip
+            "epochs": [e if isinstance(e, str) else int(e) for e in epochs]}  # fmt: skip
     arrays["meta"] = np.asarray(json.dumps(meta))
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)

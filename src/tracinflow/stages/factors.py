@@ -34,7 +34,8 @@ def extract_factors(inputs, outputs, params, threads=1, log=print):
     manifest = pd.read_parquet(inputs["manifest"])
     images, labels, idx = version_split(manifest, split, inputs["train_set"], inputs["cache"])
     log(
-        f"factors of {inputs['checkpoint']} (epoch {checkpoint['epoch']}, lr "
+        f"factors of {inputs['checkpoint']} (stage {checkpoint.get('stage', 2)} epoch "
+        f"{checkpoint['epoch']}, lr "
         f"{checkpoint['lr_head']:g}) on {split}: {len(labels)} images, layers {layers}, target "
         f"{target}, device {device}"
     )
@@ -44,6 +45,7 @@ def extract_factors(inputs, outputs, params, threads=1, log=print):
         loss_fn,
         outputs["factors"],
         epoch=int(checkpoint["epoch"]),
+        stage=int(checkpoint.get("stage", 2)),
         lr=float(checkpoint["lr_head"]),  # the head's parameter group holds every hooked layer
         layers=layers,
         target=target,

@@ -41,8 +41,13 @@ from tracinflow.stages.factor_store import (
 FINAL_LAYER = LAYER_SETS["final"][0]
 
 
-def _epochs(factors) -> list[int]:
-    return [int(f.meta.get("epoch", -1)) for f in factors]
+def _epochs(factors) -> list:
+    """Each checkpoint's identity: its stage-2 epoch, or ``stage1_epoch_EEE``."""
+    return [
+        f"stage1_epoch_{int(f.meta['epoch']):03d}" if f.meta.get("stage") == 1
+        else int(f.meta.get("epoch", -1))
+        for f in factors
+    ]  # fmt: skip
 
 
 def curvature(inputs, outputs, params, threads=1, log=print) -> list[dict]:

@@ -93,6 +93,10 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
         files = {name: f"{work}/{name}" for name in ("best", "history", "checkpoints", "curves")}
         files["curves"] += ".png"
         files["epochs"] = [f"{work}/epoch_{e:03d}.pt" for e in epochs]
+        files["stage1_epochs"] = [
+            f"{work}/stage1_epoch_{e:03d}.pt"
+            for e in settings["training"]["stage1"].get("checkpoint_epochs", [])
+        ]
         fit(
             _subset(images, trained),
             labels[trained],

@@ -217,8 +217,8 @@ def fit(
     """Train the two stages and write the model files; returns the training summary.
 
     ``files`` names them: ``epochs`` (one checkpoint file per ``stage2.checkpoint_epochs``, in
-    epoch order), ``best``, ``history``, ``checkpoints`` (checkpoints.json) and ``curves``. While
-    training, the checkpoints, the best model, the history and the resume state live in the folder
+    epoch order), ``stage1_epochs`` (the same of ``stage1.checkpoint_epochs``, when any),
+    ``best``, ``history``, ``checkpoints`` (checkpoints.json) and ``curves``. While training, the checkpoints, the best model, the history and the resume state live in the folder
     ``scratch``; they move into place once the run has finished, so a killed run leaves no model
     file that looks complete, and started again with the same settings and data it continues
     after its last completed epoch (Snakemake deletes a job's outputs before it reruns it, never
@@ -232,11 +232,13 @@ def fit(
         settings, num_classes, train_images, train_labels, val_images, val_labels,
         device=device, pretrained_state=pretrained_state, log=log,
     )  # fmt: skip
-    epochs = trainer.settings["training"]["stage2"]["checkpoint_epochs"]
-    if len(files["epochs"]) != len(epochs):
-        raise ValueError(f"{len(files['epochs'])} checkpoint files for the epochs {epochs}")
     final = {"best": files["best"], "history": files["history"]}
-    final |= {epoch: path for epoch, path in zip(epochs, files["epochs"], strict=True)}
+    for stage, key in ((1, "stage1_epochs"), (2, "epochs")):
+        epochs = trainer.settings["training"][f"stage{stage}"]["checkpoint_epochs"]
+        paths = list(files.get(key) or [])
+        if len(paths) != len(epochs):
+            raise ValueError(f"{len(paths)} checkpoint files for the stage-{stage} epochs {epochs}")
+        final |= {(stage, epoch): path for epoch, path in zip(epochs, paths, strict=True)}
     work = {key: Path(scratch) / Path(path).name for key, path in final.items()}
     state_path = Path(scratch) / TRAIN_STATE
     trainer.resume(read_train_state(state_path, log), source=state_path.name)
@@ -244,7 +246,7 @@ def fit(
         if done.improved:
             save_checkpoint(work["best"], trainer.checkpoint(done.row))
         if done.checkpoint:
-            save_checkpoint(work[done.epoch], trainer.checkpoint(done.row))
+            save_checkpoint(work[(done.stage, done.epoch)], trainer.checkpoint(done.row))
         write_csv(work["history"], _history_frame(trainer.progress.history))
         save_train_state(state_path, trainer.state())
         if epoch_callback is not None:
@@ -259,12 +261,14 @@ def _finish(trainer: Trainer, files: Mapping, final: dict, work: dict, scratch) 
     for key, path in final.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         os.replace(work[key], path)
-    listed = [
-        {"epoch": c["epoch"], "file": Path(final[c["epoch"]]).name}
-        | {key: c[key] for key in ("lr_head", "lr_backbone", "val_loss")}
-        | {"sha256": file_sha256(final[c["epoch"]])}  # verified when factor extraction loads it
-        for c in trainer.progress.checkpoints
-    ]
+    listed = []
+    for c in trainer.progress.checkpoints:
+        path = final[(c.get("stage", 2), c["epoch"])]
+        listed.append(
+            {"stage": c.get("stage", 2), "epoch": c["epoch"], "file": Path(path).name}
+            | {key: c[key] for key in ("lr_head", "lr_backbone", "val_loss")}
+            | {"sha256": file_sha256(path)}  # verified when factor extraction loads it
+        )
     write_json(files["checkpoints"], listed)
     save_figure(plot_training_curves(_history_frame(trainer.progress.history)), files["curves"])
     (Path(scratch) / TRAIN_STATE).unlink(missing_ok=True)

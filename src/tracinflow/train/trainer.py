@@ -61,7 +61,13 @@ DEFAULT_SETTINGS = {
         "class_weights": True,
         "label_smoothing": 0.1,
         "augment": {"enabled": True, "crop_scale": [0.8, 1.0], "horizontal_flip": True},
-        "stage1": {"epochs": 5, "lr": 1.0e-3, "weight_decay": 0.01, "cache_features": True},
+        "stage1": {
+            "epochs": 5,
+            "lr": 1.0e-3,
+            "weight_decay": 0.01,
+            "cache_features": True,
+            "checkpoint_epochs": [],
+        },
         "stage2": {
             "max_epochs": 100,
             "lr_backbone": 1.0e-5,
@@ -112,6 +118,13 @@ def resolve_settings(settings: dict) -> dict:
             f"({s2['max_epochs']}), got {s2['checkpoint_epochs']}"
         )
     s2["checkpoint_epochs"] = epochs
+    stage1_epochs = sorted({int(e) for e in s1.get("checkpoint_epochs") or []})
+    if stage1_epochs and (stage1_epochs[0] < 1 or stage1_epochs[-1] > int(s1["epochs"])):
+        raise ValueError(
+            f"training.stage1.checkpoint_epochs must be within 1..epochs ({s1['epochs']}), got "
+            f"{s1['checkpoint_epochs']}"
+        )
+    s1["checkpoint_epochs"] = stage1_epochs
     lo, hi = (float(v) for v in t["augment"]["crop_scale"])
     if not 0.0 < lo <= hi <= 1.0:
         raise ValueError(
@@ -363,7 +376,8 @@ class TrainingProgress:
 @dataclass(frozen=True)
 class EpochDone:
     """One finished epoch: its history row; in stage 2 whether it has the best val loss so far (the
-    best model) and whether it is one of the TracIn checkpoint epochs."""
+    best model); whether it is one of the checkpoint epochs (stage 2's, or stage 1's with
+    ``stage1.checkpoint_epochs``)."""
 
     stage: int
     epoch: int
@@ -598,7 +612,10 @@ class Trainer:
                 self.progress.stage, self.progress.epoch = 2, 0
             # after the last stage-1 epoch, stage 2 starts with a fresh optimizer
             self._saved_optimizer = optimizer if self.progress.stage == 1 else None
-            yield EpochDone(1, epoch, row)
+            checkpoint = epoch in s1["checkpoint_epochs"]
+            if checkpoint:
+                self._record_checkpoint(row)
+            yield EpochDone(1, epoch, row, checkpoint=checkpoint)
         rows = [r for r in self.progress.history if r["stage"] == 1]
         self.log(
             f"stage 1 done: {len(rows)} epochs in {format_duration(sum(r['seconds'] for r in rows))}"
@@ -658,9 +675,7 @@ class Trainer:
                 state.bad_epochs += 1
             checkpoint = epoch in s2["checkpoint_epochs"]
             if checkpoint:
-                state.checkpoints = [c for c in state.checkpoints if c["epoch"] != epoch] + [
-                    {key: row[key] for key in ("epoch", "lr_head", "lr_backbone", "val_loss")}
-                ]
+                self._record_checkpoint(row)
             stopped_early = self._stops_early(epoch)
             state.epoch, state.done = epoch, stopped_early or epoch >= total
             yield EpochDone(2, epoch, row, improved=improved, checkpoint=checkpoint)
@@ -669,6 +684,13 @@ class Trainer:
                     f"early stopping after stage-2 epoch {epoch}: val loss has not improved for "
                     f"{state.bad_epochs} epochs (patience {s2['patience']})"
                 )
+
+    def _record_checkpoint(self, row: dict) -> None:
+        """List the epoch's checkpoint (once, were the epoch run again after a resume)."""
+        key = (row["stage"], row["epoch"])
+        self.progress.checkpoints = [
+            c for c in self.progress.checkpoints if (c.get("stage", 2), c["epoch"]) != key
+        ] + [{k: row[k] for k in ("stage", "epoch", "lr_head", "lr_backbone", "val_loss")}]
 
     def _stops_early(self, epoch: int) -> bool:
         s2 = self.settings["training"]["stage2"]
