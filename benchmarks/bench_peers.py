@@ -11,8 +11,9 @@ selection half. The peers see the same model and images as ours: the reference's
 reference's training set in the order of its factor files and the test images in the order of
 lds.csv's.
 
-* **Ours**: ``tracin_final`` and ``kfac_head`` recomputed from the factor files; they must equal
-  their rows of results/evaluation/lds.csv (checked: the benchmark's LDS is the workflow's), and
+* **Ours**: ``tracin_final`` and ``kfac_head`` recomputed from the factor files (summed over every
+  checkpoint traced; with ``training.stage1.checkpoint_epochs`` also as ``_stage2``, the 3 stage-2
+  checkpoints the peers see); they must equal their rows of results/evaluation/lds.csv (checked: the benchmark's LDS is the workflow's), and
   dattri 0.3.0's ``dattri.metric.lds`` of the same scores, subsets and targets must give the same
   LDS (checked to 1e-9: our metric is the field's).
 * **Captum** 0.9.0, ``TracInCPFast`` on the final layer over the reference's 3 checkpoints (the
@@ -69,6 +70,13 @@ def factors_dir(tree: Path) -> Path:
     return tree / "results/evaluation/factors"
 
 
+def traced(folder: Path, split: str) -> list[str]:
+    """A model's factor folders of ``split`` in the workflow's order: stage 1's checkpoints (where
+    traced), then stage 2's."""
+    return [str(p) for pattern in (f"stage1_epoch_*/{split}", f"epoch_*/{split}")
+            for p in sorted(folder.glob(pattern))]  # fmt: skip
+
+
 def lds_inputs(tree: Path, reference: str) -> tuple[dict, list]:
     """The lds rule's inputs and retrains, from the evaluation's folders."""
     retrains, train_sets, predictions = [], [], []
@@ -79,10 +87,15 @@ def lds_inputs(tree: Path, reference: str) -> tuple[dict, list]:
         predictions.append(str(folder / "predictions/test.parquet"))
     factors = factors_dir(tree)
     inputs = {
-        "train": [str(p) for p in sorted(factors.glob("epoch_*/train"))],
-        "test": [str(p) for p in sorted(factors.glob("epoch_*/test"))],
-        "ensemble_train": [str(p) for p in sorted(factors.glob("ensemble_s*/epoch_*/train"))],
-        "ensemble_test": [str(p) for p in sorted(factors.glob("ensemble_s*/epoch_*/test"))],
+        "train": traced(factors, "train"),
+        "test": traced(factors, "test"),
+        # by member, then checkpoint
+        "ensemble_train": [
+            p for m in sorted(factors.glob("ensemble_s*")) for p in traced(m, "train")
+        ],
+        "ensemble_test": [
+            p for m in sorted(factors.glob("ensemble_s*")) for p in traced(m, "test")
+        ],
         "reference_test": str(tree / f"results/{reference}/predictions/test.parquet"),
         "train_sets": train_sets,
         "predictions": predictions,
@@ -250,7 +263,10 @@ def main() -> None:
     def wanted(name):
         return not any(name.startswith(prefix) for prefix in args.skip)
 
-    for name in ("tracin_final", "kfac_head"):
+    # with stage-1 checkpoints traced, the plain rows sum over the whole run and the _stage2 rows
+    # over the 3 stage-2 checkpoints the peers see
+    stage2 = [f"{name}_stage2" for name in ("tracin_final", "kfac_head")]
+    for name in ("tracin_final", "kfac_head", *[n for n in stage2 if n in published.index]):
         started = time.perf_counter()
         scores = method_scores(name, problem.test, problem.train)
         judge(name, scores, time.perf_counter() - started)
