@@ -286,7 +286,7 @@ def test_replacing_a_checkpoint_reruns_its_factors_and_what_depends_on_them(tiny
     # the train, val and test split
     assert planned_jobs(dry) == {"extract_factors": 3} | V1_AFTER_FACTORS
     factor_jobs = [job for job in planned_job_blocks(dry) if job["rule"] == "extract_factors"]
-    assert all("epoch=003" in job["wildcards"] for job in factor_jobs)
+    assert all("ckpt=epoch_003" in job["wildcards"] for job in factor_jobs)
     assert_nothing_to_do(workdir)  # restored
 
 

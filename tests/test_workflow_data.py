@@ -43,6 +43,8 @@ def test_demo_config_dry_run_then_real_run(tmp_path):
         "train_model": 3,
         "predict": 3,
         "extract_factors": 27,  # 3 versions x 3 checkpoints x (train, val, test)
+        # the default influence, K-FAC on the head: each version's curvature inverses
+        "curvature": 3,
         "influence_shard": 3,
         "merge_topk": 3,
         "self_influence": 3,
