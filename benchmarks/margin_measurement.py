@@ -88,7 +88,7 @@ def main() -> None:
     inputs, retrains = lds_inputs(tree, "reference")
     problem = lds_problem(inputs, {"lds": lds, "retrains": retrains})
     # the stage-2 checkpoints (where stage 1's are traced too, lds.csv's _stage2 rows)
-    stage2 = [c for c, f in enumerate(problem.train) if f.meta.get("stage", 2) == 2]
+    stage2 = [c for c, f in enumerate(problem.train) if f.stage == 2]
     traced_stage1 = len(stage2) < len(problem.train)
     problem = replace(problem, test=[problem.test[c] for c in stage2],
                       train=[problem.train[c] for c in stage2])  # fmt: skip

@@ -768,13 +768,15 @@ def _check_checkpoint_epochs(name: str, settings: dict) -> None:
         )
 
 
-def shared_checkpoint_epochs(versions: dict[str, dict]) -> list[int]:
-    """The stage-2 checkpoint epochs, in order: the same for every version."""
+def shared_checkpoint_epochs(versions: dict[str, dict], stage: int = 2) -> list[int]:
+    """A stage's checkpoint epochs, in order: the same for every version."""
+    key = f"training.stage{stage}.checkpoint_epochs"
     epochs = {
-        tuple(sorted(s["training"]["stage2"]["checkpoint_epochs"])) for s in versions.values()
+        tuple(sorted(s["training"][f"stage{stage}"]["checkpoint_epochs"]))
+        for s in versions.values()
     }
     if len(epochs) != 1:
-        raise ConfigError(f"training.stage2.checkpoint_epochs differ between versions: {epochs}")
+        raise ConfigError(f"{key} differ between versions: {epochs}")
     return list(epochs.pop())
 
 
@@ -787,13 +789,10 @@ def checkpoint_name(stage: int, epoch: int) -> str:
 def shared_checkpoint_names(versions: dict[str, dict]) -> list[str]:
     """Every checkpoint's name in training order (stage 1's, then stage 2's): the same for every
     version."""
-    stage1 = {
-        tuple(sorted(s["training"]["stage1"]["checkpoint_epochs"])) for s in versions.values()
-    }
-    if len(stage1) != 1:
-        raise ConfigError(f"training.stage1.checkpoint_epochs differ between versions: {stage1}")
-    return [checkpoint_name(1, e) for e in stage1.pop()] + [
-        checkpoint_name(2, e) for e in shared_checkpoint_epochs(versions)
+    return [
+        checkpoint_name(stage, epoch)
+        for stage in (1, 2)
+        for epoch in shared_checkpoint_epochs(versions, stage)
     ]
 
 

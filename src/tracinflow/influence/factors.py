@@ -67,6 +67,11 @@ class Factors:
         return tuple(self.act)
 
     @property
+    def stage(self) -> int:
+        """The training stage of the checkpoint (1: head-only; 2, the default, when unrecorded)."""
+        return int(self.meta.get("stage", 2))
+
+    @property
     def lr(self) -> float | None:
         lr = self.meta.get("lr")
         return None if lr is None else float(lr)

@@ -94,7 +94,7 @@ def check_pair(test: list[Factors], train: list[Factors], layers) -> None:
                     f"checkpoint {c} layer {layer}: factor widths differ between splits"
                 )
         et, er = ft.meta.get("epoch"), fr.meta.get("epoch")
-        st, sr = ft.meta.get("stage", 2), fr.meta.get("stage", 2)
+        st, sr = ft.stage, fr.stage
         if et is not None and er is not None and (st, et) != (sr, er):
             raise ValueError(
                 f"checkpoint {c}: test factors of stage {st} epoch {et}, train factors of stage "

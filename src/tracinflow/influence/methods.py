@@ -121,7 +121,7 @@ def _checkpoints(spec, test, train, lrs):
         return test, train, lrs
     chosen = [
         c for c, f in enumerate(test)
-        if f.meta.get("stage", 2) == 2 and spec["epoch"] in (None, _epoch_of(f))
+        if f.stage == 2 and spec["epoch"] in (None, _epoch_of(f))
     ]  # fmt: skip
     if not chosen:
         epochs = [_epoch_of(f) for f in test]

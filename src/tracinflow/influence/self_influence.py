@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from tracinflow.config import checkpoint_name
 from tracinflow.influence.inputs import (
     Checkpoints,
     check_side,
@@ -83,11 +84,10 @@ def self_influence(
     if per_checkpoint:
         for c, f in enumerate(side):
             epoch = f.meta.get("epoch")
-            stage1 = "stage1_" if f.meta.get("stage") == 1 else ""
             name = (
                 f"self_influence_ckpt_{c}"
                 if epoch is None
-                else f"self_influence_{stage1}epoch_{int(epoch):03d}"
+                else f"self_influence_{checkpoint_name(f.stage, epoch)}"
             )
             frame[name] = per[c]
     return frame.iloc[order].reset_index(drop=True)

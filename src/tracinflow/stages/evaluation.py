@@ -160,7 +160,7 @@ def _scored_methods(named, train) -> list[str]:
     sensitivity rows."""
     if named:
         return list(named)
-    stage2 = [int(f.meta["epoch"]) for f in train if f.meta.get("stage", 2) == 2]
+    stage2 = [int(f.meta["epoch"]) for f in train if f.stage == 2]
     methods = available_methods(train[0].layers, stage2, trajectory=len(stage2) < len(train))
     return methods + damping_variants(methods)
 

@@ -17,7 +17,7 @@ import torch
 from tracinflow._util.device import select_device
 from tracinflow._util.files import write_csv, write_parquet
 from tracinflow.analysis.reports import readable_topk
-from tracinflow.config import LAYER_SETS
+from tracinflow.config import LAYER_SETS, checkpoint_name
 from tracinflow.data.split import class_names_of
 from tracinflow.influence import self_influence as scores
 from tracinflow.influence.curvature import (
@@ -44,10 +44,9 @@ FINAL_LAYER = LAYER_SETS["final"][0]
 def _epochs(factors) -> list:
     """Each checkpoint's identity: its stage-2 epoch, or ``stage1_epoch_EEE``."""
     return [
-        f"stage1_epoch_{int(f.meta['epoch']):03d}" if f.meta.get("stage") == 1
-        else int(f.meta.get("epoch", -1))
+        checkpoint_name(1, f.meta["epoch"]) if f.stage == 1 else int(f.meta.get("epoch", -1))
         for f in factors
-    ]  # fmt: skip
+    ]
 
 
 def curvature(inputs, outputs, params, threads=1, log=print) -> list[dict]:

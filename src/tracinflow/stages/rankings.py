@@ -22,6 +22,7 @@ from tracinflow.analysis.confident_learning import (
     logistic_out_of_fold,
 )
 from tracinflow.analysis.rankings import suspicion_table
+from tracinflow.config import checkpoint_name
 from tracinflow.data.cache import CacheRows
 from tracinflow.data.split import class_names_of, split_rows
 from tracinflow.influence.validation import validation_signals
@@ -92,9 +93,9 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     with tempfile.TemporaryDirectory(dir=Path(outputs["probs"]).parent) as work:
         files = {name: f"{work}/{name}" for name in ("best", "history", "checkpoints", "curves")}
         files["curves"] += ".png"
-        files["epochs"] = [f"{work}/epoch_{e:03d}.pt" for e in epochs]
+        files["epochs"] = [f"{work}/{checkpoint_name(2, e)}.pt" for e in epochs]
         files["stage1_epochs"] = [
-            f"{work}/stage1_epoch_{e:03d}.pt"
+            f"{work}/{checkpoint_name(1, e)}.pt"
             for e in settings["training"]["stage1"].get("checkpoint_epochs", [])
         ]
         fit(
