@@ -221,7 +221,7 @@ def test_bad_arguments_are_refused_naming_the_fix(data):
 def readme_python_snippet() -> str:
     """The first ```python block under README's "From Python" heading."""
     readme = (REPO / "README.md").read_text()
-    section = readme.split("### From Python", 1)[1]
+    section = readme.split("\n## From Python\n", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S)[1]
 
 

@@ -1,12 +1,12 @@
-"""README's walkthrough "Your own images", word for word, in a project folder of its own.
+"""The walkthrough "Your own images" (docs/usage.md), word for word, in a project folder of its own.
 
-The blocks README marks with ``<!-- walkthrough: ... -->`` are run as they stand: the set-up (the
+The blocks the page marks with ``<!-- walkthrough: ... -->`` are run as they stand: the set-up (the
 project folder, its ``workflow/Snakefile`` using this checkout as a module), the config and the
 runs (dry run, one version's report, everything, a no-op); and the git-host form of the module,
 read from a tag. Only the three paths at the top of the set-up (this checkout, a temporary project
 folder, a generated ImageFolder of Animals-10's class folders) and the git form's owner and tag are
 replaced, and the config's model and image size are shrunk to CI's budget; its dataset and
-versions are README's. The SLURM block runs in tests/test_workflow_slurm.py.
+versions are the walkthrough's. The SLURM block runs in tests/test_workflow_slurm.py.
 """
 
 from __future__ import annotations
@@ -88,10 +88,10 @@ def test_the_walkthrough_runs_word_for_word_in_a_project_folder_of_its_own(tmp_p
 
 
 def test_the_module_from_a_git_host_reads_the_workflow_from_a_tag(tmp_path):
-    """README's git-host form, word for word but for its owner and tag: the workflow's files come
-    from a tag of the repository through Snakemake's git cache, seeded here with a bare clone of
-    this checkout (there is no network), not from a checkout; the project builds one version's
-    report and is then up to date."""
+    """The walkthrough's git-host form, word for word but for its owner and tag: the workflow's
+    files come from a tag of the repository through Snakemake's git cache, seeded here with a bare
+    clone of this checkout (there is no network), not from a checkout; the project builds one
+    version's report and is then up to date."""
     head = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
     )
@@ -106,7 +106,8 @@ def test_the_module_from_a_git_host_reads_the_workflow_from_a_tag(tmp_path):
     subprocess.run(["git", "clone", "--quiet", "--bare", str(REPO), str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "tag", tag, head.stdout.strip()], check=True)
 
-    # README's project folder, its workflow/Snakefile the git form instead of the checkout's path
+    # the walkthrough's project folder, its workflow/Snakefile the git form instead of the
+    # checkout's path
     project = set_up_project(tmp_path).project
     snakefile = walkthrough_block("module-from-git").replace("<owner>", owner).replace("<tag>", tag)
     assert snakefile.count(f'github("{owner}/tracinflow", path="workflow/Snakefile", tag="{tag}")') == 1  # fmt: skip

@@ -1,6 +1,7 @@
 """The workflow on a real SLURM cluster: `snakemake --profile tests/profiles/slurm-local` on the tiny
 config's v1 (about 20 jobs), then what sacct recorded, the outputs against a local run, a second
-invocation and a job made to fail; and README walkthrough's SLURM block in its project folder.
+invocation and a job made to fail; and the walkthrough's SLURM block (docs/usage.md) in its project
+folder.
 Needs the one-node cluster of ci/slurm-up.sh (run as root; .ci/run does it); skipped with the
 reason elsewhere. The profile test below needs no cluster."""
 
@@ -281,9 +282,9 @@ def test_a_job_killed_for_its_memory_is_retried_with_twice_the_memory(slurm_run,
 @pytest.mark.workflow
 @pytest.mark.slurm
 def test_the_walkthroughs_project_folder_runs_on_slurm(slurm_cluster, tmp_path):
-    # README's walkthrough on a cluster: the project folder of its set-up block (the workflow as a
-    # module), the copied profiles/slurm edited as README says (the site values: this cluster's,
-    # which are the test profile's), then README's SLURM block word for word
+    # the walkthrough on a cluster (docs/usage.md): the project folder of its set-up block (the
+    # workflow as a module), the copied profiles/slurm edited as the page says (the site values:
+    # this cluster's, which are the test profile's), then its SLURM block word for word
     walkthrough = set_up_project(tmp_path)
     project = walkthrough.project
     shutil.copy(PROFILE / "config.yaml", project / "profiles/slurm/config.yaml")

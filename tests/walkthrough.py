@@ -1,5 +1,6 @@
-"""README's walkthrough "Your own images" as its tests run it: the blocks README marks with
-``<!-- walkthrough: <name> -->``, the set-up's paths replaced, run in bash as a user's shell would."""
+"""The walkthrough "Your own images" (docs/usage.md) as its tests run it: the blocks the page marks
+with ``<!-- walkthrough: <name> -->``, the set-up's paths replaced, run in bash as a user's shell
+would."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from conftest import REPO, make_plain_folder
 
 from tracinflow.config import deep_merge
 
-#: what CI changes in README's config: a model that trains in seconds (tests/snakemake_runs.py's)
+#: what CI changes in the walkthrough's config: a model that trains in seconds
+#: (tests/snakemake_runs.py's)
 CI_SIZE = {
     "dataset": {"image_size": 16},
     "model": {"arch": "small_resnet", "pretrained": None, "width": 4, "head": {"hidden": [16, 8]}},
@@ -29,11 +31,15 @@ CI_SIZE = {
 }  # fmt: skip
 
 
+#: the page the walkthrough's blocks are on
+WALKTHROUGH = REPO / "docs/usage.md"
+
+
 def walkthrough_block(name: str) -> str:
-    """The fenced block that follows ``<!-- walkthrough: <name> -->`` in README."""
-    readme = (REPO / "README.md").read_text()
-    found = re.search(rf"<!-- walkthrough: {name} -->\n```\w+\n(.*?)\n```\n", readme, re.S)
-    assert found, f"README has no walkthrough block {name!r}"
+    """The fenced block that follows ``<!-- walkthrough: <name> -->`` in docs/usage.md."""
+    page = WALKTHROUGH.read_text()
+    found = re.search(rf"<!-- walkthrough: {name} -->\n```\w+\n(.*?)\n```\n", page, re.S)
+    assert found, f"{WALKTHROUGH.relative_to(REPO)} has no walkthrough block {name!r}"
     return found[1]
 
 
@@ -61,10 +67,10 @@ def run_bash(script: str):
 
 
 def set_up_project(tmp_path) -> SimpleNamespace:
-    """README's set-up block with its paths in ``tmp_path`` (a generated ImageFolder of the config's
-    class folders, 12 images each), then README's config, shrunk to ``CI_SIZE``, as the project's
-    config. Returns the project, images and README's config, and the set-up's variable lines (to
-    start a later block's shell with them, as the user's shell has them)."""
+    """The walkthrough's set-up block with its paths in ``tmp_path`` (a generated ImageFolder of the
+    config's class folders, 12 images each), then its config, shrunk to ``CI_SIZE``, as the
+    project's config. Returns the project, images and the walkthrough's config, and the set-up's
+    variable lines (to start a later block's shell with them, as the user's shell has them)."""
     config = yaml.safe_load(walkthrough_block("config"))
     images = make_plain_folder(
         tmp_path / "Downloads/raw-img", dict.fromkeys(config["dataset"]["class_names"], 12)
@@ -80,8 +86,8 @@ def set_up_project(tmp_path) -> SimpleNamespace:
 
 
 def run_block(name: str, variables: list[str], snapshot_dir) -> list[SimpleNamespace]:
-    """Run README's block ``name``, one-line commands, in one bash as written (after the set-up's
-    ``variables``). Returns each command (without its comment) with its output, stdout and
+    """Run the walkthrough's block ``name``, one-line commands, in one bash as written (after the
+    set-up's ``variables``). Returns each command (without its comment) with its output, stdout and
     stderr together, and the project's results tree after it (``find results``, listed into
     ``snapshot_dir``)."""
     snapshot_dir.mkdir(parents=True, exist_ok=True)

@@ -41,27 +41,55 @@ def _read_checkpoint(checkpoint) -> tuple[dict, float | None, dict | None]:
 
 
 class TracIn:
-    """Exact TracIn of the training samples of ``train_loader`` over ``checkpoints``.
+    """Exact TracIn of the training samples of `train_loader` over `checkpoints`.
 
-    - ``model``: the network; its logits must come straight out of the last Linear layer of the
-      submodule ``head`` (default ``"fc"``: the head of this project's models, or a torchvision
-      ResNet's ``fc``). It is copied; the original is never changed.
-    - ``train_loader``: yields ``(images, labels)`` or ``(images, labels, idx)`` batches of model
-      inputs (idx: dataset indices reported in the results; default the running row number).
-    - ``layers``: module paths of the Linear layers to trace, e.g. ``["fc.4"]`` (the final layer,
-      in closed form) or ``["fc.0", "fc.2", "fc.4"]`` (the whole head).
-    - ``loss``: an ``nn.CrossEntropyLoss`` (its ``weight`` and ``label_smoothing`` are applied per
-      sample exactly as PyTorch does), this project's ``WeightedSmoothedCrossEntropy``, or any
-      :class:`~tracinflow.train.loss.PerSampleLoss`; ``None`` takes the loss recorded in the
-      checkpoint files of this project's workflow.
-    - ``checkpoints``: paths or state dicts, in training order; ``lrs``: the learning rate of the
-      traced layers' parameter group at each one (``None``: read from the workflow's checkpoint
-      files, ``lr_head``).
-    - ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ...; ``factor_dtype``: the dtype the
-      factors are kept in (``np.float64`` with a float64 model keeps every digit).
+    The influence of training sample `j` on test sample `i` is the sum over checkpoints of the
+    learning rate times the dot product of their per-sample loss gradients, restricted to the
+    traced Linear layers (weights and biases): positive when a step on `j` lowers `i`'s loss
+    (a proponent), negative when it raises it (an opponent). Every layer named is traced, the
+    bias term is kept, the loss is taken per sample whatever its `reduction`, and scores are
+    summed over checkpoints before any top-k is taken. The factors of the training set are
+    extracted once per checkpoint, on first use, and reused by every query.
 
-    The factors of the training set are extracted once per checkpoint, on first use, and reused by
-    every query.
+    Args:
+        model: The network. Its logits must come straight out of the last Linear layer of the
+            submodule `head` (this project's models, or a torchvision ResNet with
+            `head="fc"`, `layers=["fc"]`). It is copied; the original is never changed.
+        train_loader: Yields `(inputs, labels)` or `(inputs, labels, idx)` batches; `idx`
+            are the dataset indices the results report (default: the running row number).
+        layers: Module paths of the Linear layers to trace, e.g. `["fc.4"]` (the final
+            layer, in closed form) or `["fc.0", "fc.2", "fc.4"]` (the whole head).
+        loss: An `nn.CrossEntropyLoss` (its `weight` and `label_smoothing` applied per sample
+            exactly as PyTorch does), this project's `WeightedSmoothedCrossEntropy`, or any
+            `tracinflow.train.loss.PerSampleLoss`. `None` takes the loss recorded in the
+            checkpoint files of this project's workflow.
+        checkpoints: Paths or state dicts, in training order. A path is read with
+            `torch.load(weights_only=True)`; the workflow's own files
+            (`results/<version>/model/epoch_EEE.pt`) also carry their learning rate and loss.
+        lrs: The learning rate of the traced layers' parameter group during each checkpoint's
+            epoch. `None` reads it from the workflow's checkpoint files (`lr_head`).
+        head: Module path of the classifier head that holds the traced layers.
+        device (str): `"auto"` (CUDA when available), `"cpu"`, `"cuda"`, ...
+        factor_dtype (type[np.floating]): The dtype the factors are kept in; `np.float64`
+            with a float64 model keeps every digit.
+
+    Raises:
+        ValueError: No checkpoints; a layer that is not found, not inside `head` or not an
+            `nn.Linear` (the message lists the Linear layers there are); `lrs` or `loss` left
+            out for checkpoints that do not record them; a number of learning rates other than
+            the number of checkpoints; a loss for another number of classes than the model's.
+        TypeError: A checkpoint that is neither a path nor a state dict, or a loss that is not
+            per sample (the message says what is accepted).
+        CheckpointError: A checkpoint file that is truncated, corrupt or holds pickled objects
+            beyond tensors (a `ValueError`; none of its code runs).
+
+    Example:
+        ```python
+        tracin = TracIn(model, train, layers=["fc.0", "fc.2"], loss=loss,
+                        checkpoints=checkpoints, lrs=lrs)
+        top = tracin.topk(test, k=5)
+        suspects = tracin.self_influence()
+        ```
     """
 
     def __init__(
@@ -136,7 +164,12 @@ class TracIn:
 
     @property
     def train_factors(self) -> list[Factors]:
-        """The training set's factors, one :class:`Factors` per checkpoint (extracted once)."""
+        """The training set's factors, extracted on first use and kept.
+
+        Returns:
+            One `tracinflow.influence.factors.Factors` per checkpoint, in training order: each
+            traced layer's input activations and per-sample loss gradients at its output.
+        """
         if self._train is None:
             self._train = self._factors(self.train_loader, "label")
         return self._train
@@ -144,20 +177,49 @@ class TracIn:
     # --- queries
 
     def scores(self, test_loader: Iterable, target: str = "label") -> np.ndarray:
-        """Dense TracIn scores (n_test, n_train): entry (i, j) is training sample j's influence on
-        test sample i, summed over checkpoints (positive: a step on j lowers i's loss)."""
+        """Dense TracIn scores of every test sample against every training sample.
+
+        Meant for small problems: the matrix is `n_test x n_train`. `topk` gives the same
+        scores' top-k over any training set without holding the matrix.
+
+        Args:
+            test_loader: Yields test batches of the form `train_loader` yields.
+            target: The test loss at the `"label"` or at the model's `"prediction"`.
+
+        Returns:
+            A `(n_test, n_train)` array whose entry `(i, j)` is training sample `j`'s
+            influence on test sample `i`, summed over checkpoints (positive: a step on `j`
+            lowers `i`'s loss), in loader order.
+
+        Raises:
+            ValueError: `target` is neither `"label"` nor `"prediction"`.
+        """
         test = self._factors(test_loader, target)
         return score_block(test, self.train_factors, self.lrs, device=self.device)
 
     def topk(
         self, test_loader: Iterable, k: int = 10, kind: str = "both", target: str = "label"
     ) -> pd.DataFrame:
-        """The ``k`` strongest proponents and/or opponents of every test sample over the whole
-        training set: ``test_idx, kind, rank, train_idx, influence``, exact (ties by the lower
-        train idx). Proponents have positive influence and opponents negative: a sample with fewer
-        than ``k`` scores of a sign gets fewer rows of that kind. ``kind``: ``"both"``,
-        ``"proponent"`` or ``"opponent"``; ``target``: the test loss at the ``"label"`` or at the
-        model's ``"prediction"``."""
+        """The `k` strongest proponents and opponents of every test sample, exactly.
+
+        Every test sample is scored against the whole training set, summed over checkpoints, and
+        its top-k taken from the exact scores (ties go to the lower train idx).
+
+        Args:
+            test_loader: Yields test batches of the form `train_loader` yields.
+            k: How many proponents and how many opponents per test sample.
+            kind: `"both"`, `"proponent"` or `"opponent"`.
+            target: The test loss at the `"label"` or at the model's `"prediction"`.
+
+        Returns:
+            A DataFrame with columns `test_idx, kind, rank, train_idx, influence`: up to `k`
+            rows of each kind asked for per test sample, rank 1 the strongest. Proponents have
+            positive influence and opponents negative, so a sample with fewer than `k` scores
+            of a sign gets fewer rows of that kind.
+
+        Raises:
+            ValueError: `kind` or `target` is not one of its choices.
+        """
         if kind not in KIND_CHOICES:
             raise ValueError(f"kind must be one of {KIND_CHOICES}, got {kind!r}")
         test = self._factors(test_loader, target)
@@ -167,7 +229,18 @@ class TracIn:
         return frame
 
     def self_influence(self, mode: str = "full") -> pd.DataFrame:
-        """Every training sample's influence on itself, ranked (rank 1 = largest: the likeliest
-        mislabel): ``train_idx, self_influence, rank`` and each checkpoint's term.
-        ``mode="error"`` drops the activation term (``sum lr |e|^2``)."""
+        """Every training sample's influence on itself, ranked: likely mislabels first.
+
+        Args:
+            mode: `"full"`, the TracIn self-influence `sum lr |e|^2 (|a|^2 + 1)` over the
+                traced layers and checkpoints; `"error"` drops the activation term
+                (`sum lr |e|^2`).
+
+        Returns:
+            A DataFrame with columns `train_idx, self_influence, rank` (rank 1 the largest)
+            and each checkpoint's term.
+
+        Raises:
+            ValueError: `mode` is neither `"full"` nor `"error"`.
+        """
         return self_influence(self.train_factors, self.lrs, mode=mode, per_checkpoint=True)

@@ -1,10 +1,11 @@
 """Every image mode decodes to the RGB pixels a reference conversion gives, not just to an RGB shape.
 
-The library's rule (README, ``tracinflow.data.images.to_rgb``): grayscale, palette and CMYK convert
-directly; anything transparent (an alpha channel, palette alphas, a tRNS key colour) is composited
-on white; 16-bit grayscale is scaled by 255 / 65535 and rounded, not clipped. The references below
-are written from the source arrays each file is built from, in numpy, without PIL's conversions:
-so a file is checked against what it holds, not against the library's own code path.
+The library's rule (docs/outputs.md, ``tracinflow.data.images.to_rgb``): grayscale, palette and
+CMYK convert directly; anything transparent (an alpha channel, palette alphas, a tRNS key colour)
+is composited on white; 16-bit grayscale is scaled by 255 / 65535 and rounded, not clipped. The
+references below are written from the source arrays each file is built from, in numpy, without
+PIL's conversions: so a file is checked against what it holds, not against the library's own code
+path.
 """
 
 from __future__ import annotations

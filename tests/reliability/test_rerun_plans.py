@@ -1,7 +1,7 @@
-"""README's promises about what a run does, proven on dry runs of the tiny three-version config: what
-a config edit reruns (the "what reruns" table), what `version_<v>` builds for a version cleaned
-from another, that `--groups influence_shard=shards` bundles the shard jobs, and that a second
-`make demo` does nothing.
+"""The promises of "Driving the workflow" (docs/usage.md) about what a run does, proven on dry runs
+of the tiny three-version config: what a config edit reruns (the "what reruns" table), what
+`version_<v>` builds for a version cleaned from another, that `--groups influence_shard=shards`
+bundles the shard jobs, and that a second `make demo` does nothing.
 
 v1 is plain; v2 hooks the whole head (its own `influence.layers`), has its own shard grid and
 plants label noise; v3 trains on v2's training set minus v2's top suspects, so whatever changes
@@ -254,7 +254,7 @@ def planned_groups(output: str) -> list[dict]:
 def test_grouping_the_shards_bundles_them_into_group_jobs_of_at_most_eight(tmp_path):
     write_config(tmp_path, tiny_config())
     profile = ("--profile", str(REPO / "profiles/slurm"))
-    # README's command line
+    # the command line of docs/usage.md ("Many small shards in one submission")
     grouped = run_snakemake(
         tmp_path, "-n", *profile, "--groups", "influence_shard=shards",
         "--group-components", "shards=8",
