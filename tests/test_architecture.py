@@ -15,7 +15,8 @@ from conftest import REPO
 PACKAGE = REPO / "src" / "tracinflow"
 # Lower layers never import higher ones.
 LAYERS = [
-    "_util", "config", "data", "train", "influence", "analysis", "plots", "explorer", "stages", "tracin"
+    "_util", "config", "data", "train", "influence", "analysis", "plots", "explorer", "io", "stages",
+    "tracin",
 ]  # fmt: skip
 DOMAIN = ("data", "train", "influence", "analysis", "plots", "explorer")
 # Reading and writing files: what only the stages do. Methods of these names on any object, and

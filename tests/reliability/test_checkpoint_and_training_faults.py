@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tracinflow.stages.checkpoints import (
+from tracinflow.io.checkpoints import (
     CheckpointError,
     file_sha256,
     load_checkpoint,

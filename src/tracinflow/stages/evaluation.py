@@ -45,9 +45,9 @@ from tracinflow.influence.methods import (
     ensemble_scores,
     method_scores,
 )
+from tracinflow.io.common import optional_input, per_member
+from tracinflow.io.factor_store import load_checkpoints
 from tracinflow.plots.evaluation import plot_lds, plot_removal
-from tracinflow.stages.common import optional_input, per_member
-from tracinflow.stages.factor_store import load_checkpoints
 from tracinflow.stages.factors import extract_factors
 
 PER_TEST_COLUMNS = ["method", "test_idx", "mispredicted", "spearman"]

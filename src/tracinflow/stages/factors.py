@@ -9,8 +9,8 @@ from __future__ import annotations
 import pandas as pd
 
 from tracinflow._util.files import read_json
-from tracinflow.stages.common import version_split
-from tracinflow.stages.factor_store import extract_to_dir
+from tracinflow.io.common import version_split
+from tracinflow.io.factor_store import extract_to_dir
 from tracinflow.stages.predict import load_for_inference
 from tracinflow.train.batches import CacheBatches
 

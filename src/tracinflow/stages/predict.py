@@ -14,9 +14,9 @@ from tracinflow._util.device import select_device
 from tracinflow._util.files import save_figure, write_csv, write_json, write_parquet
 from tracinflow.analysis.metrics import false_predictions, metrics
 from tracinflow.data.split import class_names_of
+from tracinflow.io.checkpoints import load_checkpoint
+from tracinflow.io.common import version_split
 from tracinflow.plots.training import plot_confusion_matrix
-from tracinflow.stages.checkpoints import load_checkpoint
-from tracinflow.stages.common import version_split
 from tracinflow.train.loss import loss_from_checkpoint
 from tracinflow.train.predict import predict_split
 

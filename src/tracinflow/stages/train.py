@@ -32,8 +32,7 @@ from tracinflow.data.train_set import (
     without_images,
 )
 from tracinflow.data.train_set import build_train_set as noisy_train_set
-from tracinflow.plots.training import plot_training_curves
-from tracinflow.stages.checkpoints import (
+from tracinflow.io.checkpoints import (
     fetch_weights,
     file_sha256,
     read_backbone_weights,
@@ -41,7 +40,8 @@ from tracinflow.stages.checkpoints import (
     save_checkpoint,
     save_train_state,
 )
-from tracinflow.stages.common import load_cache, optional_input, version_split
+from tracinflow.io.common import load_cache, optional_input, version_split
+from tracinflow.plots.training import plot_training_curves
 from tracinflow.train.trainer import HISTORY_COLUMNS, Trainer, resolve_settings
 
 # --- build_train_set ----------------------------------------------------------------------------
