@@ -16,7 +16,7 @@ from tracinflow.io.checkpoints import (
     load_checkpoint,
     read_checkpoint,
 )
-from tracinflow.stages.train import fit
+from tracinflow.io.training import fit
 from tracinflow.train.trainer import NonFiniteLoss
 
 EPOCHS = [1, 2]
