@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,6 +124,26 @@ def test_dependencies_point_one_way():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tracinflow."):
                 target = layer_of(node.module)
                 assert LAYERS.index(target) <= own, f"{name} imports {node.module}"
+
+
+def test_the_public_names_load_no_stage():
+    """``tracinflow``'s public names (TracIn and what its users reach for: the loss contract, a
+    checkpoint's model, a factor folder) resolve without loading the workflow's stages."""
+    public = importlib.import_module("tracinflow").__all__
+    assert {"TracIn", "PerSampleLoss", "load_checkpoint", "load_factor_dir"} <= set(public)
+    code = (
+        "import sys, tracinflow\n"
+        "for name in tracinflow.__all__: getattr(tracinflow, name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tracinflow.stages')))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
 
 
 def rules_in(smk: Path) -> dict[str, str]:
