@@ -76,8 +76,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tracinflow.influence.kernel import KINDS, score_block, topk_influence  # noqa: E402
 from tracinflow.influence.self_influence import self_influence_scores  # noqa: E402
-from tracinflow.stages.checkpoints import load_checkpoint, read_checkpoint  # noqa: E402
-from tracinflow.stages.factor_store import load_checkpoints  # noqa: E402
+from tracinflow.io.checkpoints import load_checkpoint, read_checkpoint  # noqa: E402
+from tracinflow.io.factor_store import load_checkpoints  # noqa: E402
 from tracinflow.train.batches import CacheBatches  # noqa: E402
 
 THREADS = 2
@@ -138,7 +138,7 @@ def split_data(spec: dict, split: str, n: int | None = None):
     set), its first ``n`` rows when ``n`` is given."""
     import pandas as pd
 
-    from tracinflow.stages.common import version_split
+    from tracinflow.io.common import version_split
 
     manifest = pd.read_parquet(spec["manifest"])
     cache = Path(spec["cache"]) / f"{split}.npy"

@@ -21,8 +21,8 @@ import yaml
 
 from tracinflow.config import deep_merge, pretrained_weights_file
 from tracinflow.data.split import class_names_of, split_rows
-from tracinflow.stages.checkpoints import read_backbone_weights
-from tracinflow.stages.common import load_cache
+from tracinflow.io.checkpoints import read_backbone_weights
+from tracinflow.io.common import load_cache
 from tracinflow.train.trainer import Trainer, evaluate
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tracinflow.influence.factors import Factors, extract_factors  # noqa: E402
 from tracinflow.influence.kernel import score_block  # noqa: E402
-from tracinflow.stages.factor_store import (  # noqa: E402
+from tracinflow.io.factor_store import (  # noqa: E402
     extract_to_dir,
     load_checkpoints,
     write_factor_dir,

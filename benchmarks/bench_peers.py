@@ -57,8 +57,8 @@ from tracinflow._util.files import write_csv  # noqa: E402
 from tracinflow.analysis.markdown import markdown_table  # noqa: E402
 from tracinflow.config import ensemble_name, load_schema, with_defaults  # noqa: E402
 from tracinflow.influence.methods import ensemble_scores, method_scores  # noqa: E402
-from tracinflow.stages.checkpoints import load_checkpoint  # noqa: E402
-from tracinflow.stages.common import version_split  # noqa: E402
+from tracinflow.io.checkpoints import load_checkpoint  # noqa: E402
+from tracinflow.io.common import version_split  # noqa: E402
 from tracinflow.stages.evaluation import ensemble_members, lds_problem  # noqa: E402
 from tracinflow.train.loss import loss_from_checkpoint  # noqa: E402
 from tracinflow.train.model import to_input  # noqa: E402

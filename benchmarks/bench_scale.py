@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_influence import FINAL, pair_flops, random_factors  # noqa: E402
 
 from tracinflow.influence.kernel import block_shape, score_block  # noqa: E402
-from tracinflow.stages.factor_store import load_checkpoints, write_factor_dir  # noqa: E402
+from tracinflow.io.factor_store import load_checkpoints, write_factor_dir  # noqa: E402
 
 THREADS = 2
 CHECKPOINTS = 5

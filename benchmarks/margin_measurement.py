@@ -36,7 +36,7 @@ from tracinflow.analysis.markdown import markdown_table  # noqa: E402
 from tracinflow.config import load_schema, with_defaults  # noqa: E402
 from tracinflow.influence.factors import extract_factors  # noqa: E402
 from tracinflow.influence.methods import method_scores  # noqa: E402
-from tracinflow.stages.checkpoints import load_checkpoint  # noqa: E402
+from tracinflow.io.checkpoints import load_checkpoint  # noqa: E402
 from tracinflow.stages.evaluation import lds_problem  # noqa: E402
 
 METHODS = ["tracin_final", "tracin_head", "kfac_final", "kfac_head", "gn_final"]

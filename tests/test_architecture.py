@@ -1,24 +1,31 @@
 """The shape docs/architecture.md describes, checked on the source: the library never spells the
-results tree, only the stages read and write the workflow's files, the packages depend on each
-other in one direction, and every rule's script calls the stage function of the same name."""
+results tree, only the stages and the file formats below them (io/) read and write the workflow's
+files, the packages depend on each other in one direction, a stage module imports no other, and
+every rule's script calls the stage function of the same name."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "src" / "tracinflow"
-# Lower layers never import higher ones.
+# Lower layers never import higher ones. The two at the top import neither each other: the
+# workflow's stages and the Python API (tracin) both read and write files through io.
 LAYERS = [
-    "_util", "config", "data", "train", "influence", "analysis", "plots", "explorer", "stages", "tracin"
+    "_util", "config", "data", "train", "influence", "analysis", "plots", "explorer", "io",
+    "stages tracin",
 ]  # fmt: skip
+RANK = {layer: rank for rank, names in enumerate(LAYERS) for layer in names.split()}
 DOMAIN = ("data", "train", "influence", "analysis", "plots", "explorer")
-# Reading and writing files: what only the stages do. Methods of these names on any object, and
+# Reading and writing files: what only the stages and io do. Methods of these names on any object, and
 # these functions of these modules. (Reading the dataset's own images is the data package's job:
 # data/listing.py lists the folder and hashes its files, keeping the hashes in its stat cache, which
 # the workflow reads while it plans, before any stage runs; data/scan.py decodes the folder,
@@ -111,15 +118,54 @@ def test_domain_packages_do_no_file_io(package):
                 assert node.module != "tracinflow._util.files", f"{name} imports the file writers"
 
 
+def package_imports(tree) -> list[str]:
+    """The ``tracinflow.*`` modules a module imports (``from x import y`` and ``import x``)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+    return [module for module in found if module.startswith("tracinflow.")]
+
+
 def test_dependencies_point_one_way():
     for name, tree in modules():
-        own = LAYERS.index(layer_of(name)) if layer_of(name) in LAYERS else None
-        if own is None:
-            continue  # __init__.py of the package itself
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tracinflow."):
-                target = layer_of(node.module)
-                assert LAYERS.index(target) <= own, f"{name} imports {node.module}"
+        own = layer_of(name)
+        if own not in RANK:
+            continue  # __init__.py of the package itself (test_the_public_names_load_no_stage)
+        for module in package_imports(tree):
+            target = layer_of(module)
+            assert target == own or RANK[target] < RANK[own], f"{name} imports {module}"
+
+
+def test_stage_modules_share_code_only_through_io():
+    """A stage module imports no other: what two stages share lives in io/ (or lower), so a rule's
+    module is the rule's alone."""
+    for name, tree in modules():
+        if layer_of(name) == "stages":
+            for module in package_imports(tree):
+                assert layer_of(module) != "stages", f"{name} imports {module}"
+
+
+def test_the_public_names_load_no_stage():
+    """``tracinflow``'s public names (TracIn and what its users reach for: the loss contract, a
+    checkpoint's model, a factor folder) resolve without loading the workflow's stages."""
+    public = importlib.import_module("tracinflow").__all__
+    assert {"TracIn", "PerSampleLoss", "load_checkpoint", "load_factor_dir"} <= set(public)
+    code = (
+        "import sys, tracinflow\n"
+        "for name in tracinflow.__all__: getattr(tracinflow, name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tracinflow.stages')))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"
 
 
 def rules_in(smk: Path) -> dict[str, str]:

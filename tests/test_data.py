@@ -180,7 +180,7 @@ def test_cache_refuses_a_file_changed_since_the_manifest(tmp_path):
 
 def test_cache_rows_reads_only_the_chosen_rows_in_cache_order(tmp_path):
     from tracinflow.data.cache import CacheRows
-    from tracinflow.stages.common import load_cache
+    from tracinflow.io.common import load_cache
 
     images = np.arange(6 * 2 * 2 * 3, dtype=np.uint8).reshape(6, 2, 2, 3)
     np.save(tmp_path / "train.npy", images)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tracinflow.influence.factors import extract_factors
-from tracinflow.stages.factor_store import (
+from tracinflow.io.factor_store import (
     NpyRows,
     extract_to_dir,
     is_complete,
@@ -361,7 +361,7 @@ def test_efficientnet_checkpoint_factors_equal_per_sample_autograd(tmp_path):
     loaded as extraction loads it (eval mode), in float64: every head layer's error signal equals
     per-sample autograd and its activations are the layer inputs."""
     from tracinflow.config import pretrained_weights_file
-    from tracinflow.stages.checkpoints import (
+    from tracinflow.io.checkpoints import (
         load_checkpoint,
         read_backbone_weights,
         save_checkpoint,

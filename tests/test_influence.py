@@ -18,7 +18,7 @@ from tracinflow.influence.factors import Factors, extract_factors
 from tracinflow.influence.kernel import COLUMNS, block_shape, score_block, topk_influence
 from tracinflow.influence.self_influence import self_influence, self_influence_scores
 from tracinflow.influence.shards import merge_topk, tile_rows
-from tracinflow.stages.factor_store import load_checkpoints, load_factor_dir, write_factor_dir
+from tracinflow.io.factor_store import load_checkpoints, load_factor_dir, write_factor_dir
 from tracinflow.stages.influence import shard_topk
 from tracinflow.train.loss import WeightedSmoothedCrossEntropy, class_weights_from_labels
 

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tracinflow.stages.checkpoints import (
+from tracinflow.io.checkpoints import (
     fetch_weights,
     load_checkpoint,
     read_backbone_weights,

@@ -15,7 +15,7 @@ from matplotlib import cbook
 from PIL import Image
 
 from tracinflow.config import ConfigError, pretrained_weights_file
-from tracinflow.stages.checkpoints import read_backbone_weights
+from tracinflow.io.checkpoints import read_backbone_weights
 from tracinflow.train.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,

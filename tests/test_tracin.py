@@ -17,7 +17,7 @@ from torch import nn
 
 from tracinflow import TracIn
 from tracinflow.influence.kernel import COLUMNS
-from tracinflow.stages.checkpoints import save_checkpoint
+from tracinflow.io.checkpoints import save_checkpoint
 from tracinflow.train.loss import (
     TorchCrossEntropy,
     WeightedSmoothedCrossEntropy,
@@ -263,7 +263,7 @@ def test_tracin_on_efficientnet_checkpoints_equals_brute_force_autograd(tmp_path
     over the whole head equals per-sample autograd, with the model in eval mode (frozen BatchNorm
     statistics, as training leaves them)."""
     from tracinflow.config import pretrained_weights_file
-    from tracinflow.stages.checkpoints import load_checkpoint, read_backbone_weights
+    from tracinflow.io.checkpoints import load_checkpoint, read_backbone_weights
     from tracinflow.train.model import create_model, make_arch, to_input
 
     weights = read_backbone_weights(

@@ -12,8 +12,8 @@ import torch
 import torchvision
 
 from tracinflow.config import pretrained_weights_file
-from tracinflow.stages.checkpoints import load_checkpoint, read_backbone_weights
-from tracinflow.stages.train import fit
+from tracinflow.io.checkpoints import load_checkpoint, read_backbone_weights
+from tracinflow.io.training import fit
 from tracinflow.train.augment import augment
 from tracinflow.train.loss import (
     WeightedSmoothedCrossEntropy,

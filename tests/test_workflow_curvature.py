@@ -14,7 +14,7 @@ import pytest
 from snakemake_runs import planned_jobs, run_snakemake, tiny_config, write_config
 
 from tracinflow.influence.methods import ensemble_scores, method_scores
-from tracinflow.stages.factor_store import load_checkpoints
+from tracinflow.io.factor_store import load_checkpoints
 
 pytestmark = pytest.mark.workflow
 

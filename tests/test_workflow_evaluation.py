@@ -76,9 +76,9 @@ def test_the_ensembles_other_member_is_the_full_retrain_with_its_seed(evaluated)
     computes on the cached images), on the same training images as the reference's factors."""
     import torch
 
-    from tracinflow.stages.common import version_split
-    from tracinflow.stages.factor_store import load_checkpoints
-    from tracinflow.stages.predict import load_for_inference
+    from tracinflow.io.checkpoints import load_for_inference
+    from tracinflow.io.common import version_split
+    from tracinflow.io.factor_store import load_checkpoints
     from tracinflow.train.model import to_input
 
     factors = evaluated / "results/evaluation/factors"

@@ -13,7 +13,7 @@ from snakemake_runs import planned_jobs, run_snakemake, write_config
 
 from tracinflow.data.split import split_rows
 from tracinflow.data.train_set import train_set_rows
-from tracinflow.stages.checkpoints import load_checkpoint
+from tracinflow.io.checkpoints import load_checkpoint
 from tracinflow.train.loss import loss_from_checkpoint
 from tracinflow.train.model import to_input
 

@@ -15,7 +15,7 @@ from snakemake_runs import planned_jobs, run_snakemake, tiny_config, write_confi
 from test_workflow_curvature import dense_topk
 
 from tracinflow.influence.methods import method_scores
-from tracinflow.stages.factor_store import load_checkpoints
+from tracinflow.io.factor_store import load_checkpoints
 
 pytestmark = pytest.mark.workflow
 

@@ -21,7 +21,7 @@ from tracinflow._util.device import select_device
 from tracinflow.influence.factors import Factors, extract_factors, resolve_layers
 from tracinflow.influence.kernel import KINDS, score_block, topk_influence
 from tracinflow.influence.self_influence import self_influence
-from tracinflow.stages.checkpoints import read_checkpoint
+from tracinflow.io.checkpoints import read_checkpoint
 from tracinflow.train.loss import PerSampleLoss, loss_from_settings, per_sample_loss
 
 KIND_CHOICES = ("both", *KINDS)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from tracinflow.stages.checkpoints import (
+from tracinflow.io.checkpoints import (
     CheckpointError,
     file_sha256,
     load_checkpoint,
     read_checkpoint,
 )
-from tracinflow.stages.train import fit
+from tracinflow.io.training import fit
 from tracinflow.train.trainer import NonFiniteLoss
 
 EPOCHS = [1, 2]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from snakemake_runs import wait_for
 
-from tracinflow.stages.factor_store import load_factor_dir
+from tracinflow.io.factor_store import load_factor_dir
 
 
 def start_writer(code: str) -> subprocess.Popen:
@@ -48,7 +48,7 @@ def test_a_factor_writer_killed_mid_folder_leaves_a_folder_no_stage_reads(tmp_pa
     folder = tmp_path / "factors/epoch_003/train"
     writer = start_writer(f"""
         import numpy as np
-        from tracinflow.stages.factor_store import FactorWriter
+        from tracinflow.io.factor_store import FactorWriter
         rng = np.random.default_rng(0)
         with FactorWriter({str(folder)!r}, 100_000, {{"fc.4": (64, 10)}}, 10) as out:
             for start in range(0, 100_000, 100):

@@ -1,7 +1,8 @@
 """Atomic file output: write to a temporary file beside the target, then rename.
 
 A killed job never leaves a half-written file that looks complete under the final name. Only the
-stages (:mod:`tracinflow.stages`) write files; the domain packages return data.
+stages (:mod:`tracinflow.stages`) and the file formats they write through (:mod:`tracinflow.io`)
+write files; the domain packages return data.
 """
 
 from __future__ import annotations

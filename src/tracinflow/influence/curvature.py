@@ -44,7 +44,7 @@ CURVATURE_METHODS = ("kfac", "gauss_newton")
 
 class WithOnes:
     """A read-only 2-D array-like: the rows of ``base`` (an array, memory map or
-    :class:`~tracinflow.stages.factor_store.NpyRows`) with a last column of ones, built only for
+    :class:`~tracinflow.io.factor_store.NpyRows`) with a last column of ones, built only for
     the rows asked for, so that a streamed training side keeps reading one block at a time."""
 
     def __init__(self, base):

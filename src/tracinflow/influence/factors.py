@@ -17,7 +17,7 @@ How the factors are obtained (``docs/math.md``):
   per-sample losses (each row's gradient is its own, since rows never mix inside the head).
 
 :func:`factor_batches` yields them batch by batch (the extract_factors stage streams them into a
-factor folder, :mod:`tracinflow.stages.factor_store`); :func:`extract_factors` collects them in
+factor folder, :mod:`tracinflow.io.factor_store`); :func:`extract_factors` collects them in
 memory.
 """
 

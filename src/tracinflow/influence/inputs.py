@@ -23,7 +23,7 @@ def checkpoint_list(obj) -> list[Factors]:
         if not isinstance(item, Factors):
             raise TypeError(
                 f"expected Factors (one per checkpoint), got {type(item).__name__}; load a factor "
-                "folder with tracinflow.stages.factor_store.load_factor_dir"
+                "folder with tracinflow.load_factor_dir"
             )
     return out
 

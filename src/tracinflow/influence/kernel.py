@@ -178,7 +178,7 @@ class _Side(_Grid):
 
 class _StreamSide(_Grid):
     """The train side, read one grid block at a time into reused buffers (memory maps and
-    :class:`~tracinflow.stages.factor_store.NpyRows` read only that block's rows), so a scan over
+    :class:`~tracinflow.io.factor_store.NpyRows` read only that block's rows), so a scan over
     any number of train rows holds one block of them; padding rows are zero."""
 
     def __init__(self, side, layers, block, ops: _Operands, name):
@@ -514,7 +514,7 @@ def topk_influence(
     512 MiB on CUDA; or an explicit ``block`` ``(BT, BR)``), and a running top-k per test row is
     kept: the full test x train matrix never exists. The test rows' factors sit on the device,
     padded to the grid, in the compute dtype; the train rows are read one block at a time (memory
-    maps or :class:`~tracinflow.stages.factor_store.NpyRows`), so memory does not grow with the
+    maps or :class:`~tracinflow.io.factor_store.NpyRows`), so memory does not grow with the
     train rows. Ties break by the lower train idx. Only positive scores are proponents and only
     negative ones opponents: a row with fewer than ``k`` of either sign gets fewer rows of that
     kind (``k`` larger than the train rows returns every one of that sign, ranked).

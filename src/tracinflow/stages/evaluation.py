@@ -45,26 +45,26 @@ from tracinflow.influence.methods import (
     ensemble_scores,
     method_scores,
 )
+from tracinflow.io.common import optional_input, per_member
+from tracinflow.io.factor_store import extract_checkpoint_factors, load_checkpoints
 from tracinflow.plots.evaluation import plot_lds, plot_removal
-from tracinflow.stages.common import optional_input, per_member
-from tracinflow.stages.factor_store import load_checkpoints
-from tracinflow.stages.factors import extract_factors
 
 PER_TEST_COLUMNS = ["method", "test_idx", "mispredicted", "spearman"]
 
 
 def evaluation_factors(inputs, outputs, params, threads=1, log=print):
     """The reference's factors for the evaluation: every head layer of one checkpoint on one side
-    (``params["split"]``, at ``params["target"]``): :func:`~tracinflow.stages.factors.extract_factors`
-    into the evaluation's own folder."""
-    return extract_factors(inputs, outputs, params, threads, log)
+    (``params["split"]``, at ``params["target"]``), as the extract_factors rule traces them
+    (:func:`~tracinflow.io.factor_store.extract_checkpoint_factors`), into the evaluation's own
+    folder."""
+    return extract_checkpoint_factors(inputs, outputs, params, threads, log)
 
 
 def ensemble_factors(inputs, outputs, params, threads=1, log=print):
     """The factors of one of the ensemble's other members (the reference's training set retrained
     with another seed) the way :func:`evaluation_factors` traces the reference's: every head layer
     of one checkpoint on one side, at the label."""
-    return extract_factors(inputs, outputs, params, threads, log)
+    return extract_checkpoint_factors(inputs, outputs, params, threads, log)
 
 
 # --- lds ---------------------------------------------------------------------------------------------

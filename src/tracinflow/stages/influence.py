@@ -29,8 +29,8 @@ from tracinflow.influence.inputs import learning_rates
 from tracinflow.influence.kernel import COLUMNS, topk_influence
 from tracinflow.influence.shards import merge_topk as merge_candidates
 from tracinflow.influence.shards import tile_rows
-from tracinflow.stages.common import per_member
-from tracinflow.stages.factor_store import (
+from tracinflow.io.common import per_member
+from tracinflow.io.factor_store import (
     folder_rows,
     load_checkpoints,
     load_curvature,

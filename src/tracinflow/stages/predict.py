@@ -8,27 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
-from tracinflow._util.device import select_device
 from tracinflow._util.files import save_figure, write_csv, write_json, write_parquet
 from tracinflow.analysis.metrics import false_predictions, metrics
 from tracinflow.data.split import class_names_of
+from tracinflow.io.checkpoints import load_for_inference
+from tracinflow.io.common import version_split
 from tracinflow.plots.training import plot_confusion_matrix
-from tracinflow.stages.checkpoints import load_checkpoint
-from tracinflow.stages.common import version_split
-from tracinflow.train.loss import loss_from_checkpoint
 from tracinflow.train.predict import predict_split
-
-
-def load_for_inference(checkpoint_path, threads: int, device_name="auto", listed=None):
-    """``(model, checkpoint, loss, device)`` of a checkpoint on ``device_name`` (the config's
-    ``training.device``), the loss rebuilt from the checkpoint alone; ``listed``: checkpoints.json,
-    to verify the file's sha256 against."""
-    torch.set_num_threads(threads)
-    device = select_device(device_name)
-    model, checkpoint = load_checkpoint(checkpoint_path, device=device, listed=listed)
-    return model, checkpoint, loss_from_checkpoint(checkpoint).to(device), device
 
 
 def predict(inputs, outputs, params, threads=1, log=print) -> dict:

@@ -26,10 +26,10 @@ from tracinflow.config import checkpoint_name
 from tracinflow.data.cache import CacheRows
 from tracinflow.data.split import class_names_of, split_rows
 from tracinflow.influence.validation import validation_signals
-from tracinflow.stages.common import load_cache, optional_input, version_split
-from tracinflow.stages.factor_store import load_checkpoints
-from tracinflow.stages.predict import load_for_inference
-from tracinflow.stages.train import fit, starting_weights
+from tracinflow.io.checkpoints import load_for_inference
+from tracinflow.io.common import load_cache, optional_input, version_split
+from tracinflow.io.factor_store import load_checkpoints
+from tracinflow.io.training import fit, starting_weights
 from tracinflow.train.predict import predict_split
 from tracinflow.train.trainer import pretrained_features
 

@@ -23,6 +23,7 @@ from tracinflow.analysis.reports import (
 )
 from tracinflow.data.images import Thumbnails
 from tracinflow.data.split import class_names_of
+from tracinflow.io.common import read_report_csv
 from tracinflow.plots.dashboards import (
     plot_class_influence_heatmap,
     plot_influence_distributions,
@@ -36,7 +37,6 @@ from tracinflow.plots.galleries import (
     no_gallery_reason,
     suspects_gallery,
 )
-from tracinflow.stages.common import read_report_csv
 
 # --- report_tables ------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ layers are ``fc.0``, ``fc.2`` and ``fc.4`` (with the default two hidden layers):
 
 A network is described by ``arch``, a dict of plain JSON types; :func:`build_model` rebuilds exactly
 that network, and :func:`model_from_checkpoint` the network of a checkpoint
-(``{"model": state_dict, "arch": arch, ...}``), which :mod:`tracinflow.stages.checkpoints` reads
+(``{"model": state_dict, "arch": arch, ...}``), which :mod:`tracinflow.io.checkpoints` reads
 with ``torch.load(weights_only=True)``: no pickled code is ever executed.
 """
 
@@ -226,7 +226,7 @@ def missing_weights_message(arch_name: str, path) -> str:
         except ValueError as err:
             where = f"{err}; place a state dict of this backbone at {path}"
         where += (
-            f' (with network access: python -c "from tracinflow.stages.checkpoints import '
+            f' (with network access: python -c "from tracinflow.io.checkpoints import '
             f"fetch_weights; fetch_weights('{arch_name}', '{path}')\")"
         )
     return (
@@ -343,7 +343,7 @@ def create_model(arch: dict, pretrained_state: dict | None = None) -> nn.Module:
         if pretrained_state is None:
             raise ValueError(
                 f"model.pretrained is {arch['pretrained']!r}: pass its state dict "
-                "(tracinflow.stages.checkpoints.read_backbone_weights reads the file)"
+                "(tracinflow.io.checkpoints.read_backbone_weights reads the file)"
             )
         state = backbone_state(model, pretrained_state)
         load_backbone_state(model, state, arch["name"], arch["pretrained"])

@@ -12,7 +12,8 @@ but never before the last of ``stage2.checkpoint_epochs``, so every configured c
 
 :class:`Trainer` holds no file: :meth:`Trainer.epochs` yields after every epoch, saying whether the
 epoch is the best so far and whether it is a TracIn checkpoint, and :meth:`Trainer.state` is what a
-killed run needs to resume. The ``train_model`` stage (:mod:`tracinflow.stages.train`) writes them.
+killed run needs to resume. :func:`tracinflow.io.training.fit` (the ``train_model`` stage's and
+the k-fold trainings') writes them.
 """
 
 from __future__ import annotations

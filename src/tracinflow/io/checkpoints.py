@@ -1,4 +1,5 @@
-"""Model files: checkpoints, the resume state of a training run, pretrained backbone weights.
+"""Model files: checkpoints, the resume state of a training run, pretrained backbone weights; a
+checkpoint loaded for inference.
 
 Every one is read with ``torch.load(..., weights_only=True)`` (plain tensors and containers, no
 pickled code) and written atomically.
@@ -13,8 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tracinflow._util.device import select_device
 from tracinflow._util.errors import InputError
 from tracinflow._util.files import atomic_path
+from tracinflow.train.loss import loss_from_checkpoint
 from tracinflow.train.model import missing_weights_message, model_from_checkpoint, weights_url
 
 
@@ -85,6 +88,16 @@ def load_checkpoint(path, device="cpu", listed: list[dict] | None = None) -> tup
         verify_checkpoint(path, listed)
     checkpoint = read_checkpoint(path)
     return model_from_checkpoint(checkpoint, device), checkpoint
+
+
+def load_for_inference(checkpoint_path, threads: int, device_name="auto", listed=None):
+    """``(model, checkpoint, loss, device)`` of a checkpoint on ``device_name`` (the config's
+    ``training.device``), the loss rebuilt from the checkpoint alone; ``listed``: checkpoints.json,
+    to verify the file's sha256 against."""
+    torch.set_num_threads(threads)
+    device = select_device(device_name)
+    model, checkpoint = load_checkpoint(checkpoint_path, device=device, listed=listed)
+    return model, checkpoint, loss_from_checkpoint(checkpoint).to(device), device
 
 
 def save_train_state(path, state: dict) -> None:

@@ -15,9 +15,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from torch import nn
 
-from tracinflow._util.files import atomic_path, write_json
+from tracinflow._util.files import atomic_path, read_json, write_json
 from tracinflow._util.progress import Log, Progress
 from tracinflow.influence.factors import (
     Factors,
@@ -27,6 +28,9 @@ from tracinflow.influence.factors import (
     to_numpy,
     traced_loss,
 )
+from tracinflow.io.checkpoints import load_for_inference
+from tracinflow.io.common import version_split
+from tracinflow.train.batches import CacheBatches
 from tracinflow.train.loss import PerSampleLoss
 
 META = "meta.json"
@@ -225,6 +229,51 @@ def extract_to_dir(
             )
         )
     return Path(path)
+
+
+HEAD_LAYERS = ("fc.0", "fc.2", "fc.4")
+
+
+def hooked_layers(setting) -> list[str]:
+    """``influence.layers``: a list of module paths, or ``head`` for the head's three Linear layers."""
+    return list(HEAD_LAYERS) if setting == "head" else list(setting)
+
+
+def extract_checkpoint_factors(inputs, outputs, params, threads=1, log=print) -> Path:
+    """Ghost factors of one checkpoint on one split (train: the version's training set, with the
+    labels it was trained with; test: the target the config names), in the factor folder
+    ``outputs["factors"]``: what the rules extract_factors, evaluation_factors and ensemble_factors
+    run, given their named inputs (``checkpoint``, ``checkpoints``, ``manifest``, ``train_set``,
+    ``cache``) and params (``split``, ``layers``, ``target``, ``device``, ``batch_size``)."""
+    split = params["split"]
+    layers = hooked_layers(params["layers"])
+    target = params["target"] if split == "test" else "label"
+    model, checkpoint, loss_fn, device = load_for_inference(
+        inputs["checkpoint"], threads, params["device"], listed=read_json(inputs["checkpoints"])
+    )
+    manifest = pd.read_parquet(inputs["manifest"])
+    images, labels, idx = version_split(manifest, split, inputs["train_set"], inputs["cache"])
+    log(
+        f"factors of {inputs['checkpoint']} (stage {checkpoint.get('stage', 2)} epoch "
+        f"{checkpoint['epoch']}, lr "
+        f"{checkpoint['lr_head']:g}) on {split}: {len(labels)} images, layers {layers}, target "
+        f"{target}, device {device}"
+    )
+    return extract_to_dir(
+        model,
+        CacheBatches(images, labels, idx, model.arch, params["batch_size"], device),
+        loss_fn,
+        outputs["factors"],
+        epoch=int(checkpoint["epoch"]),
+        stage=int(checkpoint.get("stage", 2)),
+        lr=float(checkpoint["lr_head"]),  # the head's parameter group holds every hooked layer
+        layers=layers,
+        target=target,
+        device=device,
+        num_samples=len(labels),
+        log=log,
+        label=f"factors {split}",
+    )
 
 
 def read_meta(path) -> dict:
