@@ -1168,11 +1168,3 @@ def with_reference(readme: str, schema: dict) -> str:
     head, rest = readme.split(start, 1)
     _, tail = rest.split(end, 1)
     return head + start + schema_reference(schema) + end + tail
-
-
-if __name__ == "__main__":  # python -m tracinflow.config SCHEMA README: refresh README's reference
-    import sys
-
-    schema_path, readme_path = sys.argv[1:3]
-    text = Path(readme_path).read_text()
-    Path(readme_path).write_text(with_reference(text, load_schema(schema_path)))
