@@ -19,6 +19,7 @@ from tracinflow.analysis.confident_learning import (
     logistic_out_of_fold,
 )
 from tracinflow.analysis.study import cleaning_summary, detection_summary, study_roles
+from tracinflow.analysis.study_text import detection_markdown
 from tracinflow.config import (
     ConfigError,
     check_version_links,
@@ -301,6 +302,25 @@ def test_detection_summary_averages_each_ranking_over_seeds():
     assert bool(loss["default"]) and loss["seeds"] == 2
     with pytest.raises(ValueError, match="no detection table"):
         detection_summary(roles, {"u30_s0": table})
+
+
+def test_the_detection_table_is_one_markdown_row_per_ranking_with_names_escaped():
+    roles = roles_and_tables()
+    table = pd.DataFrame({
+        "ranking": ["loss", "a|*b*"], "found_at_5pct": [0.2, 0.05], "found_at_10pct": [0.4, 0.1],
+        "found_at_20pct": [0.6, 0.2], "roc_auc": [0.9, 0.5], "average_precision": [0.8, 0.3],
+        "default": [True, False],
+    })  # fmt: skip
+    other = table.assign(found_at_10pct=[0.6, 0.1])
+    _, summary = detection_summary(roles, {"u30_s0": table, "u30_s1": other})
+    assert detection_markdown(summary).splitlines() == [
+        "| noise | ranking | found at 5% | found at 10% | found at 20% | ROC AUC | AP | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| uniform 30% | **loss** (default) | 20.0 ± 0.0 | 50.0 ± 14.1 | 60.0 ± 0.0 | "
+        "0.900 ± 0.000 | 0.800 ± 0.000 | 2 |",
+        "| uniform 30% | a\\|\\*b\\* | 5.0 ± 0.0 | 10.0 ± 0.0 | 20.0 ± 0.0 | 0.500 ± 0.000 | "
+        "0.300 ± 0.000 | 2 |",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
