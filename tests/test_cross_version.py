@@ -30,10 +30,10 @@ from tracinflow.analysis.cross_version import (
     performance_table,
     persistent_mispredictions,
     shared_mislabel_candidates,
-    summary_markdown,
     train_set_fingerprint,
     version_registry,
 )
+from tracinflow.analysis.cross_version_text import summary_markdown
 from tracinflow.analysis.markdown import markdown_table
 from tracinflow.plots.cross_version import plot_influence_statistics, plot_performance
 from tracinflow.stages.versions import cross_version
