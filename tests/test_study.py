@@ -18,7 +18,7 @@ from tracinflow.analysis.confident_learning import (
     label_quality,
     logistic_out_of_fold,
 )
-from tracinflow.analysis.study import cleaning_summary, detection_summary, study_roles
+from tracinflow.analysis.study import cleaning_over_seeds, detection_summary, study_roles
 from tracinflow.analysis.study_text import detection_markdown
 from tracinflow.config import (
     ConfigError,
@@ -259,7 +259,7 @@ def test_a_version_cleaned_by_a_marks_file_is_the_list_variant_of_its_action():
     assert (row["role"], row["variant"], row["source"]) == ("cleaned", "relabel_list", "u30")
 
 
-def test_cleaning_summary_gives_the_share_of_the_noise_cost_each_variant_recovers():
+def test_cleaning_over_seeds_gives_the_share_of_the_noise_cost_each_variant_recovers():
     roles = roles_and_tables()
     accuracy = {
         "baseline_s0": 0.90, "baseline_s1": 0.76, "u30_s0": 0.80, "u30_s1": 0.70,
@@ -270,7 +270,7 @@ def test_cleaning_summary_gives_the_share_of_the_noise_cost_each_variant_recover
     planted = pd.DataFrame({"noisy": [True] * 3 + [False] * 7, "dropped": False})
     train_sets = {v: planted for v in accuracy}
     train_sets["u30_s0_drop_oracle"] = planted.assign(dropped=planted["noisy"])
-    per_seed, summary = cleaning_summary(roles, accuracy, train_sets)
+    per_seed, summary = cleaning_over_seeds(roles, accuracy, train_sets)
     row = summary.set_index("variant")
     # the noise cost 0.10 and 0.06: the share recovered is the mean gain over the mean cost
     assert row.loc["noisy", "cost_mean"] == pytest.approx(0.08)

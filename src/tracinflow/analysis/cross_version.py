@@ -517,7 +517,7 @@ CLEANING_COLUMNS = [
 ]
 
 
-def cleaning_summary(
+def cleaning_per_version(
     settings: Mapping[str, dict], train_sets: Mapping[str, pd.DataFrame], metrics: Mapping
 ) -> pd.DataFrame:
     """One row per version that cleans another's training set: what picked the images (its
@@ -597,7 +597,7 @@ def compare_versions(
         candidates=shared_mislabel_candidates(inspections, manifest, top, min_versions),
         statistics=influence_statistics(topk),
         pairs=confused_pairs(metrics, class_names),
-        cleaning=cleaning_summary(settings, train_sets, metrics),
+        cleaning=cleaning_per_version(settings, train_sets, metrics),
         registry=version_registry(settings, train_sets, metrics, checkpoints, trained_at),
         min_versions=min_versions,
         top=top,

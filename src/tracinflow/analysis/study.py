@@ -107,7 +107,7 @@ def _with_recovery(per_seed: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def cleaning_summary(
+def cleaning_over_seeds(
     roles: pd.DataFrame,
     accuracies: Mapping[str, float],
     train_sets: Mapping[str, pd.DataFrame],

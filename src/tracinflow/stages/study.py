@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from tracinflow._util.files import read_json, save_figure, write_csv, write_text
-from tracinflow.analysis.study import cleaning_summary, detection_summary, study_roles
+from tracinflow.analysis.study import cleaning_over_seeds, detection_summary, study_roles
 from tracinflow.analysis.study_text import study_summary_markdown
 from tracinflow.plots.study import plot_study_cleaning, plot_study_detection
 
@@ -33,7 +33,7 @@ def study(inputs, outputs, params, threads=1, log=print) -> dict:
     )
     metrics = _by_version(settings, inputs["metrics"], "metrics")
     train_sets = _by_version(settings, inputs["train_sets"], "train set")
-    cleaning_seeds, cleaning = cleaning_summary(
+    cleaning_seeds, cleaning = cleaning_over_seeds(
         roles,
         {v: read_json(p)["test"]["accuracy"] for v, p in metrics.items()},
         {v: pd.read_parquet(p, columns=["noisy", "dropped"]) for v, p in train_sets.items()},
