@@ -1,6 +1,9 @@
 import copy
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -221,6 +224,13 @@ def test_config_readme_documents_every_key():
     readme = (REPO / "config/README.md").read_text()
     assert readme == with_reference(readme, SCHEMA), "run `make config-docs`"
     assert "`dataset.demo.images_per_class`" in readme
+
+
+def test_the_config_package_imports_no_torch():
+    # workflow/rules/common.smk imports it while planning and in every job: torch would cost seconds
+    code = "import sys, tracinflow.config; sys.exit('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 
 
 def default_differences(given: dict, schema_defaults: dict, path: str = "") -> list[str]:
