@@ -286,33 +286,32 @@ def test_cleaning_over_seeds_gives_the_share_of_the_noise_cost_each_variant_reco
     assert fixed["u30_s0_drop_oracle"] == 1.0 and fixed["u30_s1_drop_oracle"] == 0.0
 
 
-def test_detection_summary_averages_each_ranking_over_seeds():
-    roles = roles_and_tables()
+def detection_tables(rankings=("loss", "random")) -> dict:
+    """The two noisy versions' detection tables: two rankings, the first the default, found at
+    10% differing between the seeds."""
     table = pd.DataFrame({
-        "ranking": ["loss", "random"], "found_at_5pct": [0.2, 0.05], "found_at_10pct": [0.4, 0.1],
+        "ranking": list(rankings), "found_at_5pct": [0.2, 0.05], "found_at_10pct": [0.4, 0.1],
         "found_at_20pct": [0.6, 0.2], "roc_auc": [0.9, 0.5], "average_precision": [0.8, 0.3],
         "default": [True, False],
     })  # fmt: skip
-    other = table.assign(found_at_10pct=[0.6, 0.1])
-    per_seed, summary = detection_summary(roles, {"u30_s0": table, "u30_s1": other})
+    return {"u30_s0": table, "u30_s1": table.assign(found_at_10pct=[0.6, 0.1])}
+
+
+def test_detection_summary_averages_each_ranking_over_seeds():
+    roles = roles_and_tables()
+    tables = detection_tables()
+    per_seed, summary = detection_summary(roles, tables)
     assert len(per_seed) == 4
     loss = summary.set_index("ranking").loc["loss"]
     assert loss["found_at_10pct_mean"] == pytest.approx(0.5)
     assert loss["found_at_10pct_std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
     assert bool(loss["default"]) and loss["seeds"] == 2
     with pytest.raises(ValueError, match="no detection table"):
-        detection_summary(roles, {"u30_s0": table})
+        detection_summary(roles, {"u30_s0": tables["u30_s0"]})
 
 
 def test_the_detection_table_is_one_markdown_row_per_ranking_with_names_escaped():
-    roles = roles_and_tables()
-    table = pd.DataFrame({
-        "ranking": ["loss", "a|*b*"], "found_at_5pct": [0.2, 0.05], "found_at_10pct": [0.4, 0.1],
-        "found_at_20pct": [0.6, 0.2], "roc_auc": [0.9, 0.5], "average_precision": [0.8, 0.3],
-        "default": [True, False],
-    })  # fmt: skip
-    other = table.assign(found_at_10pct=[0.6, 0.1])
-    _, summary = detection_summary(roles, {"u30_s0": table, "u30_s1": other})
+    _, summary = detection_summary(roles_and_tables(), detection_tables(("loss", "a|*b*")))
     assert detection_markdown(summary).splitlines() == [
         "| noise | ranking | found at 5% | found at 10% | found at 20% | ROC AUC | AP | seeds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
