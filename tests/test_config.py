@@ -1,6 +1,9 @@
 import copy
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -16,6 +19,7 @@ from tracinflow.config import (
     load_schema,
     version_method,
     version_settings,
+    with_defaults,
     with_reference,
 )
 
@@ -220,6 +224,41 @@ def test_config_readme_documents_every_key():
     readme = (REPO / "config/README.md").read_text()
     assert readme == with_reference(readme, SCHEMA), "run `make config-docs`"
     assert "`dataset.demo.images_per_class`" in readme
+
+
+def test_the_config_package_imports_no_torch():
+    # workflow/rules/common.smk imports it while planning and in every job: torch would cost seconds
+    code = "import sys, tracinflow.config; sys.exit('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def default_differences(given: dict, schema_defaults: dict, path: str = "") -> list[str]:
+    """Where ``given`` (a tree of defaults) and the schema's defaults part: a key one has and the
+    other lacks (``given`` may leave whole sections of the schema out) or a different value."""
+    found = []
+    for key in sorted({*given, *schema_defaults}):
+        where = f"{path}{key}"
+        if key not in schema_defaults:
+            found.append(f"{where}: not a schema key")
+        elif key not in given:
+            found.append(f"{where}: the schema's default {schema_defaults[key]!r} is missing")
+        elif isinstance(given[key], dict) and isinstance(schema_defaults[key], dict):
+            found += default_differences(given[key], schema_defaults[key], f"{where}.")
+        elif given[key] != schema_defaults[key]:
+            found.append(f"{where}: {given[key]!r}, the schema says {schema_defaults[key]!r}")
+    return found
+
+
+def test_the_trainers_defaults_are_the_schemas():
+    # The Python API trains with train.trainer.DEFAULT_SETTINGS where a setting is not given, the
+    # workflow with the schema's defaults: one recipe only if they are the same values.
+    from tracinflow.train.trainer import DEFAULT_SETTINGS
+
+    schema_defaults = with_defaults({}, SCHEMA)
+    sections = {key: schema_defaults[key] for key in DEFAULT_SETTINGS}
+    assert set(DEFAULT_SETTINGS) == {"seed", "model", "training"}
+    assert default_differences(DEFAULT_SETTINGS, sections) == []
 
 
 def resolved_versions(versions: dict) -> dict:

@@ -23,17 +23,17 @@ from tracinflow.analysis.cross_version import (
     PERFORMANCE_COLUMNS,
     PERSISTENT_COLUMNS,
     STATISTICS_COLUMNS,
-    cleaning_summary,
+    cleaning_per_version,
     confused_pairs,
     consistent_influencers,
     influence_statistics,
     performance_table,
     persistent_mispredictions,
     shared_mislabel_candidates,
-    summary_markdown,
     train_set_fingerprint,
     version_registry,
 )
+from tracinflow.analysis.cross_version_text import summary_markdown
 from tracinflow.analysis.markdown import markdown_table
 from tracinflow.plots.cross_version import plot_influence_statistics, plot_performance
 from tracinflow.stages.versions import cross_version
@@ -415,7 +415,7 @@ def test_confused_pairs_from_planted_matrices():
         confused_pairs({"v1": {"confusion_matrix": [[1, 2], [3, 4]]}}, CLASSES)
 
 
-def test_cleaning_summary_names_the_ranking_or_the_marks_file():
+def test_cleaning_per_version_names_the_ranking_or_the_marks_file():
     source = pd.DataFrame(
         {
             "idx": [0, 1, 2, 3],
@@ -437,7 +437,7 @@ def test_cleaning_summary_names_the_ranking_or_the_marks_file():
     accuracy = {"noisy": 0.7, "cleaned": 0.75, "marked": 0.8}
     metrics = {name: {"test": {"accuracy": a}} for name, a in accuracy.items()}
     train_sets = {"noisy": source, "cleaned": by_ranking, "marked": by_list}
-    table = cleaning_summary(settings, train_sets, metrics).set_index("version")
+    table = cleaning_per_version(settings, train_sets, metrics).set_index("version")
     assert table.at["cleaned", "ranking"] == "loss"
     assert table.at["marked", "ranking"] == "list marks.csv"
     assert table.at["marked", "acted_on"] == 2 and table.at["marked", "flips_removed"] == 1

@@ -18,7 +18,8 @@ from tracinflow.analysis.confident_learning import (
     label_quality,
     logistic_out_of_fold,
 )
-from tracinflow.analysis.study import cleaning_summary, detection_summary, study_roles
+from tracinflow.analysis.study import cleaning_over_seeds, detection_summary, study_roles
+from tracinflow.analysis.study_text import detection_markdown
 from tracinflow.config import (
     ConfigError,
     check_version_links,
@@ -258,7 +259,7 @@ def test_a_version_cleaned_by_a_marks_file_is_the_list_variant_of_its_action():
     assert (row["role"], row["variant"], row["source"]) == ("cleaned", "relabel_list", "u30")
 
 
-def test_cleaning_summary_gives_the_share_of_the_noise_cost_each_variant_recovers():
+def test_cleaning_over_seeds_gives_the_share_of_the_noise_cost_each_variant_recovers():
     roles = roles_and_tables()
     accuracy = {
         "baseline_s0": 0.90, "baseline_s1": 0.76, "u30_s0": 0.80, "u30_s1": 0.70,
@@ -269,7 +270,7 @@ def test_cleaning_summary_gives_the_share_of_the_noise_cost_each_variant_recover
     planted = pd.DataFrame({"noisy": [True] * 3 + [False] * 7, "dropped": False})
     train_sets = {v: planted for v in accuracy}
     train_sets["u30_s0_drop_oracle"] = planted.assign(dropped=planted["noisy"])
-    per_seed, summary = cleaning_summary(roles, accuracy, train_sets)
+    per_seed, summary = cleaning_over_seeds(roles, accuracy, train_sets)
     row = summary.set_index("variant")
     # the noise cost 0.10 and 0.06: the share recovered is the mean gain over the mean cost
     assert row.loc["noisy", "cost_mean"] == pytest.approx(0.08)
@@ -285,22 +286,40 @@ def test_cleaning_summary_gives_the_share_of_the_noise_cost_each_variant_recover
     assert fixed["u30_s0_drop_oracle"] == 1.0 and fixed["u30_s1_drop_oracle"] == 0.0
 
 
-def test_detection_summary_averages_each_ranking_over_seeds():
-    roles = roles_and_tables()
+def detection_tables(rankings=("loss", "random")) -> dict:
+    """The two noisy versions' detection tables: two rankings, the first the default, found at
+    10% differing between the seeds."""
     table = pd.DataFrame({
-        "ranking": ["loss", "random"], "found_at_5pct": [0.2, 0.05], "found_at_10pct": [0.4, 0.1],
+        "ranking": list(rankings), "found_at_5pct": [0.2, 0.05], "found_at_10pct": [0.4, 0.1],
         "found_at_20pct": [0.6, 0.2], "roc_auc": [0.9, 0.5], "average_precision": [0.8, 0.3],
         "default": [True, False],
     })  # fmt: skip
-    other = table.assign(found_at_10pct=[0.6, 0.1])
-    per_seed, summary = detection_summary(roles, {"u30_s0": table, "u30_s1": other})
+    return {"u30_s0": table, "u30_s1": table.assign(found_at_10pct=[0.6, 0.1])}
+
+
+def test_detection_summary_averages_each_ranking_over_seeds():
+    roles = roles_and_tables()
+    tables = detection_tables()
+    per_seed, summary = detection_summary(roles, tables)
     assert len(per_seed) == 4
     loss = summary.set_index("ranking").loc["loss"]
     assert loss["found_at_10pct_mean"] == pytest.approx(0.5)
     assert loss["found_at_10pct_std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
     assert bool(loss["default"]) and loss["seeds"] == 2
     with pytest.raises(ValueError, match="no detection table"):
-        detection_summary(roles, {"u30_s0": table})
+        detection_summary(roles, {"u30_s0": tables["u30_s0"]})
+
+
+def test_the_detection_table_is_one_markdown_row_per_ranking_with_names_escaped():
+    _, summary = detection_summary(roles_and_tables(), detection_tables(("loss", "a|*b*")))
+    assert detection_markdown(summary).splitlines() == [
+        "| noise | ranking | found at 5% | found at 10% | found at 20% | ROC AUC | AP | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| uniform 30% | **loss** (default) | 20.0 ± 0.0 | 50.0 ± 14.1 | 60.0 ± 0.0 | "
+        "0.900 ± 0.000 | 0.800 ± 0.000 | 2 |",
+        "| uniform 30% | a\\|\\*b\\* | 5.0 ± 0.0 | 10.0 ± 0.0 | 20.0 ± 0.0 | 0.500 ± 0.000 | "
+        "0.300 ± 0.000 | 2 |",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 from conftest import CHROMIUM, pattern_image, save
 from markdown_it import MarkdownIt
 
-from tracinflow.analysis.cross_version import summary_markdown
+from tracinflow.analysis.cross_version_text import summary_markdown
 from tracinflow.analysis.markdown import markdown_table, markdown_text
 from tracinflow.data.scan import scan_image_folder
 from tracinflow.stages.explorer import explorer

@@ -1,6 +1,8 @@
-"""Markdown the workflow writes (``cross_version/summary.md``, ``study/summary.md``): tables
-whose cells may hold file, class and version names, escaped so that a name is shown as it is and
-never becomes markup, HTML or a broken row in any renderer, sanitising or not."""
+"""Markdown the workflow writes (``cross_version/summary.md``, ``study/summary.md``,
+``evaluation/summary.md``): tables whose cells may hold file, class and version names, escaped so
+that a name is shown as it is and never becomes markup, HTML or a broken row in any renderer,
+sanitising or not. One table layout for all of them: a frame with its cells formatted here
+(:func:`markdown_table`), or cells a caller wrote itself (:func:`markdown_table_from_cells`)."""
 
 from __future__ import annotations
 
@@ -56,20 +58,28 @@ def markdown_cell(value) -> str:
     return markdown_text(value)
 
 
+def markdown_table_from_cells(header, rows, align=None) -> str:
+    """A GitHub markdown table of cells already written as markdown (escaped, formatted, possibly
+    emphasised): the ``header`` line, the rule (``---`` per column, or ``align``'s, e.g. ``---:``
+    to right-align), one line per row of ``rows``. No newline at the end."""
+    header = list(header)
+    align = list(align) if align is not None else ["---"] * len(header)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """The frame as a GitHub markdown table: a header, a rule, one line per row (cells by
     :func:`markdown_cell`, numeric columns right-aligned)."""
-    columns = [str(c) for c in frame.columns]
     align = [
         "---:"
         if pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
         else "---"
         for c in frame.columns
     ]
-    lines = [
-        "| " + " | ".join(markdown_cell(c) for c in columns) + " |",
-        "| " + " | ".join(align) + " |",
-    ]
-    for row in frame.itertuples(index=False, name=None):
-        lines.append("| " + " | ".join(markdown_cell(v) for v in row) + " |")
-    return "\n".join(lines)
+    return markdown_table_from_cells(
+        [markdown_cell(str(c)) for c in frame.columns],
+        ([markdown_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)),
+        align,
+    )

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from tracinflow.analysis.detection import DETECTION_COLUMNS
-from tracinflow.analysis.markdown import markdown_text
 
 DETECTION_METRICS = DETECTION_COLUMNS[1:6]
 ROLE_COLUMNS = ["version", "role", "rate", "mode", "seed", "variant", "source"]
@@ -108,7 +107,7 @@ def _with_recovery(per_seed: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def cleaning_summary(
+def cleaning_over_seeds(
     roles: pd.DataFrame,
     accuracies: Mapping[str, float],
     train_sets: Mapping[str, pd.DataFrame],
@@ -158,58 +157,3 @@ def cleaning_summary(
     spread = summary["gain_over_random_std"] / np.sqrt(summary["seeds"])
     summary["gain_over_random_t"] = summary["gain_over_random_mean"] / spread.where(spread > 0)
     return per_seed, summary
-
-
-def _cell(mean: float, std: float, percent: bool) -> str:
-    """``mean ± std`` (in percent when ``percent``); no ``± std`` for one seed."""
-    if np.isnan(mean):
-        return ""
-    scale, digits = (100.0, ".1f") if percent else (1.0, ".3f")
-    text = f"{mean * scale:{digits}}"
-    return text if np.isnan(std) else f"{text} ± {std * scale:{digits}}"
-
-
-def detection_markdown(summary: pd.DataFrame) -> str:
-    """The detection summary as a markdown table: per setting and ranking, the share of flips
-    found at 5/10/20% inspected (%), ROC AUC and AP, mean ± std over seeds."""
-    lines = [
-        "| noise | ranking | found at 5% | found at 10% | found at 20% | ROC AUC | AP | seeds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in summary.itertuples(index=False):
-        d = row._asdict()
-        ranking = markdown_text(row.ranking)
-        name = f"**{ranking}** (default)" if row.default else ranking
-        cells = [
-            _cell(d[f"{m}_mean"], d[f"{m}_std"], percent=m.startswith("found"))
-            for m in DETECTION_METRICS
-        ]
-        lines.append(
-            f"| {markdown_text(row.mode)} {row.rate:.0%} | {name} | "
-            + " | ".join(cells)
-            + f" | {row.seeds} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def cleaning_markdown(summary: pd.DataFrame) -> str:
-    """The cleaning summary as a markdown table (percentage points; mean ± std over seeds)."""
-    lines = [
-        "| noise | variant | test accuracy % | noise cost | gain over noisy | share of cost "
-        "recovered % | gain over random | flips fixed % | seeds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in summary.itertuples(index=False):
-        d = row._asdict()
-        noise = "none" if row.mode == "none" else f"{markdown_text(row.mode)} {row.rate:.0%}"
-        cells = [
-            _cell(d[f"{m}_mean"], d[f"{m}_std"], percent=True) for m in ("accuracy", "cost", "gain")
-        ]
-        cells.append(_cell(row.recovered, np.nan, percent=True) if row.variant != "noisy" else "")
-        over_random = _cell(row.gain_over_random_mean, row.gain_over_random_std, percent=True)
-        if not np.isnan(row.gain_over_random_t):
-            over_random += f" (t {row.gain_over_random_t:.1f})"
-        cells += [over_random, _cell(row.flips_fixed_mean, row.flips_fixed_std, percent=True)]
-        variant = markdown_text(row.variant)
-        lines.append(f"| {noise} | {variant} | " + " | ".join(cells) + f" | {row.seeds} |")
-    return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from tracinflow._util.tables import descending_rank
 from tracinflow.config import checkpoint_name
 from tracinflow.influence.inputs import (
     Checkpoints,
@@ -77,9 +78,7 @@ def self_influence(
     )
     total = per.sum(axis=0)
     idx = np.asarray(side[0].idx, dtype=np.int64)
-    order = np.lexsort((idx, -total))
-    rank = np.empty(len(idx), dtype=np.int64)
-    rank[order] = np.arange(1, len(idx) + 1)
+    rank = descending_rank(total, idx)
     frame = pd.DataFrame({"train_idx": idx, "self_influence": total, "rank": rank})
     if per_checkpoint:
         for c, f in enumerate(side):
@@ -90,4 +89,4 @@ def self_influence(
                 else f"self_influence_{checkpoint_name(f.stage, epoch)}"
             )
             frame[name] = per[c]
-    return frame.iloc[order].reset_index(drop=True)
+    return frame.iloc[np.argsort(rank)].reset_index(drop=True)

@@ -9,13 +9,8 @@ from __future__ import annotations
 import pandas as pd
 
 from tracinflow._util.files import read_json, save_figure, write_csv, write_text
-from tracinflow.analysis.study import (
-    cleaning_markdown,
-    cleaning_summary,
-    detection_markdown,
-    detection_summary,
-    study_roles,
-)
+from tracinflow.analysis.study import cleaning_over_seeds, detection_summary, study_roles
+from tracinflow.analysis.study_text import study_summary_markdown
 from tracinflow.plots.study import plot_study_cleaning, plot_study_detection
 
 
@@ -38,7 +33,7 @@ def study(inputs, outputs, params, threads=1, log=print) -> dict:
     )
     metrics = _by_version(settings, inputs["metrics"], "metrics")
     train_sets = _by_version(settings, inputs["train_sets"], "train set")
-    cleaning_seeds, cleaning = cleaning_summary(
+    cleaning_seeds, cleaning = cleaning_over_seeds(
         roles,
         {v: read_json(p)["test"]["accuracy"] for v, p in metrics.items()},
         {v: pd.read_parquet(p, columns=["noisy", "dropped"]) for v, p in train_sets.items()},
@@ -51,13 +46,6 @@ def study(inputs, outputs, params, threads=1, log=print) -> dict:
         log(f"study: wrote {outputs[key]} ({len(frame)} rows)")
     save_figure(plot_study_detection(detection), outputs["detection_plot"])
     save_figure(plot_study_cleaning(cleaning), outputs["cleaning_plot"])
-    text = (
-        f"# Noise study: {len(roles)} versions, seeds {sorted(set(roles['seed']))}\n\n"
-        "## Finding the planted flips (mean ± std over seeds; shares in %)\n\n"
-        + detection_markdown(detection)
-        + "\n## Cleaning (test accuracy and gains in percentage points; mean ± std over seeds)\n\n"
-        + cleaning_markdown(cleaning)
-    )
-    write_text(outputs["summary"], text)
+    write_text(outputs["summary"], study_summary_markdown(roles, detection, cleaning))
     log(f"study: wrote {outputs['summary']}")
     return {"detection": detection, "cleaning": cleaning}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from tracinflow._util.files import read_json, save_figure, write_csv, write_json, write_text
-from tracinflow.analysis.cross_version import SUMMARY_FILES, compare_versions
+from tracinflow.analysis.cross_version import compare_versions
+from tracinflow.analysis.cross_version_text import SUMMARY_FILES, summary_markdown
 from tracinflow.data.split import class_names_of
 from tracinflow.plots.cross_version import plot_influence_statistics, plot_performance
 
@@ -89,7 +90,12 @@ def cross_version(inputs, outputs, params, threads=1, log=print):
     ):
         save_figure(figure, outputs[key])
         log(f"cross-version: wrote {outputs[key]} (plot)")
-    text = comparison.summary({key: Path(outputs[key]).name for key in SUMMARY_FILES})
+    text = summary_markdown(  # every table written above, shown capped and linked
+        **{key: getattr(comparison, key) for key in TABLES},
+        min_versions=comparison.min_versions,
+        top=comparison.top,
+        files={key: Path(outputs[key]).name for key in SUMMARY_FILES},
+    )
     write_text(outputs["summary"], text)
     log(f"cross-version: wrote {outputs['summary']} ({text.count(chr(10))} lines)")
     return comparison

@@ -48,6 +48,8 @@ from tracinflow.train.model import (
     to_input,
 )
 
+# The schema's defaults (workflow/schemas/config.schema.yaml) of seed, model and training, for
+# callers that give no config (the Python API); tests/test_config.py checks they are equal.
 DEFAULT_SETTINGS = {
     "seed": 0,
     "model": {
