@@ -8,7 +8,7 @@ CORES ?= all
 # Idle OpenMP threads spin by default; with concurrent jobs on few cores that costs 10x.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo study evaluate bench bench-peers test install fetch-demo-data lint format docs config-docs rulegraph clean-results
+.PHONY: demo study evaluate bench bench-peers test test-quick install fetch-demo-data lint format docs config-docs rulegraph clean-results
 
 demo: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
@@ -29,6 +29,11 @@ evaluate: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The development loop: every test that does not run snakemake (about 2 minutes on 2 cores);
+# `make test` (CI) runs these and the workflow tests.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not workflow and not slurm"
 
 # The speed benchmarks (benchmarks/README.md), about 18 minutes on 2 cores, each table also kept in
 # results/bench/. The Captum comparison and the stage table read the demo's results, so the demo
