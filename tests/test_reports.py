@@ -694,8 +694,15 @@ def test_suspicion_table_gives_every_ranking_its_known_scores():
         {"train_idx": [2, 3, 1], "kfac_self_influence": [7.0, 8.0, 9.0],
          "gn_self_influence": [0.7, 0.8, 0.9]}
     )  # fmt: skip
+    # two epochs, listed stage 2's first: signals follow the training order (stage 1, then 2)
+    trajectory = pd.DataFrame(
+        {"train_idx": [1, 2, 3, 3, 2, 1], "stage": [2, 2, 2, 1, 1, 1], "epoch": [1] * 6,
+         "loss": [0.2, 2.0, 0.7, 0.5, 1.0, 0.1], "margin": [4.0, -3.0, -0.5, 0.5, -1.0, 2.0],
+         "correct": [True, False, False, True, False, True]}
+    )  # fmt: skip
     table = suspicion_table(
         idx, self_influence, train_pred, error, validation=validation, curvature=curvature,
+        trajectory=trajectory,
         cleanlab={"cleanlab": quality, "cleanlab_kfold": quality.assign(label_quality=0.5)},
         seed=4,
     )  # fmt: skip
@@ -713,6 +720,13 @@ def test_suspicion_table_gives_every_ranking_its_known_scores():
         "combined": [3 / 6, 5 / 6, 4 / 6],
         # (error, loss): idx 3 (3, 1), idx 1 (1, 2), idx 2 (2, 3)
         "error_combined": [4 / 6, 3 / 6, 5 / 6],
+        # minus the mean margins 0, 3, -2
+        "aum": [0.0, -3.0, 2.0],
+        "loss_sum": [1.2, 0.3, 3.0],
+        # idx 3 right then wrong; idx 1 never wrong; idx 2 never right: forgotten both epochs
+        "forgetting": [1.0, 0.0, 2.0],
+        # (aum, loss): idx 3 (2, 1), idx 1 (1, 2), idx 2 (3, 3)
+        "aum_combined": [3 / 6, 3 / 6, 6 / 6],
         "val_harm": [2.0, -1.0, 0.5],
         "val_opponent": [1.0, 3.0, 0.0],
         "cleanlab": [0.5, 0.1, 0.75],  # 1 - label quality: the lowest quality first

@@ -26,7 +26,13 @@ from tracinflow.train.model import (
     head_parameters,
     make_arch,
 )
-from tracinflow.train.trainer import Trainer, evaluate, lr_scale, train_epoch
+from tracinflow.train.trainer import (
+    TRAJECTORY_COLUMNS,
+    Trainer,
+    evaluate,
+    lr_scale,
+    train_epoch,
+)
 
 CHECKPOINT_FIELDS = {
     "model",
@@ -101,6 +107,7 @@ def train_model(train_images, train_labels, val_images, val_labels, num_classes,
         "best": out_dir / "best.pt",
         "history": out_dir / "history.csv",
         "curves": out_dir / "training_curves.png",
+        "trajectory": out_dir / "trajectory.parquet",
     }
     return fit(
         train_images, train_labels, val_images, val_labels, num_classes, settings, files,
@@ -282,6 +289,34 @@ def test_cached_stage1_features_give_the_head_of_training_through_the_frozen_bac
         torch.testing.assert_close(heads[0][key], heads[1][key], rtol=1e-5, atol=1e-6)
 
 
+def test_recording_the_trajectory_adds_no_forward_pass(lite0_weights):
+    """Stage 1 on cached features runs the head once per batch and once on the val features per
+    epoch, and stage 2 the network once per batch and per val batch, as before the trajectory was
+    recorded: the margins and losses come from the forward the optimizer step runs anyway."""
+    images, labels = color_images(40, size=32)
+    s = lite0_settings(epochs=3)
+    s["training"]["stage2"].update(max_epochs=2, checkpoint_epochs=[2])
+    trainer = Trainer(
+        s, 3, images, labels, images[:8], labels[:8], device=torch.device("cpu"),
+        pretrained_state=lite0_weights, log=quiet,
+    )  # fmt: skip
+    calls = {"fc": 0, "network": 0}
+    trainer.model.fc.register_forward_hook(lambda *_: calls.__setitem__("fc", calls["fc"] + 1))
+    trainer.model.register_forward_hook(
+        lambda *_: calls.__setitem__("network", calls["network"] + 1)
+    )
+    counts = []
+    for done in trainer.epochs():
+        counts.append((done.stage, calls["network"], calls["fc"]))
+        calls.update(fc=0, network=0)
+    # batch 16: 3 training batches of 40 images, 1 val batch of 8; stage 1's first epoch also
+    # computes the frozen features (the backbone alone, not the network or the head)
+    assert counts == [(1, 0, 3 + 1)] * 3 + [(2, 3 + 1, 3 + 1)] * 2
+    assert [(t["stage"], t["epoch"]) for t in trainer.progress.trajectory] == [
+        (1, 1), (1, 2), (1, 3), (2, 1), (2, 2),
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("train_batchnorm", [False, True])
 def test_stage2_batchnorm_statistics_stay_frozen_unless_asked(lite0_weights, train_batchnorm):
     images, labels = color_images(16, size=32)
@@ -342,6 +377,10 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert (tmp_path / "full" / "checkpoints.json").read_text() == (
         resumed_dir / "checkpoints.json"
     ).read_text()
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "full" / "trajectory.parquet"),
+        pd.read_parquet(resumed_dir / "trajectory.parquet"),
+    )
 
 
 def test_same_seed_same_checkpoints_and_stale_state_ignored(tmp_path):
@@ -508,6 +547,22 @@ def test_tiny_training_learns_and_writes_every_output(tmp_path):
     val_loss, val_acc = evaluate(model, loss_fn, val_images, val_labels, 7, torch.device("cpu"))
     assert val_loss == pytest.approx(checkpoint["val_loss"], rel=1e-5)
     assert val_acc == checkpoint["val_accuracy"]
+
+    # the trajectory: every image once per epoch of both stages, in training order, and its
+    # per-epoch means are the history's training loss and accuracy
+    trajectory = pd.read_parquet(tmp_path / "trajectory.parquet")
+    assert list(trajectory.columns) == TRAJECTORY_COLUMNS
+    assert len(trajectory) == 96 * 6
+    epochs = trajectory[["stage", "epoch"]].drop_duplicates()
+    assert list(epochs.itertuples(index=False, name=None)) == list(
+        history[["stage", "epoch"]].itertuples(index=False, name=None)
+    )
+    per_epoch = trajectory.groupby(["stage", "epoch"], sort=False)
+    assert (per_epoch["train_idx"].apply(sorted) == [list(range(96))] * 6).all()
+    np.testing.assert_allclose(per_epoch["loss"].mean(), history["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(per_epoch["correct"].mean(), history["train_accuracy"])
+    # a positive margin is a correct prediction
+    assert (trajectory["correct"] == (trajectory["margin"] > 0)).all()
 
     png = (tmp_path / "training_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -67,7 +67,8 @@ def test_noise_detection_table_for_noisy_versions(tiny_workflow):
         assert list(table.columns) == DETECTION_COLUMNS
         assert table.loc[table["default"], "ranking"].tolist() == ["loss"]  # reports.ranking
         assert {"self_influence", "error_self_influence", "kfac_self_influence",
-                "gn_self_influence", "loss", "combined", "random"} <= set(table["ranking"])  # fmt: skip
+                "gn_self_influence", "loss", "combined", "aum", "loss_sum", "forgetting",
+                "aum_combined", "random"} <= set(table["ranking"])  # fmt: skip
         assert table[["found_at_5pct", "found_at_10pct", "found_at_20pct"]].le(1).all().all()
         assert table["roc_auc"].between(0, 1).all()
         assert (
@@ -131,3 +132,25 @@ def test_noise_detection_numbers_recomputed_from_the_files(tiny_workflow):
                                     (0.2, row.found_at_20pct)):  # fmt: skip
                 inspected = order[: int(np.ceil(round(fraction * len(scores), 9)))]
                 assert found == pytest.approx(flipped[inspected].sum() / flipped.sum())
+
+
+def test_trajectory_rankings_come_from_the_recorded_training_trajectory(tiny_workflow):
+    """train_model's trajectory.parquet holds every image the version trained on once per epoch of
+    its history; aum, loss_sum and forgetting are recomputed from it by hand."""
+    for version in ("v2", "v3"):
+        trajectory = results(tiny_workflow, f"{version}/model/trajectory.parquet")
+        history = results(tiny_workflow, f"{version}/model/history.csv")
+        suspicion = results(tiny_workflow, f"{version}/rankings/suspicion_scores.parquet")
+        used = results(tiny_workflow, f"{version}/train_set.parquet").query("~dropped")
+        assert sorted(set(trajectory["train_idx"])) == sorted(used["idx"])
+        assert len(trajectory) == len(used) * len(history)
+        per_image = trajectory.sort_values(["stage", "epoch"], kind="stable").groupby("train_idx")
+        idx = suspicion["train_idx"].to_numpy()
+        aum = per_image["margin"].mean().loc[idx].to_numpy(np.float64)
+        loss_sum = per_image["loss"].apply(lambda v: v.astype(np.float64).sum()).loc[idx]
+        np.testing.assert_allclose(suspicion["aum"], -aum, rtol=1e-6)
+        np.testing.assert_allclose(suspicion["loss_sum"], loss_sum, rtol=1e-6)
+        forgotten = per_image["correct"].apply(
+            lambda c: len(c) if not c.any() else int((c.to_numpy()[:-1] & ~c.to_numpy()[1:]).sum())
+        )
+        np.testing.assert_array_equal(suspicion["forgetting"], forgotten.loc[idx])

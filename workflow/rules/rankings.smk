@@ -88,6 +88,7 @@ rule suspicion_scores:
         error_self_influence=rules.self_influence.output.error_self_influence,
         curvature_self_influence=rules.self_influence.output.curvature_self_influence,
         train_predictions=rules.predict.output.train,
+        trajectory=rules.train_model.output.trajectory,
         validation=rules.validation_influence.output.validation,
     output:
         scores="results/{version}/rankings/suspicion_scores.parquet",

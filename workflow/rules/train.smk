@@ -37,6 +37,9 @@ rule train_model:
         checkpoints="results/{version}/model/checkpoints.json",
         best="results/{version}/model/best.pt",
         history="results/{version}/model/history.csv",
+        # every training image's loss, label margin and correctness per epoch (the trajectory
+        # rankings: aum, loss_sum, forgetting)
+        trajectory="results/{version}/model/trajectory.parquet",
         curves=report(
             "results/{version}/model/training_curves.png",
             caption="../report/training_curves.rst",

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tracinflow._util.tables import row_positions
+from tracinflow.analysis.trajectory import trajectory_signals
 from tracinflow.config import RANKING_NEEDS
 
 # self_influence.parquet's per-checkpoint columns (ckpt_N when a checkpoint's epoch is unknown).
@@ -32,12 +33,23 @@ TRACIN_RANKINGS = (
 #: self-influence under the curvature (K-FAC of the traced layers; the final layer's exact
 #: Gauss-Newton where it is traced), from the training factors
 CURVATURE_RANKINGS = ("kfac_self_influence", "gn_self_influence")
+#: from the training trajectory (model/trajectory.parquet, :mod:`tracinflow.analysis.trajectory`);
+#: ``aum_combined`` is the one combination with it, fixed before any study ran: the rank average
+#: of the whole run's margins and the best model's loss (what the network made of the image early,
+#: and at the end)
+TRAJECTORY_RANKINGS = ("aum", "loss_sum", "forgetting", "aum_combined")
 #: computed from the TracIn scores of the training images on the validation images
 VALIDATION_RANKINGS = ("val_harm", "val_opponent")
 #: confident learning: cleanlab on out-of-fold predicted probabilities
 CLEANLAB_RANKINGS = ("cleanlab", "cleanlab_kfold")
 #: the choices of reports.ranking (and of clean.ranking)
-RANKINGS = TRACIN_RANKINGS + CURVATURE_RANKINGS + VALIDATION_RANKINGS + CLEANLAB_RANKINGS
+RANKINGS = (
+    TRACIN_RANKINGS
+    + CURVATURE_RANKINGS
+    + TRAJECTORY_RANKINGS
+    + VALIDATION_RANKINGS
+    + CLEANLAB_RANKINGS
+)
 RANKING_MEANINGS = {
     "self_influence": "TracIn self-influence summed over checkpoints, largest first",
     "self_influence_first": "TracIn self-influence at the first checkpoint, largest first",
@@ -50,6 +62,12 @@ RANKING_MEANINGS = {
     "gn_self_influence": "self-influence under the final layer's exact Gauss-Newton curvature, "
     "summed over checkpoints, largest first",
     "loss": "training loss at the best checkpoint, largest first",
+    "aum": "area under the margin: the given label's logit margin averaged over every training "
+    "epoch of both stages, lowest first",
+    "loss_sum": "training loss summed over every training epoch of both stages, largest first",
+    "forgetting": "forgetting events over the training epochs (correct, then wrong); never "
+    "learned counts as forgotten every epoch",
+    "aum_combined": "mean percentile rank of the area under the margin and the loss",
     "combined": "mean percentile rank of self-influence and loss, largest first",
     "error_combined": "mean percentile rank of error-signal self-influence and loss",
     "val_harm": "minus the TracIn influence on the validation loss, summed over val images "
@@ -125,6 +143,7 @@ def suspicion_table(
     *,
     validation: pd.DataFrame | None = None,
     curvature: pd.DataFrame | None = None,
+    trajectory: pd.DataFrame | None = None,
     cleanlab: dict[str, pd.DataFrame] | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -140,6 +159,9 @@ def suspicion_table(
       (error self-influence, loss);
     - with ``curvature`` (``train_idx`` and the :data:`CURVATURE_RANKINGS` it has, from
       :func:`tracinflow.stages.influence.curvature_self_influence_frame`): those;
+    - with ``trajectory`` (the trainer's per-epoch table, ``model/trajectory.parquet``):
+      :func:`tracinflow.analysis.trajectory.trajectory_signals` (``aum``, ``loss_sum``,
+      ``forgetting``) and ``aum_combined``, :func:`percentile_rank_mean` of (``aum``, ``loss``);
     - with ``validation`` (``train_idx, val_harm, val_opponent``, from
       :func:`tracinflow.influence.validation.validation_signals`): those two;
     - with ``cleanlab`` (``{ranking: frame of train_idx, label_quality, label_issue}``, from
@@ -155,6 +177,9 @@ def suspicion_table(
     for name in CURVATURE_RANKINGS:
         if curvature is not None and name in curvature:
             columns[name] = _aligned(curvature, "train_idx", name, idx, "curvature self-influence")
+    if trajectory is not None:
+        columns |= trajectory_signals(trajectory, idx)
+        columns["aum_combined"] = percentile_rank_mean(columns["aum"], columns["loss"])
     if validation is not None:
         for name in VALIDATION_RANKINGS:
             columns[name] = _aligned(validation, "train_idx", name, idx, "validation influence")

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from tracinflow._util.device import select_device
-from tracinflow._util.files import save_figure, write_csv, write_json
+from tracinflow._util.files import save_figure, write_csv, write_json, write_parquet
 from tracinflow.io.checkpoints import (
     file_sha256,
     read_backbone_weights,
@@ -55,12 +55,15 @@ def fit(
     log: Callable[[str], None] = print,
     epoch_callback: Callable[[int, int], None] | None = None,
     pretrained_state: dict | None = None,
+    train_idx=None,
 ) -> dict:
     """Train the two stages and write the model files; returns the training summary.
 
     ``files`` names them: ``epochs`` (one checkpoint file per ``stage2.checkpoint_epochs``, in
     epoch order), ``stage1_epochs`` (the same of ``stage1.checkpoint_epochs``, when any),
-    ``best``, ``history``, ``checkpoints`` (checkpoints.json) and ``curves``. While training, the checkpoints, the best model, the history and the resume state live in the folder
+    ``best``, ``history``, ``checkpoints`` (checkpoints.json), ``curves`` and, optionally,
+    ``trajectory`` (every training image's loss, margin and correctness per epoch, by
+    ``train_idx``, the dataset idx of each training row). While training, the checkpoints, the best model, the history and the resume state live in the folder
     ``scratch``; they move into place once the run has finished, so a killed run leaves no model
     file that looks complete, and started again with the same settings and data it continues
     after its last completed epoch (Snakemake deletes a job's outputs before it reruns it, never
@@ -93,13 +96,14 @@ def fit(
         save_train_state(state_path, trainer.state())
         if epoch_callback is not None:
             epoch_callback(done.stage, done.epoch)
-    _finish(trainer, files, final, work, scratch)
+    _finish(trainer, files, final, work, scratch, train_idx)
     return trainer.summary()
 
 
-def _finish(trainer: Trainer, files: Mapping, final: dict, work: dict, scratch) -> None:
-    """Move the run's files from the scratch folder into place, then write checkpoints.json and
-    the training curves, and remove the resume state and the (then empty) scratch folder."""
+def _finish(trainer: Trainer, files: Mapping, final: dict, work: dict, scratch, train_idx) -> None:
+    """Move the run's files from the scratch folder into place, then write checkpoints.json, the
+    trajectory and the training curves, and remove the resume state and the (then empty) scratch
+    folder."""
     for key, path in final.items():
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         os.replace(work[key], path)
@@ -112,6 +116,8 @@ def _finish(trainer: Trainer, files: Mapping, final: dict, work: dict, scratch) 
             | {"sha256": file_sha256(path)}  # verified when factor extraction loads it
         )
     write_json(files["checkpoints"], listed)
+    if files.get("trajectory"):
+        write_parquet(files["trajectory"], trainer.trajectory_frame(train_idx))
     save_figure(plot_training_curves(_history_frame(trainer.progress.history)), files["curves"])
     (Path(scratch) / TRAIN_STATE).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # the scratch folder, unless it holds other files

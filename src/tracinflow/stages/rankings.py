@@ -179,6 +179,7 @@ def suspicion_scores(inputs, outputs, params, threads=1, log=print) -> pd.DataFr
         pd.read_parquet(inputs["error_self_influence"]),
         validation=pd.read_parquet(inputs["validation"]),
         curvature=pd.read_parquet(inputs["curvature_self_influence"]),
+        trajectory=pd.read_parquet(inputs["trajectory"]),
         cleanlab=_cleanlab_inputs(inputs, log),
         seed=int(params["seed"]),
     )

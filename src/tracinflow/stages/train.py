@@ -175,7 +175,7 @@ def train_model(inputs, outputs, params, threads=1, log=print) -> dict:
     """Train one version on its training set (``params["settings"]``: seed, model, training),
     early-stopping on val; writes the model files the rule declares."""
     manifest = pd.read_parquet(inputs["manifest"])
-    train_images, train_labels, _ = version_split(
+    train_images, train_labels, train_idx = version_split(
         manifest, "train", inputs["train_set"], inputs["train"]
     )
     val = split_rows(manifest, "val")
@@ -192,6 +192,7 @@ def train_model(inputs, outputs, params, threads=1, log=print) -> dict:
         threads=threads,
         log=log,
         pretrained_state=starting_weights(inputs, settings),
+        train_idx=train_idx,
     )
     log(f"best epoch {summary['best_epoch']}, val loss {summary['best_val_loss']:.4f}")
     return summary

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -90,6 +91,8 @@ CHECKPOINT_ROW_FIELDS = (
     "epoch", "stage", "lr_head", "lr_backbone", "train_loss", "train_accuracy", "val_loss",
     "val_accuracy",
 )  # fmt: skip
+#: trajectory.parquet: every training image's loss, label margin and correctness per epoch
+TRAJECTORY_COLUMNS = ["train_idx", "stage", "epoch", "loss", "margin", "correct"]
 HISTORY_COLUMNS = [
     "stage",
     "epoch",
@@ -176,10 +179,10 @@ class NonFiniteLoss(FloatingPointError):
 
 
 def update(loss_fn, optimizer, logits: torch.Tensor, y: torch.Tensor, batch: tuple[int, int]):
-    """One optimizer step on the batch's mean loss; returns the batch's summed loss and its count
-    of correct predictions (detached tensors, so the epoch sums stay on the device). A NaN or
-    infinite loss raises :class:`NonFiniteLoss` naming ``batch`` (number, count) before the step, so
-    no weight is changed by it."""
+    """One optimizer step on the batch's mean loss; returns the batch's per-sample losses (a
+    detached float32 tensor on the device, computed before the step). A NaN or infinite loss raises
+    :class:`NonFiniteLoss` naming ``batch`` (number, count) before the step, so no weight is
+    changed by it."""
     per_sample = loss_fn(logits.float(), y, reduction="none")
     if not bool(torch.isfinite(per_sample).all()):
         kind = "NaN" if bool(torch.isnan(per_sample).any()) else "infinite"
@@ -187,7 +190,45 @@ def update(loss_fn, optimizer, logits: torch.Tensor, y: torch.Tensor, batch: tup
     optimizer.zero_grad(set_to_none=True)
     per_sample.mean().backward()
     optimizer.step()
-    return per_sample.detach().sum(), (logits.detach().argmax(1) == y).sum()
+    return per_sample.detach()
+
+
+def label_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The margin of each row's given label, ``z_y - max_{k != y} z_k`` (Pleiss et al. 2020's
+    margin, whose mean over the epochs is the area under the margin): negative when the network
+    prefers another class. float32, detached."""
+    z = logits.detach().float()
+    assigned = z.gather(1, y[:, None]).squeeze(1)
+    others = z.scatter(1, y[:, None], float("-inf")).amax(1)
+    return assigned - others
+
+
+class EpochTrajectory:
+    """Every training image's loss, label margin and correctness in one epoch, as training saw it:
+    filled batch by batch from the logits and per-sample losses the optimizer step computes anyway
+    (no extra forward pass), before that batch's step. In stage 2 these come from the augmented
+    forward in training mode. Rows are the training set's rows (positions)."""
+
+    def __init__(self, n: int, device: torch.device):
+        self.loss = torch.full((n,), float("nan"), dtype=torch.float32, device=device)
+        self.margin = torch.full((n,), float("nan"), dtype=torch.float32, device=device)
+        self.correct = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def record(self, rows, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        rows = torch.as_tensor(rows, device=self.loss.device)
+        self.loss[rows] = loss.float()
+        self.margin[rows] = label_margin(logits, y)
+        self.correct[rows] = logits.detach().argmax(1) == y
+
+    def totals(self) -> tuple[float, float]:
+        """(mean loss, accuracy) of the epoch."""
+        return float(self.loss.double().mean()), float(self.correct.double().mean())
+
+    def as_cpu(self) -> dict[str, torch.Tensor]:
+        """The epoch's three tensors on the CPU (what the resume state keeps)."""
+        if bool(torch.isnan(self.loss).any()):
+            raise RuntimeError("an epoch ended with training images it never saw")
+        return {"loss": self.loss.cpu(), "margin": self.margin.cpu(), "correct": self.correct.cpu()}
 
 
 @torch.no_grad()  # not inference mode: the head trains on these tensors
@@ -252,6 +293,7 @@ def train_head_epoch(
     labels: np.ndarray,
     batch_size: int,
     generator: torch.Generator,
+    trajectory: EpochTrajectory | None = None,
 ) -> tuple[float, float]:
     """:func:`train_epoch` of stage 1 on the frozen backbone's stored features: the same
     permutation, the same batches, the same updates, without running the backbone."""
@@ -259,16 +301,15 @@ def train_head_epoch(
     targets = torch.tensor(
         labels, dtype=torch.int64, device=feats.device
     )  # a copy: labels may be read-only
-    total_loss = torch.zeros((), dtype=torch.float64, device=feats.device)
-    correct = torch.zeros((), dtype=torch.int64, device=feats.device)
+    trajectory = trajectory or EpochTrajectory(len(labels), feats.device)
     batches = batch_rows(order, batch_size)
     for number, rows in enumerate(batches, start=1):
         rows = torch.from_numpy(rows).to(feats.device)
         batch = (number, len(batches))
-        loss, right = update(loss_fn, optimizer, head(feats[rows]), targets[rows], batch)
-        total_loss += loss
-        correct += right
-    return float(total_loss) / len(labels), int(correct) / len(labels)
+        logits = head(feats[rows])
+        loss = update(loss_fn, optimizer, logits, targets[rows], batch)
+        trajectory.record(rows, logits, targets[rows], loss)
+    return trajectory.totals()
 
 
 @torch.inference_mode()
@@ -295,9 +336,11 @@ def train_epoch(
     head_only: bool,
     train_batchnorm: bool = False,
     progress: Progress | None = None,
+    trajectory: EpochTrajectory | None = None,
 ) -> tuple[float, float]:
     """One pass over a fresh permutation of the training rows; returns (mean loss, accuracy).
-    ``progress`` counts the images (a long epoch reports how far it is).
+    ``progress`` counts the images (a long epoch reports how far it is); ``trajectory``, when
+    given, receives every image's loss, margin and correctness.
 
     ``head_only`` (stage 1): the whole model stays in eval mode and the backbone runs without
     gradients, so its weights and BatchNorm statistics cannot change. Otherwise BatchNorm's running
@@ -306,11 +349,10 @@ def train_epoch(
     set_train_mode(model, head_only, train_batchnorm)
     arch = model.arch
     order = torch.randperm(len(labels), generator=generator).numpy()
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = -(-len(labels) // batch_size)
+    trajectory = trajectory or EpochTrajectory(len(labels), device)
+    chunks = batch_rows(order, batch_size)
     batches = iter_batches(images, labels, order, batch_size, pin=device.type == "cuda")
-    for number, (batch, y) in enumerate(batches, start=1):
+    for number, (rows, (batch, y)) in enumerate(zip(chunks, batches, strict=True), start=1):
         y = y.to(device, non_blocking=True)
         if augment_settings["enabled"]:
             x = augment(
@@ -324,13 +366,11 @@ def train_epoch(
             x = to_input(batch, arch, device)
         with autocast(device):
             logits = _logits(model, x, head_only)
-        loss, right = update(loss_fn, optimizer, logits, y, (number, count))
-        total_loss += loss
-        correct += right
+        loss = update(loss_fn, optimizer, logits, y, (number, len(chunks)))
+        trajectory.record(torch.from_numpy(rows), logits, y, loss)
         if progress is not None:
             progress.update(len(y))
-    n = len(labels)
-    return float(total_loss) / n, int(correct) / n
+    return trajectory.totals()
 
 
 @torch.inference_mode()
@@ -374,6 +414,8 @@ class TrainingProgress:
     best_epoch: int = 0
     bad_epochs: int = 0
     checkpoints: list[dict] = field(default_factory=list)
+    #: per finished epoch: stage, epoch and the :meth:`EpochTrajectory.as_cpu` tensors
+    trajectory: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -545,26 +587,33 @@ class Trainer:
 
     def _epoch_numbers(self, stage: int, epoch: int, optimizer, frozen) -> tuple[float, ...]:
         """:meth:`_train_and_validate`'s work; in stage 1 on the ``frozen`` backbone's stored
-        (train, val) features when it has them."""
+        (train, val) features when it has them. Every training image's loss, margin and
+        correctness go to the run's trajectory."""
+        trajectory = EpochTrajectory(len(self.train_labels), self.device)
         if frozen is not None:
             head = self.model.fc
             train = train_head_epoch(
                 head, self.loss_fn, optimizer, frozen[0], self.train_labels, self.batch_size,
-                self.generator,
+                self.generator, trajectory,
             )  # fmt: skip
-            return *train, *evaluate_head(head, self.loss_fn, frozen[1], self.val_labels)
-        # within an epoch, a line a minute: long epochs (a large dataset, a CPU) show how far they are
-        images = Progress(len(self.train_labels), f"stage {stage} epoch {epoch}", "images",
-                          self.log, every=60, final=False)  # fmt: skip
-        train = train_epoch(
-            self.model, self.loss_fn, optimizer, self.train_images, self.train_labels,
-            self.batch_size, self.generator, self.augment, self.device, head_only=stage == 1,
-            train_batchnorm=bool(self.settings["training"]["stage2"]["train_batchnorm"]),
-            progress=images,
-        )  # fmt: skip
-        val = evaluate(
-            self.model, self.loss_fn, self.val_images, self.val_labels, self.batch_size, self.device
-        )
+            val = evaluate_head(head, self.loss_fn, frozen[1], self.val_labels)
+        else:
+            # within an epoch, a line a minute: long epochs (a large dataset, a CPU) show how far
+            images = Progress(len(self.train_labels), f"stage {stage} epoch {epoch}", "images",
+                              self.log, every=60, final=False)  # fmt: skip
+            train = train_epoch(
+                self.model, self.loss_fn, optimizer, self.train_images, self.train_labels,
+                self.batch_size, self.generator, self.augment, self.device, head_only=stage == 1,
+                train_batchnorm=bool(self.settings["training"]["stage2"]["train_batchnorm"]),
+                progress=images, trajectory=trajectory,
+            )  # fmt: skip
+            val = evaluate(
+                self.model, self.loss_fn, self.val_images, self.val_labels, self.batch_size,
+                self.device,
+            )  # fmt: skip
+        self.progress.trajectory = [
+            t for t in self.progress.trajectory if (t["stage"], t["epoch"]) != (stage, epoch)
+        ] + [{"stage": stage, "epoch": epoch} | trajectory.as_cpu()]
         return *train, *val
 
     def _run_epoch(self, stage: int, epoch: int, optimizer, progress: Progress, frozen=None):
@@ -722,6 +771,32 @@ class Trainer:
         )
 
     # --- what the files hold
+
+    def trajectory_frame(self, train_idx=None) -> pd.DataFrame:
+        """The run's trajectory, one row per (epoch, training image): ``train_idx`` (the row's
+        position when ``train_idx`` is None), stage, epoch, loss, margin, correct; in training
+        order."""
+        idx = np.arange(len(self.train_labels)) if train_idx is None else np.asarray(train_idx)
+        if len(idx) != len(self.train_labels):
+            raise ValueError(f"{len(idx)} train_idx for {len(self.train_labels)} training images")
+        frames = [
+            pd.DataFrame(
+                {
+                    "train_idx": idx.astype(np.int64),
+                    "stage": np.full(len(idx), t["stage"], np.int8),
+                    "epoch": np.full(len(idx), t["epoch"], np.int32),
+                    "loss": t["loss"].numpy(),
+                    "margin": t["margin"].numpy(),
+                    "correct": t["correct"].numpy(),
+                }
+            )
+            for t in self.progress.trajectory
+        ]
+        return (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else pd.DataFrame(columns=TRAJECTORY_COLUMNS)
+        )
 
     def checkpoint(self, row: dict) -> dict:
         """A checkpoint of the model now: ``{"model": state_dict, "arch", "epoch", "stage", the
