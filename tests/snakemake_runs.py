@@ -148,7 +148,7 @@ def tiny_config() -> dict:
 
 def tiny_study_config() -> dict:
     """A noise study small enough for CI: the pretrained EfficientNet-Lite0 on scikit-learn's
-    digits at 32 px, two seeds of 30% confusing noise, cleaned by the default ranking, the loss,
+    digits at 32 px, two seeds of 30% confusing noise, cleaned by the default ranking (aum), the loss,
     cleanlab, random and oracle removal (and relabelled by the default), with 2-fold cleanlab."""
     return {
         "dataset": {"name": "digits", "root": "results/datasets/digits",

@@ -55,7 +55,9 @@ def resolved(config: dict, own_versions: bool = False) -> dict:
 def test_study_config_generates_every_version_with_its_settings():
     versions = resolved(study_config())
     noisy = [f"{m}{r}_s{s}" for m in "uc" for r in (10, 30) for s in range(3)]
-    variants = ["drop_default", "drop_combined", "drop_cleanlab", "drop_random", "drop_oracle"]
+    variants = [
+        "drop_default", "drop_loss", "drop_combined", "drop_cleanlab", "drop_random", "drop_oracle"
+    ]  # fmt: skip
     cleaned = [f"{v}_{x}" for v in noisy for x in [*variants, "relabel_default"]]
     assert sorted(versions) == sorted(
         ["baseline_s0", "baseline_s1", "baseline_s2", *noisy, *cleaned]
@@ -372,9 +374,12 @@ def test_tiny_study_oracle_and_rankings_drop_as_many_as_were_flipped(tiny_study)
             cleaned = read(workdir, f"c30_s{seed}_{variant}/train_set.parquet")
             assert cleaned["dropped"].sum() == len(flips), variant
         scores = read(workdir, f"c30_s{seed}/rankings/suspicion_scores.parquet")
-        top = scores.sort_values(["cleanlab", "train_idx"], ascending=[False, True])["train_idx"]
-        by_cleanlab = read(workdir, f"c30_s{seed}_drop_cleanlab/train_set.parquet")
-        assert set(by_cleanlab.loc[by_cleanlab["dropped"], "idx"]) == set(top.head(len(flips)))
+        # the default ranking (aum) and the loss drop their own top suspects
+        for variant, ranking in (("drop_cleanlab", "cleanlab"), ("drop_default", "aum"),
+                                 ("drop_loss", "loss")):  # fmt: skip
+            top = scores.sort_values([ranking, "train_idx"], ascending=[False, True])["train_idx"]
+            cleaned = read(workdir, f"c30_s{seed}_{variant}/train_set.parquet")
+            assert set(cleaned.loc[cleaned["dropped"], "idx"]) == set(top.head(len(flips)))
 
 
 @pytest.mark.workflow

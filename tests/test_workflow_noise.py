@@ -65,7 +65,7 @@ def test_noise_detection_table_for_noisy_versions(tiny_workflow):
     for version in ("v2", "v3"):
         table = results(tiny_workflow, f"{version}/reports/noise_detection.csv")
         assert list(table.columns) == DETECTION_COLUMNS
-        assert table.loc[table["default"], "ranking"].tolist() == ["loss"]  # reports.ranking
+        assert table.loc[table["default"], "ranking"].tolist() == ["aum"]  # reports.ranking
         assert {"self_influence", "error_self_influence", "kfac_self_influence",
                 "gn_self_influence", "loss", "combined", "aum", "loss_sum", "forgetting",
                 "aum_combined", "random"} <= set(table["ranking"])  # fmt: skip
