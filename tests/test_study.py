@@ -133,7 +133,7 @@ def test_dry_run_of_the_study_config_plans_every_job(tmp_path):
     write_config(tmp_path, config)
     dry = run_snakemake(tmp_path, "-n", "--cores", "2")
     jobs = planned_jobs(dry.stdout)
-    assert jobs["train_model"] == 3 + 12 + 12 * 6  # baselines, noisy, cleaned
+    assert jobs["train_model"] == 3 + 12 + 12 * 7  # baselines, noisy, 6 drops + 1 relabel each
     assert jobs["train_fold"] == 3 * 4  # u30, three seeds, four folds
     assert jobs["noise_detection"] == jobs["suspicion_scores"] == jobs["cleanlab_logistic"] == 12
     assert jobs["extract_factors"] == 12 * 3 * 2  # noisy versions x checkpoints x (train, val)

@@ -63,11 +63,12 @@ def fit(
     epoch order), ``stage1_epochs`` (the same of ``stage1.checkpoint_epochs``, when any),
     ``best``, ``history``, ``checkpoints`` (checkpoints.json), ``curves`` and, optionally,
     ``trajectory`` (every training image's loss, margin and correctness per epoch, by
-    ``train_idx``, the dataset idx of each training row). While training, the checkpoints, the best model, the history and the resume state live in the folder
-    ``scratch``; they move into place once the run has finished, so a killed run leaves no model
-    file that looks complete, and started again with the same settings and data it continues
-    after its last completed epoch (Snakemake deletes a job's outputs before it reruns it, never
-    the scratch folder), with the same result as an uninterrupted run. ``epoch_callback(stage,
+    ``train_idx``, the dataset idx of each training row). While training, the checkpoints, the
+    best model, the history and the resume state live in the folder ``scratch``; they move into
+    place once the run has finished, so a killed run leaves no model file that looks complete, and
+    started again with the same settings and data it continues after its last completed epoch
+    (Snakemake deletes a job's outputs before it reruns it, never the scratch folder), with the
+    same result as an uninterrupted run. ``epoch_callback(stage,
     epoch)`` runs after each epoch's state is saved (tests use it to simulate a kill).
     """
     if threads:
