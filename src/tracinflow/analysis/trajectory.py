@@ -33,15 +33,13 @@ def trajectory_matrices(frame: pd.DataFrame, train_idx) -> dict[str, np.ndarray]
     if frame.duplicated(keys).any() or len(frame) != frame["train_idx"].nunique() * len(epochs):
         raise ValueError("the training trajectory must hold every training image once per epoch")
     order = list(epochs.itertuples(index=False, name=None))
-    columns = {}
-    for key in ("loss", "margin", "correct"):
-        wide = frame.pivot(index="train_idx", columns=["stage", "epoch"], values=key)[order]
-        rows = row_positions(wide.index.to_series(), idx, "the training trajectory")
-        columns[key] = wide.to_numpy()[rows]
+    wide = frame.pivot(
+        index="train_idx", columns=["stage", "epoch"], values=["loss", "margin", "correct"]
+    )
+    rows = row_positions(wide.index.to_series(), idx, "the training trajectory")
     return {
-        "loss": columns["loss"].astype(np.float64),
-        "margin": columns["margin"].astype(np.float64),
-        "correct": columns["correct"].astype(bool),
+        key: wide[key][order].to_numpy()[rows].astype(dtype)
+        for key, dtype in (("loss", np.float64), ("margin", np.float64), ("correct", bool))
     }
 
 

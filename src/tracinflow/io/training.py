@@ -68,8 +68,8 @@ def fit(
     place once the run has finished, so a killed run leaves no model file that looks complete, and
     started again with the same settings and data it continues after its last completed epoch
     (Snakemake deletes a job's outputs before it reruns it, never the scratch folder), with the
-    same result as an uninterrupted run. ``epoch_callback(stage,
-    epoch)`` runs after each epoch's state is saved (tests use it to simulate a kill).
+    same result as an uninterrupted run. ``epoch_callback(stage, epoch)`` runs after each epoch's
+    state is saved (tests use it to simulate a kill).
     """
     if threads:
         torch.set_num_threads(int(threads))

@@ -611,9 +611,8 @@ class Trainer:
                 self.model, self.loss_fn, self.val_images, self.val_labels, self.batch_size,
                 self.device,
             )  # fmt: skip
-        self.progress.trajectory = [
-            t for t in self.progress.trajectory if (t["stage"], t["epoch"]) != (stage, epoch)
-        ] + [{"stage": stage, "epoch": epoch} | trajectory.as_cpu()]
+        # a resumed run's progress holds the epochs before this one only: no entry to replace
+        self.progress.trajectory.append({"stage": stage, "epoch": epoch} | trajectory.as_cpu())
         return *train, *val
 
     def _run_epoch(self, stage: int, epoch: int, optimizer, progress: Progress, frozen=None):
@@ -792,11 +791,8 @@ class Trainer:
             )
             for t in self.progress.trajectory
         ]
-        return (
-            pd.concat(frames, ignore_index=True)
-            if frames
-            else pd.DataFrame(columns=TRAJECTORY_COLUMNS)
-        )
+        # stage 2 runs at least one epoch, so there is always a frame
+        return pd.concat(frames, ignore_index=True)[TRAJECTORY_COLUMNS]
 
     def checkpoint(self, row: dict) -> dict:
         """A checkpoint of the model now: ``{"model": state_dict, "arch", "epoch", "stage", the
