@@ -142,6 +142,32 @@ def test_dry_run_of_the_study_config_plans_every_job(tmp_path):
     assert not {"influence_shard", "report_tables", "cross_version"} & set(jobs)
 
 
+@pytest.mark.workflow
+def test_the_holdout_config_read_over_the_study_config_plans_new_seeds_into_its_own_folder(
+    tmp_path,
+):
+    # as `make study-holdout` runs it: Snakemake merges the second config file into the first
+    config = yaml.safe_load((REPO / "config/study.yaml").read_text())
+    config["dataset"]["demo"]["raw_dir"] = str(REPO / config["dataset"]["demo"]["raw_dir"])
+    if not (REPO / "resources/datasets/fashion-mnist").is_dir():
+        pytest.skip("the Fashion-MNIST files are not here (make fetch-demo-data)")
+    study = write_config(tmp_path, config)
+    holdout = write_config(
+        tmp_path,
+        yaml.safe_load((REPO / "config/study_holdout.yaml").read_text()),
+        "study_holdout.yaml",
+    )
+    dry = run_snakemake(
+        tmp_path, "-n", "--cores", "2", "--configfile", str(study), str(holdout)
+    )
+    jobs = planned_jobs(dry.stdout)
+    assert jobs["train_model"] == 3 + 12 + 12 * 3  # baselines, noisy, drop default/loss/random
+    assert "train_fold" not in jobs
+    assert "results/study_holdout/detection.csv" in dry.stdout
+    assert "results/study/" not in dry.stdout
+    assert "results/u10_s3/" in dry.stdout and "_s0/" not in dry.stdout
+
+
 # --------------------------------------------------------------------------------------------------
 # confident learning
 

@@ -16,34 +16,34 @@ if STUDY:
             ),
         output:
             detection=report(
-                "results/study/detection.csv",
+                f"results/{STUDY['name']}/detection.csv",
                 caption="../report/study.rst",
                 category="Noise study",
             ),
-            detection_seeds="results/study/detection_per_seed.csv",
+            detection_seeds=f"results/{STUDY['name']}/detection_per_seed.csv",
             cleaning=report(
-                "results/study/cleaning.csv",
+                f"results/{STUDY['name']}/cleaning.csv",
                 caption="../report/study.rst",
                 category="Noise study",
             ),
-            cleaning_seeds="results/study/cleaning_per_seed.csv",
+            cleaning_seeds=f"results/{STUDY['name']}/cleaning_per_seed.csv",
             detection_plot=report(
-                "results/study/detection.png",
+                f"results/{STUDY['name']}/detection.png",
                 caption="../report/study.rst",
                 category="Noise study",
             ),
             cleaning_plot=report(
-                "results/study/cleaning.png",
+                f"results/{STUDY['name']}/cleaning.png",
                 caption="../report/study.rst",
                 category="Noise study",
             ),
             summary=report(
-                "results/study/summary.md",
+                f"results/{STUDY['name']}/summary.md",
                 caption="../report/study.rst",
                 category="Noise study",
             ),
         log:
-            "logs/study/study.log",
+            f"logs/{STUDY['name']}/study.log",
         localrule: True
         conda:
             "../envs/tracinflow.yaml"
