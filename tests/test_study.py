@@ -157,9 +157,7 @@ def test_the_holdout_config_read_over_the_study_config_plans_new_seeds_into_its_
         yaml.safe_load((REPO / "config/study_holdout.yaml").read_text()),
         "study_holdout.yaml",
     )
-    dry = run_snakemake(
-        tmp_path, "-n", "--cores", "2", "--configfile", str(study), str(holdout)
-    )
+    dry = run_snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(study), str(holdout))
     jobs = planned_jobs(dry.stdout)
     assert jobs["train_model"] == 3 + 12 + 12 * 3  # baselines, noisy, drop default/loss/random
     assert "train_fold" not in jobs
