@@ -388,3 +388,89 @@ def test_efficientnet_checkpoint_factors_equal_per_sample_autograd(tmp_path):
         np.testing.assert_allclose(factors.err[layer], expected, rtol=1e-10, atol=1e-14)
     with torch.no_grad():
         np.testing.assert_allclose(factors.act["fc.0"], features(model, x).numpy(), rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def lite0_float64_reference(tmp_path_factory):
+    """A checkpoint of the demo's backbone (EfficientNet-Lite0 from its ImageNet weights), 8 images
+    and, by per-sample autograd of the checkpoint in float64 and the default contiguous format,
+    every head layer's inputs and dl/dz and the gradient dot products of test rows 5-7 with train
+    rows 0-4 over the head's weights and biases."""
+    from tracinflow.config import pretrained_weights_file
+    from tracinflow.io.checkpoints import load_checkpoint, read_backbone_weights, save_checkpoint
+    from tracinflow.train.model import checkpoint_dict, create_model, make_arch, to_input
+
+    weights = read_backbone_weights(
+        pretrained_weights_file("efficientnet_lite0", "imagenet"), "efficientnet_lite0"
+    )
+    arch = make_arch("efficientnet_lite0", K, hidden=[7, 5], pretrained="imagenet")
+    rng = np.random.default_rng(1)
+    x = to_input(torch.from_numpy(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)), arch)
+    labels = torch.from_numpy(rng.integers(0, K, 8))
+    loss_fn = make_loss(labels)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("lite0") / "epoch_001.pt"
+    save_checkpoint(
+        path, checkpoint_dict(create_model(arch, weights), arch, loss=loss_fn.settings())
+    )
+    model = load_checkpoint(path)[0].double()
+    modules = dict(model.named_modules())
+    params = [p for layer in HEAD_LAYERS for p in (modules[layer].weight, modules[layer].bias)]
+    act, err, grads = {layer: [] for layer in HEAD_LAYERS}, {layer: [] for layer in HEAD_LAYERS}, []
+    for i in range(len(labels)):
+        seen = {}
+        handles = [
+            modules[layer].register_forward_hook(
+                lambda _m, args, z, layer=layer, seen=seen: seen.__setitem__(layer, (args[0], z))
+            )
+            for layer in HEAD_LAYERS
+        ]
+        loss = loss_fn.double()(model(x[i : i + 1].double()), labels[i : i + 1], reduction="none")
+        for handle in handles:
+            handle.remove()
+        outputs = [seen[layer][1] for layer in HEAD_LAYERS]
+        dl_dz = torch.autograd.grad(loss.sum(), outputs + params)  # the z's, then the weights
+        for j, layer in enumerate(HEAD_LAYERS):
+            act[layer].append(seen[layer][0][0].detach().numpy())
+            err[layer].append(dl_dz[j][0].numpy())
+        grads.append(torch.cat([g.reshape(-1) for g in dl_dz[len(HEAD_LAYERS) :]]))
+    grads = torch.stack(grads)
+    dots = (grads[5:] @ grads[:5].T).numpy()
+    act = {layer: np.stack(rows) for layer, rows in act.items()}
+    err = {layer: np.stack(rows) for layer, rows in err.items()}
+    return path, x, labels, loss_fn, act, err, dots
+
+
+@pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])
+def test_float32_factors_in_either_memory_format_equal_the_float64_brute_force(
+    lite0_float64_reference, memory_format
+):
+    """The checkpoint loaded as extraction loads it (load_for_inference, in the configured
+    training.memory_format), float32: every head layer's activations and error signals, and the
+    TracIn dot products they give (ghost identity, bias included), equal the float64 brute force
+    of the same checkpoint in the contiguous format to 1e-4 relative."""
+    from tracinflow.io.checkpoints import load_for_inference
+
+    path, x, labels, loss_fn, act, err, dots = lite0_float64_reference
+    model, _, _, _ = load_for_inference(path, 2, "cpu", memory_format=memory_format)
+    assert model.memory_format == memory_format
+    layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    assert model.body.conv_stem.weight.is_contiguous(memory_format=layout)
+    factors = extract_factors(
+        model, batches(x, labels, size=4), loss_fn, layers=HEAD_LAYERS, device="cpu"
+    )
+
+    def rel(got, want):
+        return float(np.abs(got - want).max() / np.abs(want).max())
+
+    for layer in HEAD_LAYERS:
+        assert factors.err[layer].dtype == factors.act[layer].dtype == np.float32
+        assert rel(factors.err[layer], err[layer]) < 1e-4, layer
+        assert rel(factors.act[layer], act[layer]) < 1e-4, layer
+    train, test = slice(0, 5), slice(5, 8)
+    got = sum(
+        (factors.err[layer][test] @ factors.err[layer][train].T)
+        * (factors.act[layer][test] @ factors.act[layer][train].T + 1.0)
+        for layer in HEAD_LAYERS
+    )
+    assert rel(got, dots) < 1e-4

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torchvision
 
+from tracinflow._util.device import in_memory_format
 from tracinflow.config import pretrained_weights_file
 from tracinflow.io.checkpoints import load_checkpoint, read_backbone_weights
 from tracinflow.io.training import fit
@@ -22,15 +23,18 @@ from tracinflow.train.loss import (
 )
 from tracinflow.train.model import (
     backbone_parameters,
+    cpu_state,
     create_model,
     head_parameters,
     make_arch,
+    to_input,
 )
 from tracinflow.train.trainer import (
     TRAJECTORY_COLUMNS,
     Trainer,
     evaluate,
     lr_scale,
+    resolve_settings,
     train_epoch,
 )
 
@@ -315,6 +319,58 @@ def test_recording_the_trajectory_adds_no_forward_pass(lite0_weights):
     assert [(t["stage"], t["epoch"]) for t in trainer.progress.trajectory] == [
         (1, 1), (1, 2), (1, 3), (2, 1), (2, 2),
     ]  # fmt: skip
+
+
+def lite0_two_epoch_run(memory_format, images, labels, weights) -> tuple[dict, list[float]]:
+    """The weights and the per-epoch training losses of a short Trainer run of the demo's backbone
+    (augmentation on, as the demo trains) in ``memory_format``."""
+    s = lite0_settings(epochs=1)
+    s["training"]["augment"] = {"enabled": True, "crop_scale": [0.8, 1.0], "horizontal_flip": True}
+    s["training"]["stage2"].update(max_epochs=1, checkpoint_epochs=[1])
+    s["training"]["memory_format"] = memory_format
+    trainer = Trainer(
+        s, 3, images, labels, images[:8], labels[:8], device=torch.device("cpu"),
+        pretrained_state=weights, log=quiet,
+    )  # fmt: skip
+    assert trainer.model.memory_format == memory_format
+    losses = [done.row["train_loss"] for done in trainer.epochs()]
+    state = {k: v.clone() for k, v in cpu_state(trainer.model).items()}
+    return state, losses
+
+
+def test_channels_last_training_is_deterministic_and_computes_what_contiguous_does(lite0_weights):
+    """The demo's backbone trained in channels_last twice from the same seed: the same weights to
+    the bit (checkpoints are stored contiguous). The format changes only how float32 sums are
+    rounded: one training step's loss and gradients equal the contiguous format's to 1e-4 relative
+    (a whole run does not: AdamW's normalised steps amplify rounding where a gradient is near 0)."""
+    images, labels = color_images(32, size=32)
+    first, _ = lite0_two_epoch_run("channels_last", images, labels, lite0_weights)
+    second, _ = lite0_two_epoch_run("channels_last", images, labels, lite0_weights)
+    assert _tensors_equal(first, second)
+    assert all(v.is_contiguous() for v in first.values())
+    arch = make_arch("efficientnet_lite0", 3, hidden=[32, 16], pretrained="imagenet")
+    loss_fn = WeightedSmoothedCrossEntropy(None, 3, 0.1)
+    x = to_input(torch.from_numpy(images[:16]), arch)
+    steps = {}
+    for memory_format in ("contiguous", "channels_last"):
+        torch.manual_seed(0)  # the same head
+        # BatchNorm on its ImageNet statistics, as stage 2 trains it (train_batchnorm: false)
+        model = in_memory_format(create_model(arch, lite0_weights), memory_format).eval()
+        loss = loss_fn(model(x), torch.from_numpy(labels[:16]))
+        loss.backward()
+        steps[memory_format] = loss.item(), {n: p.grad for n, p in model.named_parameters()}
+    (loss_c, grads_c), (loss_cl, grads_cl) = steps["contiguous"], steps["channels_last"]
+    assert loss_cl == pytest.approx(loss_c, rel=1e-5)
+    for name, grad in grads_c.items():
+        scale = grad.abs().max().item()
+        assert (grads_cl[name] - grad).abs().max().item() <= 1e-4 * scale + 1e-12, name
+
+
+def test_an_unknown_memory_format_is_refused():
+    with pytest.raises(ValueError, match=r"training\.memory_format must be one of"):
+        resolve_settings(settings(memory_format="nhwc"))
+    with pytest.raises(ValueError, match="choose one of channels_last, contiguous"):
+        in_memory_format(torch.nn.Conv2d(3, 4, 3), "nhwc")
 
 
 @pytest.mark.parametrize("train_batchnorm", [False, True])

@@ -29,6 +29,7 @@ if EVALUATION:
             layers="head",
             batch_size=EVAL_SETTINGS["influence"]["batch_size"],
             device=EVAL_SETTINGS["training"]["device"],
+            memory_format=EVAL_SETTINGS["training"]["memory_format"],
         script:
             "../scripts/evaluation_factors.py"
 
@@ -60,6 +61,7 @@ if EVALUATION:
             layers="head",
             batch_size=EVAL_SETTINGS["influence"]["batch_size"],
             device=EVAL_SETTINGS["training"]["device"],
+            memory_format=EVAL_SETTINGS["training"]["memory_format"],
         script:
             "../scripts/ensemble_factors.py"
 

@@ -28,5 +28,6 @@ rule extract_factors:
         target=get_factor_target,
         batch_size=setting("influence", "batch_size"),
         device=setting("training", "device"),
+        memory_format=setting("training", "memory_format"),
     script:
         "../scripts/extract_factors.py"

@@ -33,5 +33,6 @@ rule predict:
     params:
         batch_size=setting("training", "batch_size"),
         device=setting("training", "device"),
+        memory_format=setting("training", "memory_format"),
     script:
         "../scripts/predict.py"

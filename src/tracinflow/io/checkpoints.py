@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tracinflow._util.device import select_device
+from tracinflow._util.device import DEFAULT_MEMORY_FORMAT, in_memory_format, select_device
 from tracinflow._util.errors import InputError
 from tracinflow._util.files import atomic_path
 from tracinflow.train.loss import loss_from_checkpoint
@@ -90,13 +90,20 @@ def load_checkpoint(path, device="cpu", listed: list[dict] | None = None) -> tup
     return model_from_checkpoint(checkpoint, device), checkpoint
 
 
-def load_for_inference(checkpoint_path, threads: int, device_name="auto", listed=None):
+def load_for_inference(
+    checkpoint_path,
+    threads: int,
+    device_name="auto",
+    listed=None,
+    memory_format: str = DEFAULT_MEMORY_FORMAT,
+):
     """``(model, checkpoint, loss, device)`` of a checkpoint on ``device_name`` (the config's
-    ``training.device``), the loss rebuilt from the checkpoint alone; ``listed``: checkpoints.json,
-    to verify the file's sha256 against."""
+    ``training.device``) in ``memory_format`` (``training.memory_format``), the loss rebuilt from
+    the checkpoint alone; ``listed``: checkpoints.json, to verify the file's sha256 against."""
     torch.set_num_threads(threads)
     device = select_device(device_name)
     model, checkpoint = load_checkpoint(checkpoint_path, device=device, listed=listed)
+    model = in_memory_format(model, memory_format)
     return model, checkpoint, loss_from_checkpoint(checkpoint).to(device), device
 
 

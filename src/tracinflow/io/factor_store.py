@@ -244,13 +244,15 @@ def extract_checkpoint_factors(inputs, outputs, params, threads=1, log=print) ->
     labels it was trained with; test: the target the config names), in the factor folder
     ``outputs["factors"]``: what the rules extract_factors, evaluation_factors and ensemble_factors
     run, given their named inputs (``checkpoint``, ``checkpoints``, ``manifest``, ``train_set``,
-    ``cache``) and params (``split``, ``layers``, ``target``, ``device``, ``batch_size``)."""
+    ``cache``) and params (``split``, ``layers``, ``target``, ``device``, ``memory_format``,
+    ``batch_size``)."""
     split = params["split"]
     layers = hooked_layers(params["layers"])
     target = params["target"] if split == "test" else "label"
     model, checkpoint, loss_fn, device = load_for_inference(
-        inputs["checkpoint"], threads, params["device"], listed=read_json(inputs["checkpoints"])
-    )
+        inputs["checkpoint"], threads, params["device"], listed=read_json(inputs["checkpoints"]),
+        memory_format=params["memory_format"],
+    )  # fmt: skip
     manifest = pd.read_parquet(inputs["manifest"])
     images, labels, idx = version_split(manifest, split, inputs["train_set"], inputs["cache"])
     log(

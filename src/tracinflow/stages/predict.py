@@ -24,7 +24,7 @@ def predict(inputs, outputs, params, threads=1, log=print) -> dict:
     manifest = pd.read_parquet(inputs["manifest"])
     names = class_names_of(manifest)
     model, checkpoint, loss_fn, device = load_for_inference(
-        inputs["best"], threads, params["device"]
+        inputs["best"], threads, params["device"], memory_format=params["memory_format"]
     )
     log(f"predicting with {inputs['best']} (epoch {checkpoint['epoch']}) on {device}")
     predictions = {}

@@ -112,8 +112,9 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
             pretrained_state=starting_weights(inputs, settings),
         )
         model, _, loss_fn, device = load_for_inference(
-            files["best"], threads, settings["training"]["device"]
-        )
+            files["best"], threads, settings["training"]["device"],
+            memory_format=settings["training"]["memory_format"],
+        )  # fmt: skip
         predicted = predict_split(
             model, _subset(images, held_out), labels[held_out], idx[held_out], loss_fn,
             device=device,

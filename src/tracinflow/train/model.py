@@ -26,6 +26,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from tracinflow._util.device import images_in_model_format
 from tracinflow.config import IMAGENET, WEIGHTS_PACKAGES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -102,7 +103,9 @@ class TimmBackbone(nn.Module):
 
 
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The backbone's pooled features (B, d): everything before ``fc``."""
+    """The backbone's pooled features (B, d): everything before ``fc``, in the model's memory
+    format (the forward pre-hook of in_memory_format does not see this path)."""
+    x = images_in_model_format(model, x)
     if isinstance(model, TimmBackbone):
         return model.body(x)
     x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
@@ -383,7 +386,8 @@ def model_from_checkpoint(checkpoint: dict, device="cpu") -> nn.Module:
 
 
 def to_input(images: torch.Tensor, arch: dict, device=None) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W) on ``device`` (channels_last on CUDA).
+    """uint8 (B, H, W, 3) -> normalised float32 (B, 3, H, W) on ``device`` (the model converts it
+    to its memory format: tracinflow._util.device.in_memory_format).
 
     The eval transform: to float, /255, subtract mean, divide by std.
     """
@@ -396,10 +400,7 @@ def normalize(x: torch.Tensor, arch: dict) -> torch.Tensor:
     """Normalise a float (B, 3, H, W) batch in [0, 1] with the arch's mean/std."""
     mean = torch.tensor(arch["mean"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(arch["std"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    if x.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return (x - mean) / std
 
 
 def autocast(device: torch.device):

@@ -53,9 +53,7 @@ def predict_split(
         raise ValueError(f"{len(images)} images, {len(labels)} labels, {len(idx)} idx: must match")
     device = torch.device(device)
     arch = arch if arch is not None else model.arch
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device).eval()  # in the memory format its caller chose (in_memory_format)
     loss_fn = loss_fn.to(device)
     chunks_logits, chunks_loss = [], []
     for batch, y in iter_batches(images, labels, np.arange(len(labels)), batch_size):

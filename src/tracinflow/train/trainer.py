@@ -30,7 +30,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tracinflow._util.device import describe_device, fast_cuda_math
+from tracinflow._util.device import (
+    DEFAULT_MEMORY_FORMAT,
+    MEMORY_FORMATS,
+    describe_device,
+    fast_cuda_math,
+    in_memory_format,
+)
 from tracinflow._util.progress import Progress, format_duration
 from tracinflow.config import deep_merge
 from tracinflow.train.augment import augment
@@ -83,6 +89,7 @@ DEFAULT_SETTINGS = {
             "lr_schedule": "constant",
         },
         "device": "auto",
+        "memory_format": DEFAULT_MEMORY_FORMAT,
     },
 }
 
@@ -111,6 +118,11 @@ def resolve_settings(settings: dict) -> dict:
     s = deep_merge(DEFAULT_SETTINGS, settings or {})
     t = s["training"]
     s1, s2 = t["stage1"], t["stage2"]
+    if t["memory_format"] not in MEMORY_FORMATS:
+        raise ValueError(
+            f"training.memory_format must be one of {', '.join(MEMORY_FORMATS)}, got "
+            f"{t['memory_format']!r}"
+        )
     if int(t["batch_size"]) < 1:
         raise ValueError(f"training.batch_size must be >= 1, got {t['batch_size']}")
     if int(s1["epochs"]) < 0:
@@ -279,8 +291,11 @@ def pretrained_features(
     version's model would see them; float32 on the CPU."""
     images = as_image_array(images)
     arch = arch_from_settings(settings, num_classes, images.shape[1:3])
-    model = create_model(arch, pretrained_state).to(device)
-    batch_size = int(resolve_settings(settings)["training"]["batch_size"])
+    training = resolve_settings(settings)["training"]
+    model = in_memory_format(
+        create_model(arch, pretrained_state).to(device), training["memory_format"]
+    )
+    batch_size = int(training["batch_size"])
     progress = Progress(len(images), "pretrained features", "images", log)
     return frozen_features(model, images, batch_size, device, progress).cpu().numpy()
 
@@ -486,9 +501,7 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.settings["seed"]))
             model = create_model(self.arch, pretrained_state)
-        self.model = model.to(device)
-        if device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = in_memory_format(model.to(device), t_cfg["memory_format"])
         self.generator = torch.Generator().manual_seed(int(self.settings["seed"]))
         self.batch_size = int(t_cfg["batch_size"])
         self.augment = {
@@ -509,7 +522,9 @@ class Trainer:
         arch, spec = self.arch, self.loss_spec
         parameters = sum(p.numel() for p in self.model.parameters())
         self.log(f"training {arch['name']} ({parameters:,} parameters)")
-        self.log(describe_device(self.device, fast_cuda=True))
+        self.log(
+            describe_device(self.device, fast_cuda=True, memory_format=self.model.memory_format)
+        )
         self.log(
             f"train {len(self.train_labels)} images, val {len(self.val_labels)}, "
             f"{self.num_classes} classes, image {self.train_images.shape[1]}x"
