@@ -136,7 +136,7 @@ def test_dry_run_of_the_study_config_plans_every_job(tmp_path):
     assert jobs["train_model"] == 3 + 12 + 12 * 7  # baselines, noisy, 6 drops + 1 relabel each
     assert jobs["train_fold"] == 3 * 4  # u30, three seeds, four folds
     assert jobs["noise_detection"] == jobs["suspicion_scores"] == jobs["cleanlab_logistic"] == 12
-    assert jobs["extract_factors"] == 12 * 3 * 2  # noisy versions x checkpoints x (train, val)
+    assert jobs["extract_factors"] == 12 * 2  # noisy versions x (train, val), 3 checkpoints each
     assert jobs["study"] == 1
     # the study needs no per-version reports or test-set influence
     assert not {"influence_shard", "report_tables", "cross_version"} & set(jobs)

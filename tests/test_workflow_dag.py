@@ -34,7 +34,7 @@ def test_dry_run_shows_every_job_of_every_version_before_anything_ran(tmp_path):
         "build_train_set": 3,
         "train_model": 3,
         "predict": 3,
-        "extract_factors": 18,  # 3 versions x 2 checkpoints x (train, val, test)
+        "extract_factors": 9,  # 3 versions x (train, val, test), 2 checkpoints each
         "influence_shard": 14,  # v1, v3: 2 x 2 tiles, v2: 2 x 3
         "merge_topk": 3,
         "self_influence": 3,
@@ -73,7 +73,7 @@ def test_targeted_report_build_on_a_fresh_tree_runs_only_that_versions_chain(tin
         "build_train_set": 1,
         "train_model": 1,
         "predict": 1,
-        "extract_factors": 6,
+        "extract_factors": 3,
         "influence_shard": 4,
         "merge_topk": 1,
         "self_influence": 1,
@@ -95,7 +95,7 @@ def test_one_versions_seed_reruns_that_version_alone(tiny_workflow):
     dry = plan_after_change(tiny_workflow, lambda c: c["versions"]["v1"].update(seed=7))
     assert planned_versions(dry) == {"v1"}
     jobs = planned_jobs(dry)
-    assert jobs["train_model"] == 1 and jobs["extract_factors"] == 6
+    assert jobs["train_model"] == 1 and jobs["extract_factors"] == 3
     assert jobs["influence_shard"] == 4 and REPORT_RULES <= set(jobs)
     assert jobs["cross_version"] == 1 and "build_train_set" not in jobs
     assert "Params have changed since last execution" in dry
@@ -271,7 +271,7 @@ def test_deleting_a_checkpoint_plans_its_retraining_and_everything_downstream(ti
     with moved_aside(workdir / "results/v1/model/epoch_002.pt"):
         dry = run_snakemake(workdir, "-n", "--cores", "1").stdout
     assert planned_versions(dry) == {"v1"}
-    expected = {"train_model": 1, "predict": 1, "extract_factors": 6} | V1_AFTER_FACTORS
+    expected = {"train_model": 1, "predict": 1, "extract_factors": 3} | V1_AFTER_FACTORS
     assert planned_jobs(dry) == expected
     assert "Missing output files: results/v1/model/epoch_002.pt" in dry
     assert_nothing_to_do(workdir)  # restored
@@ -283,10 +283,13 @@ def test_replacing_a_checkpoint_reruns_its_factors_and_what_depends_on_them(tiny
     with replaced(workdir / "results/v1/model/epoch_003.pt", other):
         dry = run_snakemake(workdir, "-n", "--cores", "1").stdout
     assert planned_versions(dry) == {"v1"}
-    # the train, val and test split
+    # the train, val and test split, each job extracting every checkpoint of v1
     assert planned_jobs(dry) == {"extract_factors": 3} | V1_AFTER_FACTORS
     factor_jobs = [job for job in planned_job_blocks(dry) if job["rule"] == "extract_factors"]
-    assert all("ckpt=epoch_003" in job["wildcards"] for job in factor_jobs)
+    assert sorted(job["wildcards"] for job in factor_jobs) == [
+        f"version=v1, split={split}" for split in ("test", "train", "val")
+    ]
+    assert all("results/v1/model/epoch_003.pt" in job["reason"] for job in factor_jobs)
     assert_nothing_to_do(workdir)  # restored
 
 

@@ -42,7 +42,7 @@ def test_demo_config_dry_run_then_real_run(tmp_path):
         "build_train_set": 3,
         "train_model": 3,
         "predict": 3,
-        "extract_factors": 27,  # 3 versions x 3 checkpoints x (train, val, test)
+        "extract_factors": 9,  # 3 versions x (train, val, test), 3 checkpoints each
         # the default influence, K-FAC on the head: each version's curvature inverses
         "curvature": 3,
         "influence_shard": 3,

@@ -110,7 +110,7 @@ def test_a_data_setting_reruns_the_data_stages_from_the_one_reading_it_and_every
         )
     assert plan_by_version(dry) == expected
     assert planned_jobs(dry)["train_model"] == 3
-    assert planned_jobs(dry)["extract_factors"] == 18
+    assert planned_jobs(dry)["extract_factors"] == 9  # 3 versions x (train, val, test)
 
 
 # --- influence.layers, influence.target, influence.batch_size ----------------------------------------
@@ -127,7 +127,7 @@ def test_influence_layers_rerun_factors_and_influence_of_the_versions_using_them
         "v1": FACTOR_CHAIN,
         "v3": FACTOR_CHAIN | {"noise_detection"},
     }
-    assert planned_jobs(dry)["extract_factors"] == 12
+    assert planned_jobs(dry)["extract_factors"] == 6
 
 
 def test_one_versions_influence_layers_rerun_that_versions_factors_alone(tiny_workflow):
@@ -135,7 +135,7 @@ def test_one_versions_influence_layers_rerun_that_versions_factors_alone(tiny_wo
         tiny_workflow, lambda c: c["versions"]["v1"].update(influence={"layers": "head"})
     )
     assert plan_by_version(dry) == {None: SHARED, "v1": FACTOR_CHAIN}
-    assert planned_jobs(dry)["extract_factors"] == 6  # 2 checkpoints x (train, val, test)
+    assert planned_jobs(dry)["extract_factors"] == 3  # train, val, test (every checkpoint each)
     assert "Params have changed since last execution" in dry
 
 
@@ -160,7 +160,7 @@ def test_influence_target_reruns_the_test_factors_shards_merge_and_reports_only(
     dry = plan_after_change(tiny_workflow, lambda c: c["influence"].update(target="prediction"))
     test_side = {"extract_factors", "influence_shard", "merge_topk"} | REPORT_RULES
     assert plan_by_version(dry) == {None: SHARED} | dict.fromkeys(VERSIONS, test_side)
-    assert wildcard_values(dry, "extract_factors", "split") == ["test"] * 6
+    assert wildcard_values(dry, "extract_factors", "split") == ["test"] * 3
 
 
 # --- influence.shards, influence.memory_mb -----------------------------------------------------------
@@ -209,7 +209,7 @@ def test_a_cleaned_versions_target_plans_what_it_needs_of_the_version_it_is_clea
         if job["rule"] == "extract_factors" and "version=v2" in job["wildcards"]
     ]
     assert sorted(re.search(r"split=(\w+)", w)[1] for w in v2_factors) == sorted(
-        ["train", "val", "test"] * 2
+        ["train", "val", "test"]
     )
 
 

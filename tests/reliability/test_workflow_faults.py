@@ -42,7 +42,7 @@ def test_factor_extraction_refuses_a_truncated_checkpoint_and_leaves_no_factors(
     target = "results/v1/factors/epoch_003/test"
     result = run_snakemake(finished_copy, "--cores", "1", target, check=False)
     assert result.returncode != 0
-    log = (finished_copy / "logs/extract_factors/v1_epoch_003_test.log").read_text()
+    log = (finished_copy / "logs/extract_factors/v1_test.log").read_text()
     assert "results/v1/model/epoch_003.pt is not the checkpoint training wrote" in log
     assert "checkpoints.json records" in log and "snakemake -R train_model" in log
     assert not (finished_copy / target).exists()  # nothing that looks complete
@@ -156,7 +156,7 @@ def test_a_full_disk_fails_the_stage_cleanly_and_the_rerun_after_freeing_space_s
                 handle.flush()
         result = run_snakemake(finished_copy, "--cores", "1", check=False)
         assert result.returncode != 0
-        log = (finished_copy / "logs/extract_factors/v1_epoch_003_test.log").read_text()
+        log = (finished_copy / "logs/extract_factors/v1_test.log").read_text()
         assert "No space left on device" in log
         assert not (factors / folder).exists()  # no half-written folder that looks complete
         assert not [p for p in factors.rglob("*") if p.name.endswith(".tmp")]

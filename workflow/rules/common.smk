@@ -366,19 +366,14 @@ def checkpoint_file(version, name):
     return one(dict(zip(CHECKPOINTS, files, strict=True))[name], version=version)
 
 
-def get_checkpoint(wildcards):
-    """The checkpoint file a factor folder is extracted from."""
-    return checkpoint_file(wildcards.version, wildcards.ckpt)
+def get_checkpoint_files(wildcards):
+    """A version's checkpoint files in training order, as its factor folders list them."""
+    return [checkpoint_file(wildcards.version, name) for name in CHECKPOINTS]
 
 
 def get_factor_dirs(version, split):
     """The factor folders of every checkpoint of a version for one split, in training order."""
-    return expand(
-        rules.extract_factors.output.factors,
-        version=version,
-        ckpt=CHECKPOINTS,
-        split=split,
-    )
+    return expand(rules.extract_factors.output.factors, version=version, split=split)
 
 
 def get_shard_factors(wildcards):

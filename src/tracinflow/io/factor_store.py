@@ -28,7 +28,7 @@ from tracinflow.influence.factors import (
     to_numpy,
     traced_loss,
 )
-from tracinflow.io.checkpoints import load_for_inference
+from tracinflow.io.checkpoints import load_for_inference, verify_checkpoint
 from tracinflow.io.common import version_split
 from tracinflow.train.batches import CacheBatches
 from tracinflow.train.loss import PerSampleLoss
@@ -242,40 +242,62 @@ def hooked_layers(setting) -> list[str]:
 def extract_checkpoint_factors(inputs, outputs, params, threads=1, log=print) -> Path:
     """Ghost factors of one checkpoint on one split (train: the version's training set, with the
     labels it was trained with; test: the target the config names), in the factor folder
-    ``outputs["factors"]``: what the rules extract_factors, evaluation_factors and ensemble_factors
-    run, given their named inputs (``checkpoint``, ``checkpoints``, ``manifest``, ``train_set``,
-    ``cache``) and params (``split``, ``layers``, ``target``, ``device``, ``memory_format``,
-    ``batch_size``)."""
+    ``outputs["factors"]``: what the rules evaluation_factors and ensemble_factors run, given their
+    named inputs (``checkpoint``, ``checkpoints``, ``manifest``, ``train_set``, ``cache``) and
+    params (``split``, ``layers``, ``target``, ``device``, ``memory_format``, ``batch_size``)."""
+    return extract_split_factors([inputs["checkpoint"]], [outputs["factors"]], inputs, params,
+                                 threads, log)[0]  # fmt: skip
+
+
+def extract_split_factors(
+    checkpoint_files, folders, inputs, params, threads=1, log=print
+) -> list[Path]:
+    """Ghost factors of each checkpoint in ``checkpoint_files`` on one split, each in its folder of
+    ``folders`` (the same order), the split read once: what the rule extract_factors runs, given
+    its named inputs (``checkpoints``: checkpoints.json, ``manifest``, ``train_set``, ``cache``)
+    and the params of :func:`extract_checkpoint_factors`."""
+    checkpoint_files, folders = list(checkpoint_files), list(folders)
+    if len(checkpoint_files) != len(folders):
+        raise ValueError(f"{len(checkpoint_files)} checkpoints for {len(folders)} factor folders")
     split = params["split"]
     layers = hooked_layers(params["layers"])
     target = params["target"] if split == "test" else "label"
-    model, checkpoint, loss_fn, device = load_for_inference(
-        inputs["checkpoint"], threads, params["device"], listed=read_json(inputs["checkpoints"]),
-        memory_format=params["memory_format"],
-    )  # fmt: skip
+    listed = read_json(inputs["checkpoints"])
+    for checkpoint_file in checkpoint_files:  # every file before any work: a bad one stops it all
+        verify_checkpoint(checkpoint_file, listed)
     manifest = pd.read_parquet(inputs["manifest"])
     images, labels, idx = version_split(manifest, split, inputs["train_set"], inputs["cache"])
-    log(
-        f"factors of {inputs['checkpoint']} (stage {checkpoint.get('stage', 2)} epoch "
-        f"{checkpoint['epoch']}, lr "
-        f"{checkpoint['lr_head']:g}) on {split}: {len(labels)} images, layers {layers}, target "
-        f"{target}, device {device}"
-    )
-    return extract_to_dir(
-        model,
-        CacheBatches(images, labels, idx, model.arch, params["batch_size"], device),
-        loss_fn,
-        outputs["factors"],
-        epoch=int(checkpoint["epoch"]),
-        stage=int(checkpoint.get("stage", 2)),
-        lr=float(checkpoint["lr_head"]),  # the head's parameter group holds every hooked layer
-        layers=layers,
-        target=target,
-        device=device,
-        num_samples=len(labels),
-        log=log,
-        label=f"factors {split}",
-    )
+    done = []
+    progress = Progress(len(folders), f"factors {split}", "checkpoints", log, every=0.0)
+    for checkpoint_file, folder in zip(checkpoint_files, folders, strict=True):
+        model, checkpoint, loss_fn, device = load_for_inference(
+            checkpoint_file, threads, params["device"], listed=listed,
+            memory_format=params["memory_format"],
+        )  # fmt: skip
+        log(
+            f"factors of {checkpoint_file} (stage {checkpoint.get('stage', 2)} epoch "
+            f"{checkpoint['epoch']}, lr {checkpoint['lr_head']:g}) on {split}: {len(labels)} "
+            f"images, layers {layers}, target {target}, device {device}, {model.memory_format}"
+        )
+        done.append(
+            extract_to_dir(
+                model,
+                CacheBatches(images, labels, idx, model.arch, params["batch_size"], device),
+                loss_fn,
+                folder,
+                epoch=int(checkpoint["epoch"]),
+                stage=int(checkpoint.get("stage", 2)),
+                lr=float(checkpoint["lr_head"]),  # the head's parameter group holds every layer
+                layers=layers,
+                target=target,
+                device=device,
+                num_samples=len(labels),
+                log=log,
+                label=f"factors {split}",
+            )
+        )
+        progress.update(1)
+    return done
 
 
 def read_meta(path) -> dict:
