@@ -74,6 +74,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from tracinflow._util.device import (  # noqa: E402
+    DEFAULT_MEMORY_FORMAT,
+    MEMORY_FORMATS,
+    in_memory_format,
+)
 from tracinflow.influence.kernel import KINDS, score_block, topk_influence  # noqa: E402
 from tracinflow.influence.self_influence import self_influence_scores  # noqa: E402
 from tracinflow.io.checkpoints import load_checkpoint, read_checkpoint  # noqa: E402
@@ -216,9 +221,16 @@ def checkpoint_loader(paths: list[str]):
     return load
 
 
+def bench_model(spec: dict):
+    """The baseline's first checkpoint (eval mode) in the run's memory format, as the workflow
+    loads it (``training.memory_format``); both sides get the same."""
+    model, checkpoint = load_checkpoint(spec["checkpoints"][0])
+    return in_memory_format(model, spec["memory_format"]), checkpoint
+
+
 def frozen_model(spec: dict):
     """The baseline's model (eval mode), all parameters frozen; Captum enables those it traces."""
-    model, checkpoint = load_checkpoint(spec["checkpoints"][0])
+    model, checkpoint = bench_model(spec)
     for param in model.parameters():
         param.requires_grad_(False)
     return model, checkpoint
@@ -236,7 +248,7 @@ def ours_topk(spec: dict) -> dict:
     from tracinflow.tracin import TracIn
 
     t0 = time.perf_counter()
-    model, _ = load_checkpoint(spec["checkpoints"][0])
+    model, _ = bench_model(spec)
     train = batches(spec, "train", model.arch, spec["n_train"])
     tracin = TracIn(model, train, [LAYER], checkpoints=spec["checkpoints"], device="cpu")
     frame = tracin.topk(batches(spec, "test", model.arch, spec["n_test"]), spec["k"], "both")
@@ -249,7 +261,7 @@ def ours_self(spec: dict) -> dict:
     from tracinflow.tracin import TracIn
 
     t0 = time.perf_counter()
-    model, _ = load_checkpoint(spec["checkpoints"][0])
+    model, _ = bench_model(spec)
     train = batches(spec, "train", model.arch, spec["n_train"])
     tracin = TracIn(model, train, [LAYER], checkpoints=spec["checkpoints"], device="cpu")
     frame = tracin.self_influence()
@@ -350,7 +362,7 @@ WORKERS = {
 def warm_up(spec: dict) -> None:
     """One untimed forward of a throwaway model on a batch, so no timed region pays the process's
     first-call costs (oneDNN kernels, allocator), whichever method it runs."""
-    model, _ = load_checkpoint(spec["checkpoints"][0])
+    model, _ = bench_model(spec)
     x, _ = first_rows(spec, "test", model.arch, min(spec["batch"], spec["n_test"]))
     with torch.no_grad():
         model(x)
@@ -581,7 +593,7 @@ def bias_rows(spec: dict, out: Path, ref: dict) -> list[tuple[str, str]]:
 def ours_head_scores(spec: dict) -> np.ndarray:
     from tracinflow.tracin import TracIn
 
-    model, _ = load_checkpoint(spec["checkpoints"][0])
+    model, _ = bench_model(spec)
     n_train, n_test = spec["head"]
     train = batches(spec, "train", model.arch, n_train)
     tracin = TracIn(model, train, HEAD, checkpoints=spec["checkpoints"], device="cpu")
@@ -765,10 +777,10 @@ def demo_inputs() -> tuple[dict, dict]:
     return settings, paths
 
 
-def make_spec(quick: bool, out: Path) -> dict:
+def make_spec(quick: bool, out: Path, memory_format: str) -> dict:
     settings, paths = demo_inputs()
     influence = settings["influence"]
-    spec = {**paths, **scale(quick), "out": str(out)}
+    spec = {**paths, **scale(quick), "out": str(out), "memory_format": memory_format}
     spec.update(k=int(influence["top_k"]), batch=int(influence["batch_size"]))
     for split in ("train", "test"):
         total = len(split_data(spec, split)[1])
@@ -793,6 +805,12 @@ def print_table(rows, quick: bool, seconds: float, load: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the first rows only, about a minute")
+    parser.add_argument(
+        "--memory-format",
+        choices=sorted(MEMORY_FORMATS),
+        default=DEFAULT_MEMORY_FORMAT,
+        help="the network's memory format on both sides (the workflow's default: %(default)s)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -807,7 +825,7 @@ def main() -> None:
     t_start, load = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_captum_") as tmp:
         out = Path(tmp)
-        spec = make_spec(args.quick, out)
+        spec = make_spec(args.quick, out, args.memory_format)
         runs = {name: child(name, spec) for name in WORKERS}
         ref = reference(spec)
         rows = [
@@ -815,7 +833,8 @@ def main() -> None:
                 "problem",
                 f"demo baseline: {spec['n_train']:,} train x {spec['n_test']:,} test images, "
                 f"checkpoints {', '.join(Path(c).stem for c in spec['checkpoints'])} (lr = "
-                f"lr_head each), layer fc.4, k {spec['k']}, batches of {spec['batch']}",
+                f"lr_head each), layer fc.4, k {spec['k']}, batches of {spec['batch']}, the "
+                f"network in {spec['memory_format']} on both sides",
             ),
             ("loss", loss_check(spec)),
             *fast_rows(spec, out, ref),

@@ -35,7 +35,10 @@ def jobs(config: dict) -> pd.DataFrame:
     for rule_dir in sorted((REPO / "results/benchmarks").iterdir()):
         files = rule_dir.glob("*.tsv") if rule_dir.is_dir() else [rule_dir]
         for path in files:
-            owner = path.stem.split("_epoch_")[0].rsplit("_t", 1)[0]
+            # <version>_<ckpt>_<split> (evaluation factors), <version>_<split> (extract_factors),
+            # <version>_t<tile> (shards), <version>
+            owner = re.sub(r"_(train|val|test)$", "", path.stem.split("_epoch_")[0])
+            owner = owner.rsplit("_t", 1)[0] if owner not in versions else owner
             if not (owner in versions or path.stem.startswith(dataset) or rule_dir.is_file()):
                 continue
             bench = pd.read_csv(path, sep="\t").iloc[0]
