@@ -76,7 +76,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from tracinflow._util.device import (  # noqa: E402
     DEFAULT_MEMORY_FORMAT,
-    MEMORY_FORMATS,
+    MEMORY_FORMAT_SETTINGS,
     in_memory_format,
 )
 from tracinflow.influence.kernel import KINDS, score_block, topk_influence  # noqa: E402
@@ -807,7 +807,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the first rows only, about a minute")
     parser.add_argument(
         "--memory-format",
-        choices=sorted(MEMORY_FORMATS),
+        choices=MEMORY_FORMAT_SETTINGS,
         default=DEFAULT_MEMORY_FORMAT,
         help="the network's memory format on both sides (the workflow's default: %(default)s)",
     )

@@ -11,7 +11,11 @@ import pytest
 import torch
 import torchvision
 
-from tracinflow._util.device import in_memory_format
+from tracinflow._util.device import (
+    has_strided_pointwise_convolution,
+    in_memory_format,
+    resolve_memory_format,
+)
 from tracinflow.config import pretrained_weights_file
 from tracinflow.io.checkpoints import load_checkpoint, read_backbone_weights
 from tracinflow.io.training import fit
@@ -23,6 +27,7 @@ from tracinflow.train.loss import (
 )
 from tracinflow.train.model import (
     backbone_parameters,
+    build_model,
     cpu_state,
     create_model,
     head_parameters,
@@ -369,8 +374,26 @@ def test_channels_last_training_is_deterministic_and_computes_what_contiguous_do
 def test_an_unknown_memory_format_is_refused():
     with pytest.raises(ValueError, match=r"training\.memory_format must be one of"):
         resolve_settings(settings(memory_format="nhwc"))
-    with pytest.raises(ValueError, match="choose one of channels_last, contiguous"):
+    with pytest.raises(ValueError, match="choose one of auto, channels_last, contiguous"):
         in_memory_format(torch.nn.Conv2d(3, 4, 3), "nhwc")
+
+
+def test_auto_memory_format_keeps_the_resnets_contiguous_on_the_cpu():
+    """auto: channels_last for EfficientNet on the CPU, contiguous for the ResNets there (their
+    strided 1x1 downsampling convolution crashes in channels_last's backward on the CPU with
+    torch 2.14.1), and what it resolved to is what the model and its images use."""
+    lite0 = build_model(make_arch("efficientnet_lite0", 3, hidden=[8, 4]))
+    small = build_model(make_arch("small_resnet", 3, hidden=[8, 4], width=4))
+    resnet = build_model(make_arch("resnet50", 3, hidden=[8, 4]))
+    assert not has_strided_pointwise_convolution(lite0)
+    assert has_strided_pointwise_convolution(small) and has_strided_pointwise_convolution(resnet)
+    assert in_memory_format(lite0).memory_format == "channels_last"
+    assert lite0.body.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert in_memory_format(small).memory_format == "contiguous"
+    assert in_memory_format(small, "channels_last").memory_format == "channels_last"
+    cuda = torch.device("cuda")
+    assert resolve_memory_format("auto", resnet, cuda) == "channels_last"
+    assert resolve_memory_format("contiguous", lite0, cuda) == "contiguous"
 
 
 @pytest.mark.parametrize("train_batchnorm", [False, True])

@@ -11,7 +11,9 @@ from torch import nn
 #: (NHWC) trains EfficientNet-Lite0 about 1.5-1.9x faster on the CPUs measured and is what CUDA's
 #: convolutions prefer; contiguous (NCHW) is PyTorch's default (benchmarks/bench_memory_format.py).
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-DEFAULT_MEMORY_FORMAT = "channels_last"
+#: the settings: a format, or auto (:func:`resolve_memory_format`)
+MEMORY_FORMAT_SETTINGS = ("auto", *MEMORY_FORMATS)
+DEFAULT_MEMORY_FORMAT = "auto"
 
 
 def select_device(name: str | None = "auto") -> torch.device:
@@ -36,15 +38,41 @@ def describe_device(
     return f"device {device}, precision float32{layout}, {torch.get_num_threads()} threads"
 
 
+def has_strided_pointwise_convolution(model: nn.Module) -> bool:
+    """Whether ``model`` has a 1x1 convolution with a stride above 1 (a ResNet's downsampling)."""
+    return any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and max(m.stride) > 1
+        for m in model.modules()
+    )
+
+
+def resolve_memory_format(name: str, model: nn.Module, device: torch.device) -> str:
+    """The memory format ``name`` (a :data:`MEMORY_FORMAT_SETTINGS` value) means for ``model`` on
+    ``device``. ``auto``: channels_last on CUDA; on the CPU channels_last unless the network has a
+    strided 1x1 convolution, and then contiguous: with torch 2.14.1 on the CPU the backward of
+    such a convolution in channels_last corrupts the heap for small channel counts (4 -> 8 and
+    8 -> 16 channels at 16 px, 2 threads: the process aborts or segfaults), which the ResNets'
+    downsampling has and EfficientNet has not."""
+    if name not in MEMORY_FORMAT_SETTINGS:
+        raise ValueError(
+            f"training.memory_format is {name!r}; choose one of {', '.join(MEMORY_FORMAT_SETTINGS)}"
+        )
+    if name != "auto":
+        return name
+    if device.type == "cuda" or not has_strided_pointwise_convolution(model):
+        return "channels_last"
+    return "contiguous"
+
+
 def in_memory_format(model: nn.Module, name: str = DEFAULT_MEMORY_FORMAT) -> nn.Module:
     """``model`` with its convolution weights, and from now on every image batch it is called
-    with, in the memory format ``name`` (:data:`MEMORY_FORMATS`). A float32 forward computes the
+    with, in the memory format ``name`` (:data:`MEMORY_FORMAT_SETTINGS`; ``auto`` is resolved for
+    the device the model is on by :func:`resolve_memory_format`). A float32 forward computes the
     same function in either format, rounded differently; checkpoints are saved contiguous.
     Setting it again changes the format (one input hook per model)."""
-    if name not in MEMORY_FORMATS:
-        raise ValueError(
-            f"training.memory_format is {name!r}; choose one of {', '.join(MEMORY_FORMATS)}"
-        )
+    parameters = list(model.parameters())
+    device = parameters[0].device if parameters else torch.device("cpu")
+    name = resolve_memory_format(name, model, device)
     memory_format = MEMORY_FORMATS[name]
     model = model.to(memory_format=memory_format)
     if getattr(model, "memory_format", None) is None:

@@ -32,7 +32,7 @@ from torch import nn
 
 from tracinflow._util.device import (
     DEFAULT_MEMORY_FORMAT,
-    MEMORY_FORMATS,
+    MEMORY_FORMAT_SETTINGS,
     describe_device,
     fast_cuda_math,
     in_memory_format,
@@ -118,9 +118,9 @@ def resolve_settings(settings: dict) -> dict:
     s = deep_merge(DEFAULT_SETTINGS, settings or {})
     t = s["training"]
     s1, s2 = t["stage1"], t["stage2"]
-    if t["memory_format"] not in MEMORY_FORMATS:
+    if t["memory_format"] not in MEMORY_FORMAT_SETTINGS:
         raise ValueError(
-            f"training.memory_format must be one of {', '.join(MEMORY_FORMATS)}, got "
+            f"training.memory_format must be one of {', '.join(MEMORY_FORMAT_SETTINGS)}, got "
             f"{t['memory_format']!r}"
         )
     if int(t["batch_size"]) < 1:
