@@ -270,10 +270,9 @@ def extract_split_factors(
     done = []
     progress = Progress(len(folders), f"factors {split}", "checkpoints", log, every=0.0)
     for checkpoint_file, folder in zip(checkpoint_files, folders, strict=True):
-        model, checkpoint, loss_fn, device = load_for_inference(
-            checkpoint_file, threads, params["device"], listed=listed,
-            memory_format=params["memory_format"],
-        )  # fmt: skip
+        model, checkpoint, loss_fn, device = load_for_inference(  # verified above: no listed
+            checkpoint_file, threads, params["device"], memory_format=params["memory_format"]
+        )
         log(
             f"factors of {checkpoint_file} (stage {checkpoint.get('stage', 2)} epoch "
             f"{checkpoint['epoch']}, lr {checkpoint['lr_head']:g}) on {split}: {len(labels)} "
