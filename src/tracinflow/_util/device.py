@@ -9,7 +9,10 @@ from torch import nn
 
 #: training.memory_format: how the network lays out its images and activations. channels_last
 #: (NHWC) trains EfficientNet-Lite0 about 1.5-1.9x faster on the CPUs measured and is what CUDA's
-#: convolutions prefer; contiguous (NCHW) is PyTorch's default (benchmarks/bench_memory_format.py).
+#: convolutions prefer (benchmarks/bench_memory_format.py); contiguous is PyTorch's default: the
+#: weights in NCHW and each image batch as it comes, so each convolution picks its layout from
+#: its input as it did before this setting existed (an image batch made from (B, H, W, 3) pixels
+#: by a permute is NHWC in memory), which is what reproduces the tables measured before it.
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 #: the settings: a format, or auto (:func:`resolve_memory_format`)
 MEMORY_FORMAT_SETTINGS = ("auto", *MEMORY_FORMATS)
@@ -82,11 +85,14 @@ def in_memory_format(model: nn.Module, name: str = DEFAULT_MEMORY_FORMAT) -> nn.
 
 
 def images_in_model_format(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """An image batch (B, 3, H, W) in the memory format :func:`in_memory_format` gave ``model``
-    (unchanged for a model it never saw). Both the weights and the input decide the layout a
-    convolution computes in; converting the images once keeps the whole forward in one."""
+    """An image batch (B, 3, H, W) in channels_last when :func:`in_memory_format` gave ``model``
+    that format; unchanged otherwise (contiguous, or a model it never saw). Both the weights and
+    the input decide the layout a convolution computes in; converting the images once keeps the
+    whole forward in one. Contiguous leaves them as they come: converting them to NCHW would
+    change how training rounds (a version trained before the setting existed would not
+    reproduce)."""
     name = getattr(model, "memory_format", None)
-    if name is None or not isinstance(images, torch.Tensor) or images.dim() != 4:
+    if name != "channels_last" or not isinstance(images, torch.Tensor) or images.dim() != 4:
         return images
     return images.contiguous(memory_format=MEMORY_FORMATS[name])
 
