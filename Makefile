@@ -33,8 +33,12 @@ EVALUATE_THREADS := train_model=1 predict=1 extract_factors=1 evaluation_factors
 evaluate: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --set-threads $(EVALUATE_THREADS) --configfile config/evaluate.yaml
 
+# Two pytest workers (pytest-xdist), one per core of the 2-core machines the suite is sized for;
+# each test file runs whole on one worker, so a file's module fixtures are built once.
+# More cores: make test TEST_WORKERS=8.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The development loop: every test that does not run snakemake (about 2 minutes on 2 cores);
 # `make test` (CI) runs these and the workflow tests.

@@ -13,6 +13,15 @@ from hypothesis import settings
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+#: pytest-xdist's worker count (`make test` runs one worker per core); 1 without xdist
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    # Each worker gets its share of the cores: torch in a worker would otherwise run a thread per
+    # core as the other worker does, and oversubscribed OpenMP threads that spin while they wait
+    # run many times slower. Set before anything imports torch; the workflow's jobs still set
+    # their rule's threads themselves.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // WORKERS)))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The property tests draw the same examples on every run and machine (a rare case found once is
 # found every time, not by chance in CI); HYPOTHESIS_PROFILE=explore draws new ones while developing.
 settings.register_profile("repeatable", derandomize=True, database=None, print_blob=True)
@@ -154,3 +163,31 @@ def tiny_workflow(tmp_path_factory):
         targeted_output=targeted.stdout + targeted.stderr,
         results_after_targeted=after_targeted,
     )
+
+
+#: the test files that take longest (minutes each, CI's --durations), started first: `make test`'s
+#: workers take files in collection order, and a long file started last keeps one worker busy
+#: while the other idles
+LONGEST_FILES = (
+    "test_workflow_evaluation.py",
+    "test_workflow_slurm.py",
+    "reliability/test_workflow_faults.py",
+    "test_study.py",
+    "test_explorer_page.py",
+    "test_workflow_curvature.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest files first, every other test in its collected order (the sort is stable)."""
+    first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
+    tests = Path(__file__).parent
+
+    def rank(item) -> int:
+        try:
+            name = Path(item.path).relative_to(tests).as_posix()
+        except ValueError:
+            return len(first)
+        return first.get(name, len(first))
+
+    items.sort(key=rank)
