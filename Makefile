@@ -34,11 +34,12 @@ evaluate: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --set-threads $(EVALUATE_THREADS) --configfile config/evaluate.yaml
 
 # Two pytest workers (pytest-xdist), one per core of the 2-core machines the suite is sized for;
-# each test file runs whole on one worker, so a file's module fixtures are built once.
-# More cores: make test TEST_WORKERS=8.
+# each test file runs whole on one worker, so a file's module fixtures are built once, and the
+# files go out in collection order (the longest first, tests/conftest.py), not xdist's
+# most-tests-first. More cores: make test TEST_WORKERS=8.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The development loop: every test that does not run snakemake (about 2 minutes on 2 cores);
 # `make test` (CI) runs these and the workflow tests.

@@ -276,8 +276,10 @@ def test_cached_stage1_features_give_the_head_of_training_through_the_frozen_bac
     lite0_weights,
 ):
     """Same seed, no augmentation: the head trained on stored features equals the head trained by
-    running the frozen backbone every epoch; the backbone, BatchNorm statistics included, is
-    bit-identical to the ImageNet weights after either."""
+    running the frozen backbone every epoch, to float32's 1e-4 of each tensor's largest entry (the
+    features are computed in other batches, so they round differently, differently again with
+    the thread count, and training carries that into the head); the backbone, BatchNorm
+    statistics included, is bit-identical to the ImageNet weights after either."""
     images, labels = color_images(40, size=32)
     cached = stage1_model(lite0_settings(cache_features=True), images, labels, lite0_weights)
     direct = stage1_model(lite0_settings(cache_features=False), images, labels, lite0_weights)
@@ -294,8 +296,9 @@ def test_cached_stage1_features_give_the_head_of_training_through_the_frozen_bac
         {k: v for k, v in m.state_dict().items() if k.startswith("fc.")} for m in (cached, direct)
     ]
     assert not torch.equal(heads[0]["fc.4.weight"], initial["fc.4.weight"])  # it trained
-    for key in heads[0]:
-        torch.testing.assert_close(heads[0][key], heads[1][key], rtol=1e-5, atol=1e-6)
+    for key, weights in heads[0].items():
+        scale = weights.abs().max().item()
+        assert (heads[1][key] - weights).abs().max().item() <= 1e-4 * scale, key
 
 
 def test_recording_the_trajectory_adds_no_forward_pass(lite0_weights):
