@@ -38,13 +38,14 @@ evaluate: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 # files go out in collection order (the longest first, tests/conftest.py), not xdist's
 # most-tests-first. More cores: make test TEST_WORKERS=8.
 TEST_WORKERS ?= 2
+IN_WORKERS := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest $(IN_WORKERS)
 
-# The development loop: every test that does not run snakemake (about 2 minutes on 2 cores);
+# The development loop: every test that does not run snakemake (about a minute on 2 cores);
 # `make test` (CI) runs these and the workflow tests.
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest -m "not workflow and not slurm"
+	$(BIN)/python -m pytest -m "not workflow and not slurm" $(IN_WORKERS)
 
 # The speed benchmarks (benchmarks/README.md), about 18 minutes on 2 cores, each table also kept in
 # results/bench/. The Captum comparison and the stage table read the demo's results, so the demo
