@@ -36,7 +36,12 @@ sys.path.insert(0, str(REPO / "src"))
 from tracinflow.analysis.detection import detection_table  # noqa: E402
 from tracinflow.analysis.rankings import percentile_rank_mean  # noqa: E402
 from tracinflow.analysis.trajectory import area_under_margin, trajectory_matrices  # noqa: E402
-from tracinflow.config import load_schema, study_setting_name, with_defaults  # noqa: E402
+from tracinflow.config import (  # noqa: E402
+    deep_merge,
+    load_schema,
+    study_setting_name,
+    with_defaults,
+)
 
 CANDIDATES = ("aum", "aum_stage1", "aum_stage2", "aum_rank", "loss")
 
@@ -49,15 +54,16 @@ def stage_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray], 
     train_set = train_set.loc[~train_set["dropped"].to_numpy(bool)]
     idx = train_set["idx"].to_numpy(np.int64)
     frame = pd.read_parquet(out / "model/trajectory.parquet")
-    margin = trajectory_matrices(frame, idx)["margin"]
-    # trajectory_matrices orders the columns by (stage, epoch)
-    stage = frame[["stage", "epoch"]].drop_duplicates().sort_values(["stage", "epoch"])["stage"]
-    stage = stage.to_numpy()
+
+    def margins(rows: pd.DataFrame) -> np.ndarray:
+        return trajectory_matrices(rows, idx)["margin"]
+
+    margin = margins(frame)
     loss = pd.read_parquet(out / "predictions/train.parquet").set_index("idx").loc[idx, "loss"]
     scores = {
         "aum": -area_under_margin(margin),
-        "aum_stage1": -area_under_margin(margin[:, stage == 1]),
-        "aum_stage2": -area_under_margin(margin[:, stage == 2]),
+        "aum_stage1": -area_under_margin(margins(frame.loc[frame["stage"] == 1])),
+        "aum_stage2": -area_under_margin(margins(frame.loc[frame["stage"] == 2])),
         # every epoch weighs the same, whatever the spread of its margins
         "aum_rank": percentile_rank_mean(*(-margin).T),
         "loss": loss.to_numpy(np.float64),
@@ -72,8 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     config: dict = {}
     for path in args.config:  # later files over earlier ones, as Snakemake merges them
-        for key, value in yaml.safe_load(Path(path).read_text()).items():
-            config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+        config = deep_merge(config, yaml.safe_load(Path(path).read_text()))
     schema = load_schema(REPO / "workflow/schemas/config.schema.yaml")
     study = with_defaults(config["study"], schema["properties"]["study"])
     rows = []
