@@ -168,6 +168,29 @@ def test_the_public_names_load_no_stage():
     assert loaded.strip() == "[]"
 
 
+def test_no_stage_imports_the_model_zoos_until_it_builds_a_network():
+    """Every Snakemake job starts a Python that imports its stage: torchvision and timm (about 2 s
+    on 2 cores, more than torch) are imported by the code that builds a network, so the jobs that
+    read factors, rankings or tables never pay for them, while building one still works."""
+    stages = sorted(p.stem for p in (PACKAGE / "stages").glob("*.py") if p.stem != "__init__")
+    code = (
+        "import importlib, sys\n"
+        f"for stage in {stages!r}: importlib.import_module('tracinflow.stages.' + stage)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision'}))\n"
+        "from tracinflow.train.model import build_model, make_arch\n"
+        "build_model(make_arch('efficientnet_lite0', num_classes=3, hidden=[8]))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision'}))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert loaded[:2] == ["[]", "['timm', 'torchvision']"]
+
+
 def rules_in(smk: Path) -> dict[str, str]:
     """``{rule name: script file}`` of the rules a .smk file declares with a script."""
     found = {}

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import contextlib
 
-import timm
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock
 
 from tracinflow._util.device import images_in_model_format
 from tracinflow.config import IMAGENET, WEIGHTS_PACKAGES
@@ -32,11 +29,16 @@ from tracinflow.config import IMAGENET, WEIGHTS_PACKAGES
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-#: torchvision constructors of the ImageNet backbones and the weights ``model.pretrained`` expects.
+# torchvision and timm are imported where a network is built or named, not here: importing them
+# takes about 2 s on 2 cores (torch alone 1.7 s), which every Snakemake job importing this module
+# paid, though most of them (the influence kernel, rankings, reports) read factors, never a network.
+
+#: torchvision constructors (in ``torchvision.models``) of the ImageNet backbones and the weights
+#: ``model.pretrained`` expects.
 TORCHVISION_ARCHS = {
-    "resnet18": (torchvision.models.resnet18, "ResNet18_Weights.IMAGENET1K_V1"),
-    "resnet34": (torchvision.models.resnet34, "ResNet34_Weights.IMAGENET1K_V1"),
-    "resnet50": (torchvision.models.resnet50, "ResNet50_Weights.IMAGENET1K_V1"),
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
 }
 #: timm constructors of the backbones whose ImageNet weights install with pip; the TF-ported
 #: weights expect inputs scaled to [-1, 1], so the arch's mean and std are 0.5.
@@ -54,6 +56,8 @@ class SmallResNet(nn.Module):
     """
 
     def __init__(self, width: int = 16):
+        from torchvision.models.resnet import BasicBlock
+
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]
         self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
@@ -91,6 +95,8 @@ class TimmBackbone(nn.Module):
     head ``fc``. No dropout: the trained function is the one factor extraction evaluates."""
 
     def __init__(self, timm_name: str):
+        import timm
+
         super().__init__()
         self.body = timm.create_model(
             timm_name, pretrained=False, num_classes=0, drop_rate=0.0, drop_path_rate=0.0
@@ -172,7 +178,9 @@ def build_backbone(arch: dict) -> nn.Module:
     if name == SMALL_ARCH:
         return SmallResNet(width=arch.get("width", 16))
     if name in TORCHVISION_ARCHS:
-        return TORCHVISION_ARCHS[name][0](weights=None)
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None)
     if name in TIMM_ARCHS:
         return TimmBackbone(TIMM_ARCHS[name])
     raise ValueError(f"unknown model.arch {name!r}; choose one of {', '.join(ARCHS)}")
@@ -213,7 +221,9 @@ def weights_url(arch_name: str) -> str:
                 else ""
             )
         )
-    return torchvision.models.get_weight(TORCHVISION_ARCHS[arch_name][1]).url
+    import torchvision
+
+    return torchvision.models.get_weight(TORCHVISION_ARCHS[arch_name]).url
 
 
 def missing_weights_message(arch_name: str, path) -> str:
