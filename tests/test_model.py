@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock
 
 from tracinflow.io.checkpoints import (
     fetch_weights,
@@ -18,6 +19,7 @@ from tracinflow.io.checkpoints import (
 )
 from tracinflow.train.model import (
     ARCHS,
+    ResidualBlock,
     build_model,
     checkpoint_dict,
     create_model,
@@ -65,6 +67,29 @@ def test_head_layout_and_shapes(name):
         assert features(model, x).shape == (2, FEATURES[name])
         assert model(x).shape == (2, 5)
         assert torch.equal(model(x), model.fc(features(model, x)))
+
+
+def test_the_small_resnet_is_the_one_torchvisions_basic_blocks_make_to_the_bit(monkeypatch):
+    """The small network's own residual block stands in for torchvision's BasicBlock: the same
+    initial weights from the same seed, the same state dict keys (older checkpoints load), and the
+    same outputs and gradients in training mode, to the bit."""
+    arch = make_arch("small_resnet", num_classes=4, hidden=[8], width=4)
+    torch.manual_seed(0)
+    ours = build_model(arch)
+    monkeypatch.setattr("tracinflow.train.model.ResidualBlock", BasicBlock)
+    torch.manual_seed(0)
+    theirs = build_model(arch)
+    assert not any(isinstance(m, ResidualBlock) for m in theirs.modules())
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, theirs.state_dict()[key]), key
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    for model in (ours, theirs):
+        model.train()
+        model(x).square().sum().backward()
+    assert torch.equal(ours(x), theirs(x))
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad), name
 
 
 def test_arch_is_plain_json_and_rejects_unknown_names():

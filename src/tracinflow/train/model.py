@@ -48,16 +48,38 @@ SMALL_ARCH = "small_resnet"
 ARCHS = (SMALL_ARCH, *TORCHVISION_ARCHS, *TIMM_ARCHS)
 
 
+class ResidualBlock(nn.Module):
+    """torchvision's ResNet ``BasicBlock`` (two 3x3 convolutions with BatchNorm, plus the input or
+    its ``downsample``), with its attribute names, creation order and arithmetic, so a SmallResNet
+    is the same network to the bit; here so that the small network's jobs need not import
+    torchvision (1.5 s of each job's start-up; tests/test_model.py compares the two)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        # the shortcut after the main branch, in torchvision's order (autograd's order follows it)
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
 class SmallResNet(nn.Module):
     """A narrow 4-stage ResNet for small (e.g. 32x32) images that trains in minutes on a CPU.
 
     Same attribute names as torchvision's ResNet: a 3x3 stride-1 stem without max pooling, then one
-    BasicBlock per stage at widths ``width * (1, 2, 4, 8)`` with strides (1, 2, 2, 2).
+    :class:`ResidualBlock` per stage at widths ``width * (1, 2, 4, 8)`` with strides (1, 2, 2, 2).
     """
 
     def __init__(self, width: int = 16):
-        from torchvision.models.resnet import BasicBlock
-
         super().__init__()
         widths = [width, 2 * width, 4 * width, 8 * width]
         self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
@@ -73,7 +95,7 @@ class SmallResNet(nn.Module):
                     nn.BatchNorm2d(out_ch),
                 )
             setattr(
-                self, f"layer{i + 1}", nn.Sequential(BasicBlock(in_ch, out_ch, stride, downsample))
+                self, f"layer{i + 1}", nn.Sequential(ResidualBlock(in_ch, out_ch, stride, downsample))
             )
             in_ch = out_ch
         self.avgpool = nn.AdaptiveAvgPool2d(1)
