@@ -95,7 +95,9 @@ class SmallResNet(nn.Module):
                     nn.BatchNorm2d(out_ch),
                 )
             setattr(
-                self, f"layer{i + 1}", nn.Sequential(ResidualBlock(in_ch, out_ch, stride, downsample))
+                self,
+                f"layer{i + 1}",
+                nn.Sequential(ResidualBlock(in_ch, out_ch, stride, downsample)),
             )
             in_ch = out_ch
         self.avgpool = nn.AdaptiveAvgPool2d(1)
