@@ -51,7 +51,7 @@ test-quick: $(STAMP)
 # results/bench/. The Captum comparison and the stage table read the demo's results, so the demo
 # runs first (a no-op once it has run).
 BENCH_STAMP := $(VENV)/.bench-installed
-BENCHMARKS := bench_memory_format bench_influence bench_scale bench_captum bench_demo bench_curvature
+BENCHMARKS := bench_memory_format bench_startup bench_influence bench_scale bench_captum bench_demo bench_curvature
 
 bench: demo $(BENCH_STAMP)
 	mkdir -p results/bench

@@ -168,18 +168,19 @@ def test_the_public_names_load_no_stage():
     assert loaded.strip() == "[]"
 
 
-def test_no_stage_imports_the_model_zoos_until_it_builds_a_network():
+def test_no_stage_imports_torchvision_timm_or_scipy_until_it_needs_them():
     """Every Snakemake job starts a Python that imports its stage: torchvision and timm (about 2 s
-    on 2 cores, more than torch) are imported by the code that builds a network, so the jobs that
-    read factors, rankings or tables never pay for them, while building one still works."""
+    on 2 cores, more than torch) are imported by the code that builds a network, and scipy (about
+    1 s) by the evaluation's ranks, so the jobs that read factors, rankings or tables never pay for
+    them, while building a network still works."""
     stages = sorted(p.stem for p in (PACKAGE / "stages").glob("*.py") if p.stem != "__init__")
     code = (
         "import importlib, sys\n"
         f"for stage in {stages!r}: importlib.import_module('tracinflow.stages.' + stage)\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision'}))\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision', 'scipy'}))\n"
         "from tracinflow.train.model import build_model, make_arch\n"
         "build_model(make_arch('efficientnet_lite0', num_classes=3, hidden=[8]))\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision'}))"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision', 'scipy'}))"
     )
     env = {
         **os.environ,

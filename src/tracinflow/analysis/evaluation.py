@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 
 LDS_COLUMNS = ["method", "lds", "ci_low", "ci_high", "n_subsets", "n_test", "default", "kind"]
 #: lds.csv's columns after LDS_COLUMNS: the LDS over the reference's mistakes; the LDS on the
@@ -48,6 +47,10 @@ def subset_predictions(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
 
 def _ranks(values: np.ndarray) -> np.ndarray:
     """Ranks along the last axis, ties sharing their average rank."""
+    # scipy.stats here, not at the top: it adds about a second to the start-up of every job of the
+    # evaluation's stage, most of which (the retrains, their factors) never rank anything
+    from scipy.stats import rankdata
+
     return rankdata(values, axis=-1)
 
 
