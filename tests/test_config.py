@@ -413,7 +413,7 @@ def test_checkpoint_epochs_are_one_list_for_all_versions():
 
     config = demo_config()
     config["versions"] = {"a": {}, "b": {"seed": 2, "training": {"stage2": {"max_epochs": 20}}}}
-    assert shared_checkpoint_epochs(version_settings(config, SCHEMA)) == [1, 3, 5]
+    assert shared_checkpoint_epochs(version_settings(config, SCHEMA)) == [1, 2, 3]
     config["versions"]["b"] = {"training": {"stage2": {"checkpoint_epochs": [5, 10]}}}
     with pytest.raises(
         ConfigError, match=r"versions\.b\.training\.stage2\.checkpoint_epochs: .*shared by all"
