@@ -48,7 +48,7 @@ def subset_predictions(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
 def _ranks(values: np.ndarray) -> np.ndarray:
     """Ranks along the last axis, ties sharing their average rank."""
     # scipy.stats here, not at the top: it adds about a second to the start-up of every job of the
-    # evaluation's stage, most of which (the retrains, their factors) never rank anything
+    # evaluation's stage, most of which (the retrains' factor extractions) never rank anything
     from scipy.stats import rankdata
 
     return rankdata(values, axis=-1)

@@ -31,7 +31,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # torchvision and timm are imported where a network is built or named, not here: importing them
 # takes about 2 s on 2 cores (torch alone 1.7 s), which every Snakemake job importing this module
-# paid, though most of them (the influence kernel, rankings, reports) read factors, never a network.
+# paid, though most of them (the influence kernel, the rankings) read factors, never a network.
 
 #: torchvision constructors (in ``torchvision.models``) of the ImageNet backbones and the weights
 #: ``model.pretrained`` expects.
@@ -67,7 +67,7 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        # the shortcut after the main branch, in torchvision's order (autograd's order follows it)
+        # the shortcut after the main branch, in torchvision's order, so the autograd graph is its graph
         out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
