@@ -420,9 +420,9 @@ def test_checkpoint_epochs_are_one_list_for_all_versions():
     ):
         version_settings(config, SCHEMA)
     # training must reach the last checkpoint: said when the workflow is parsed, not mid-run
-    config["versions"]["b"] = {"training": {"stage2": {"max_epochs": 4}}}
+    config["versions"]["b"] = {"training": {"stage2": {"max_epochs": 2}}}
     with pytest.raises(
-        ConfigError, match=r"versions\.b\.training\.stage2\.max_epochs: 4 is before .* \(5\)"
+        ConfigError, match=r"versions\.b\.training\.stage2\.max_epochs: 2 is before .* \(3\)"
     ):
         version_settings(config, SCHEMA)
 
