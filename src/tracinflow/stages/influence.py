@@ -140,7 +140,10 @@ def _model_sides(test_dirs, train_dirs, rows_t, rows_r, layers, curvature):
 def _ensemble_inputs(inputs, members: Sequence[str], method: str) -> list[tuple]:
     """``(test_dirs, train_dirs, curvature)`` of each member of ``params["ensemble"]``, from the
     inputs ``ensemble_test`` and ``ensemble_train`` (by member, then epoch) and
-    ``ensemble_curvature`` (one per member, for a curvature method)."""
+    ``ensemble_curvature`` (one per member, for a curvature method). Without members a rule
+    needs none of these inputs (benchmarks/scale/Snakefile declares only ``test`` and ``train``)."""
+    if not members:
+        return []
     n = len(members)
     curvatures = (
         [files[0] for files in per_member(inputs["ensemble_curvature"], n)]
