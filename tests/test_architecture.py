@@ -148,6 +148,18 @@ def test_stage_modules_share_code_only_through_io():
                 assert layer_of(module) != "stages", f"{name} imports {module}"
 
 
+def in_a_fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter that imports this checkout's package: what a
+    module loads is only seen before anything else in the process imported it."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
 def test_the_public_names_load_no_stage():
     """``tracinflow``'s public names (TracIn and what its users reach for: the loss contract, a
     checkpoint's model, a factor folder) resolve without loading the workflow's stages."""
@@ -158,14 +170,7 @@ def test_the_public_names_load_no_stage():
         "for name in tracinflow.__all__: getattr(tracinflow, name)\n"
         "print(sorted(m for m in sys.modules if m.startswith('tracinflow.stages')))"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]),
-    }
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    assert loaded.strip() == "[]"
+    assert in_a_fresh_python(code).strip() == "[]"
 
 
 def test_no_stage_imports_torchvision_timm_or_scipy_until_it_needs_them():
@@ -182,13 +187,7 @@ def test_no_stage_imports_torchvision_timm_or_scipy_until_it_needs_them():
         "build_model(make_arch('efficientnet_lite0', num_classes=3, hidden=[8]))\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision', 'scipy'}))"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")]),
-    }
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    ).stdout.split("\n")
+    loaded = in_a_fresh_python(code).split("\n")
     assert loaded[:2] == ["[]", "['timm', 'torchvision']"]
 
 
