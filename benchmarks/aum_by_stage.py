@@ -71,31 +71,40 @@ def stage_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray], 
     return scores, train_set["noisy"].to_numpy(bool)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", nargs="+", default=[str(REPO / "config/study.yaml")])
-    parser.add_argument("--results", default=str(REPO / "results"))
-    args = parser.parse_args()
+def study_config(paths) -> dict:
+    """The ``study:`` section of the config files (later over earlier, as Snakemake merges them),
+    its defaults filled in."""
     config: dict = {}
-    for path in args.config:  # later files over earlier ones, as Snakemake merges them
+    for path in paths:
         config = deep_merge(config, yaml.safe_load(Path(path).read_text()))
     schema = load_schema(REPO / "workflow/schemas/config.schema.yaml")
-    study = with_defaults(config["study"], schema["properties"]["study"])
+    return with_defaults(config["study"], schema["properties"]["study"])
+
+
+def study_detection(study: dict, score) -> pd.DataFrame:
+    """The detection table of every noisy version of the study, one row per (ranking, setting,
+    seed); ``score(version)`` gives the version's rankings and which rows were flipped."""
     rows = []
     for noise in study["noise"]:
         setting = f"{noise['mode']} {noise['rate']:.0%}"
         for seed in study["seeds"]:
             version = study_setting_name(noise["rate"], noise["mode"], seed)
-            scores, flipped = stage_rankings(Path(args.results), version)
+            scores, flipped = score(version)
             table = detection_table(scores, flipped, default="aum")
             rows.append(table.assign(setting=setting, seed=seed))
-    found = pd.concat(rows)
+    return pd.concat(rows)
+
+
+def print_detection(found: pd.DataFrame, study: dict, candidates, references=("aum",)) -> None:
+    """The table of the candidates (share found in the top 10% / 20%, mean ± std over the seeds,
+    and average precision; the rule's mean share in the top 10%), then each candidate's average
+    precision paired by seed against each reference ranking's."""
     print(f"seeds {', '.join(map(str, study['seeds']))}: share of the flips found in the top 10% /")
     print("20% (mean ± std over the seeds, %) and average precision\n")
     settings = list(dict.fromkeys(found["setting"]))
     print("| ranking | " + " | ".join(settings) + " | rule: mean top 10% |")
     print("| --- |" + " ---: |" * (len(settings) + 1))
-    for name in CANDIDATES:
+    for name in candidates:
         mine = found.loc[found["ranking"] == name]
         cells = []
         for setting in settings:
@@ -106,14 +115,26 @@ def main() -> None:
                 f"{one['average_precision'].mean():.3f}"
             )
         print(f"| `{name}` | " + " | ".join(cells) + f" | {mine['found_at_10pct'].mean():.1%} |")
-    paired = found.pivot_table(
-        index=["setting", "seed"], columns="ranking", values="average_precision"
-    )
-    print("\npaired by seed, average precision minus `aum`'s (mean ± std):")
-    for name in CANDIDATES[1:]:
-        gap = (paired[name] - paired["aum"]).groupby(level="setting")
-        text = ", ".join(f"{s} {gap.mean()[s]:+.3f} ± {gap.std()[s]:.3f}" for s in settings)
-        print(f"- `{name}`: {text}")
+    for reference in references:
+        for metric in ("average_precision", "found_at_10pct"):
+            paired = found.pivot_table(index=["setting", "seed"], columns="ranking", values=metric)
+            print(f"\npaired by seed, {metric} minus `{reference}`'s (mean ± std):")
+            for name in candidates:
+                if name == reference:
+                    continue
+                gap = (paired[name] - paired[reference]).groupby(level="setting")
+                text = ", ".join(f"{s} {gap.mean()[s]:+.3f} ± {gap.std()[s]:.3f}" for s in settings)
+                print(f"- `{name}`: {text}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", nargs="+", default=[str(REPO / "config/study.yaml")])
+    parser.add_argument("--results", default=str(REPO / "results"))
+    args = parser.parse_args()
+    study = study_config(args.config)
+    found = study_detection(study, lambda version: stage_rankings(Path(args.results), version))
+    print_detection(found, study, CANDIDATES)
 
 
 if __name__ == "__main__":
