@@ -371,7 +371,9 @@ def test_efficientnet_checkpoint_factors_equal_per_sample_autograd(tmp_path):
     weights = read_backbone_weights(
         pretrained_weights_file("efficientnet_lite0", "imagenet"), "efficientnet_lite0"
     )
-    arch = make_arch("efficientnet_lite0", K, hidden=[7, 5], pretrained="imagenet")
+    arch = make_arch(
+        "efficientnet_lite0", K, hidden=[7, 5], pretrained="imagenet", image_size=(32, 32)
+    )
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "epoch_001.pt", checkpoint_dict(create_model(arch, weights), arch))
     model = load_checkpoint(tmp_path / "epoch_001.pt")[0].double()
@@ -403,7 +405,9 @@ def lite0_float64_reference(tmp_path_factory):
     weights = read_backbone_weights(
         pretrained_weights_file("efficientnet_lite0", "imagenet"), "efficientnet_lite0"
     )
-    arch = make_arch("efficientnet_lite0", K, hidden=[7, 5], pretrained="imagenet")
+    arch = make_arch(
+        "efficientnet_lite0", K, hidden=[7, 5], pretrained="imagenet", image_size=(32, 32)
+    )
     rng = np.random.default_rng(1)
     x = to_input(torch.from_numpy(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)), arch)
     labels = torch.from_numpy(rng.integers(0, K, 8))
@@ -446,9 +450,10 @@ def test_float32_factors_in_either_memory_format_equal_the_float64_brute_force(
     lite0_float64_reference, memory_format
 ):
     """The checkpoint loaded as extraction loads it (load_for_inference, in the configured
-    training.memory_format), float32: every head layer's activations and error signals, and the
-    TracIn dot products they give (ghost identity, bias included), equal the float64 brute force
-    of the same checkpoint in the contiguous format to 1e-4 relative."""
+    training.memory_format; in channels_last its BatchNorms folded), float32: every head layer's
+    activations and error signals, and the TracIn dot products they give (ghost identity, bias
+    included), equal the float64 brute force of the same checkpoint in the contiguous format to
+    1e-4 relative."""
     from tracinflow.io.checkpoints import load_for_inference
 
     path, x, labels, loss_fn, act, err, dots = lite0_float64_reference
@@ -456,6 +461,9 @@ def test_float32_factors_in_either_memory_format_equal_the_float64_brute_force(
     assert model.memory_format == memory_format
     layout = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
     assert model.body.conv_stem.weight.is_contiguous(memory_format=layout)
+    # the fast form folds every BatchNorm into its convolution; contiguous keeps the model as saved
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert norms == (0 if memory_format == "channels_last" else 49)
     factors = extract_factors(
         model, batches(x, labels, size=4), loss_fn, layers=HEAD_LAYERS, device="cpu"
     )

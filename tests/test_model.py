@@ -213,3 +213,75 @@ def test_a_pretrained_arch_without_its_weights_is_an_error_not_a_random_start(tm
     path, _ = _fake_weights(tmp_path)
     with pytest.raises(ValueError, match="pass its state dict"):
         create_model(make_arch("resnet18", 3, pretrained=str(path)))
+
+
+def _with_running_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters, as a trained network has."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=generator) * 1.5 + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "norms"), [("efficientnet_lite0", 64, 49), ("small_resnet", 32, 12)]
+)
+def test_folding_the_batchnorms_computes_the_float64_function_and_is_deterministic(
+    name, size, norms
+):
+    from tracinflow._util.device import fold_batchnorm, in_memory_format, inference_form
+
+    model = _with_running_statistics(build_model(make_arch(name, 10, image_size=(size, size))))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == norms
+    fast = in_memory_format(model, "channels_last")
+    folded = inference_form(fast)
+    assert folded is not fast and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fast.modules()) == norms  # a copy
+    x = torch.randn(6, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = build_model(make_arch(name, 10, image_size=(size, size)))
+        want.load_state_dict(model.state_dict())
+        want = want.double().eval()(x.double())
+        got = folded(x).double()
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    again = inference_form(fast)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(again.state_dict().values(), folded.state_dict().values(), strict=True)
+    )
+    with torch.no_grad():
+        assert torch.equal(again(x), folded(x))
+    # contiguous (the published tables' form) stays as it is; a training model is refused
+    assert inference_form(in_memory_format(model, "contiguous")) is model
+    with pytest.raises(ValueError, match=r"model\.eval\(\)"):
+        fold_batchnorm(model.train(), x[:2])
+
+
+def test_a_batchnorm_whose_convolution_also_feeds_another_path_is_not_folded():
+    """The hooks see the BatchNorm read the convolution's output; the probe's check sees that the
+    same output also went around it, and the model is kept as it is."""
+    from tracinflow._util.device import fold_batchnorm
+
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            z = self.conv(x)
+            return self.bn(z) + z
+
+    model = _with_running_statistics(Skip())
+    x = torch.randn(2, 3, 8, 8)
+    assert fold_batchnorm(model, x) is model
+    straight = _with_running_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)))
+    folded = fold_batchnorm(straight, x)
+    assert isinstance(folded[1], nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), straight(x), rtol=1e-5, atol=1e-5)

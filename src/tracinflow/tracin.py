@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from tracinflow._util.device import select_device
+from tracinflow._util.device import inference_form, select_device
 from tracinflow.influence.factors import Factors, extract_factors, resolve_layers
 from tracinflow.influence.kernel import KINDS, score_block, topk_influence
 from tracinflow.influence.self_influence import self_influence
@@ -105,7 +105,7 @@ class TracIn:
         device="auto",
         factor_dtype=np.float32,
     ):
-        self.model = copy.deepcopy(model)
+        self.model = copy.deepcopy(model).eval()  # factors come from the eval-mode forward
         self.layers, self.head = list(layers), head
         _, _, final = resolve_layers(self.model, self.layers, head)
         self.num_classes = int(dict(self.model.named_modules())[final].out_features)
@@ -156,7 +156,7 @@ class TracIn:
         for state in self._states:
             self.model.load_state_dict(state)
             factors = extract_factors(
-                self.model, loader, self.loss, self.layers, self.head, target, self.device,
+                inference_form(self.model), loader, self.loss, self.layers, self.head, target, self.device,
                 dtype=self.factor_dtype,
             )  # fmt: skip
             out.append(factors)

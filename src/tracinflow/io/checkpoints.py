@@ -14,7 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tracinflow._util.device import DEFAULT_MEMORY_FORMAT, in_memory_format, select_device
+from tracinflow._util.device import (
+    DEFAULT_MEMORY_FORMAT,
+    in_memory_format,
+    inference_form,
+    select_device,
+)
 from tracinflow._util.errors import InputError
 from tracinflow._util.files import atomic_path
 from tracinflow.train.loss import loss_from_checkpoint
@@ -98,12 +103,14 @@ def load_for_inference(
     memory_format: str = DEFAULT_MEMORY_FORMAT,
 ):
     """``(model, checkpoint, loss, device)`` of a checkpoint on ``device_name`` (the config's
-    ``training.device``) in ``memory_format`` (``training.memory_format``), the loss rebuilt from
-    the checkpoint alone; ``listed``: checkpoints.json, to verify the file's sha256 against."""
+    ``training.device``) in ``memory_format`` (``training.memory_format``) and its inference form
+    (:func:`~tracinflow._util.device.inference_form`: in channels_last, its BatchNorms folded),
+    the loss rebuilt from the checkpoint alone; ``listed``: checkpoints.json, to verify the file's
+    sha256 against."""
     torch.set_num_threads(threads)
     device = select_device(device_name)
     model, checkpoint = load_checkpoint(checkpoint_path, device=device, listed=listed)
-    model = in_memory_format(model, memory_format)
+    model = inference_form(in_memory_format(model, memory_format))
     return model, checkpoint, loss_from_checkpoint(checkpoint).to(device), device
 
 
