@@ -285,3 +285,36 @@ def test_a_batchnorm_whose_convolution_also_feeds_another_path_is_not_folded():
     assert isinstance(folded[1], nn.Identity)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), straight(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "size"), [(3, 2, 16), (5, 2, 16), (3, 2, 15), (3, 1, 16), (5, 1, 9)]
+)
+def test_a_same_convolution_padded_inside_its_kernel_computes_what_timms_does(kernel, stride, size):
+    """Symmetric padding and, where "same" pads one more on the far side, a kernel with a zero
+    first tap: the same inputs times the same weights, in float64 to rounding; another input size
+    is refused."""
+    from timm.layers import Conv2dSame
+
+    from tracinflow._util.device import StaticSameConvolution
+
+    torch.manual_seed(0)
+    same = Conv2dSame(4, 4, kernel, stride=stride, groups=4, bias=True).double()
+    static = StaticSameConvolution(same, (size, size))
+    x = torch.randn(2, 4, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), same(x), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="made for"):
+        static(torch.randn(2, 4, size + 2, size + 2, dtype=torch.float64))
+
+
+def test_the_inference_form_of_efficientnet_pads_inside_its_kernels():
+    from tracinflow._util.device import StaticSameConvolution, in_memory_format, inference_form
+
+    model = _with_running_statistics(
+        build_model(make_arch("efficientnet_lite0", 10, image_size=(64, 64)))
+    )
+    fast = inference_form(in_memory_format(model, "channels_last"))
+    assert sum(isinstance(m, StaticSameConvolution) for m in fast.modules()) == 5
+    assert type(fast.body.conv_stem).__name__ == "StaticSameConvolution"
+    assert type(model.body.conv_stem).__name__ == "Conv2dSame"  # the model itself is untouched
