@@ -78,12 +78,14 @@ from tracinflow._util.device import (  # noqa: E402
     DEFAULT_MEMORY_FORMAT,
     MEMORY_FORMAT_SETTINGS,
     in_memory_format,
+    inference_form,
 )
 from tracinflow.influence.kernel import KINDS, score_block, topk_influence  # noqa: E402
 from tracinflow.influence.self_influence import self_influence_scores  # noqa: E402
 from tracinflow.io.checkpoints import load_checkpoint, read_checkpoint  # noqa: E402
 from tracinflow.io.factor_store import load_checkpoints  # noqa: E402
 from tracinflow.train.batches import CacheBatches  # noqa: E402
+from tracinflow.train.model import model_from_checkpoint  # noqa: E402
 
 THREADS = 2
 VERSION = "baseline"
@@ -209,10 +211,17 @@ def captum_loss(settings: dict) -> torch.nn.Module:
     return _SummedLoss(loss_from_settings(settings))
 
 
-def checkpoint_loader(paths: list[str]):
+def checkpoint_loader(spec: dict):
     """Captum's ``checkpoints_load_func``: the state of a checkpoint into the model (read once,
-    with ``weights_only=True``), returning the head's learning rate at it."""
-    states = {path: read_checkpoint(path) for path in paths}
+    with ``weights_only=True``), returning the head's learning rate at it. With
+    ``--captum-model inference-form``, the state of the checkpoint's inference form (BatchNorms
+    folded, "same" convolutions padded in the kernel: what our side extracts with), which fits
+    the model :func:`frozen_model` gives Captum then."""
+    states = {path: read_checkpoint(path) for path in spec["checkpoints"]}
+    if spec["captum_model"] == "inference-form":
+        for checkpoint in states.values():
+            model = in_memory_format(model_from_checkpoint(checkpoint), spec["memory_format"])
+            checkpoint["model"] = inference_form(model.eval()).state_dict()
 
     def load(model, path):
         model.load_state_dict(states[path]["model"])
@@ -231,6 +240,8 @@ def bench_model(spec: dict):
 def frozen_model(spec: dict):
     """The baseline's model (eval mode), all parameters frozen; Captum enables those it traces."""
     model, checkpoint = bench_model(spec)
+    if spec["captum_model"] == "inference-form":
+        model = inference_form(model)
     for param in model.parameters():
         param.requires_grad_(False)
     return model, checkpoint
@@ -281,7 +292,7 @@ def captum_fast(spec: dict, train_batch: int):
         model.fc[4],
         loader,
         spec["checkpoints"],
-        checkpoint_loader(spec["checkpoints"]),
+        checkpoint_loader(spec),
         loss_fn=captum_loss(checkpoint["loss"]),
     )
     return tracin, model
@@ -342,7 +353,7 @@ def captum_head(spec: dict) -> dict:
         model,
         loader,
         spec["checkpoints"],
-        checkpoint_loader(spec["checkpoints"]),
+        checkpoint_loader(spec),
         layers=HEAD,
         loss_fn=captum_loss(checkpoint["loss"]),
         sample_wise_grads_per_batch=True,
@@ -785,10 +796,11 @@ def demo_inputs() -> tuple[dict, dict]:
     return settings, paths
 
 
-def make_spec(quick: bool, out: Path, memory_format: str) -> dict:
+def make_spec(quick: bool, out: Path, memory_format: str, captum_model: str = "as-saved") -> dict:
     settings, paths = demo_inputs()
     influence = settings["influence"]
     spec = {**paths, **scale(quick), "out": str(out), "memory_format": memory_format}
+    spec["captum_model"] = captum_model
     spec.update(k=int(influence["top_k"]), batch=int(influence["batch_size"]))
     for split in ("train", "test"):
         total = len(split_data(spec, split)[1])
@@ -819,6 +831,13 @@ def main() -> None:
         default=DEFAULT_MEMORY_FORMAT,
         help="the network's memory format on both sides (the workflow's default: %(default)s)",
     )
+    parser.add_argument(
+        "--captum-model",
+        choices=("as-saved", "inference-form"),
+        default="as-saved",
+        help="the network Captum runs: as the checkpoint saved it (%(default)s), or the inference "
+        "form ours extracts with (BatchNorms folded, same-padding in the kernel)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -833,7 +852,7 @@ def main() -> None:
     t_start, load = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_captum_") as tmp:
         out = Path(tmp)
-        spec = make_spec(args.quick, out, args.memory_format)
+        spec = make_spec(args.quick, out, args.memory_format, args.captum_model)
         runs = {name: child(name, spec) for name in WORKERS}
         ref = reference(spec)
         rows = [
@@ -842,7 +861,8 @@ def main() -> None:
                 f"demo baseline: {spec['n_train']:,} train x {spec['n_test']:,} test images, "
                 f"checkpoints {', '.join(Path(c).stem for c in spec['checkpoints'])} (lr = "
                 f"lr_head each), layer fc.4, k {spec['k']}, batches of {spec['batch']}, the "
-                f"network in {spec['memory_format']} on both sides",
+                f"network in {spec['memory_format']} on both sides; ours extracts with its "
+                f"inference form, Captum runs the network {spec['captum_model']}",
             ),
             ("loss", loss_check(spec)),
             *fast_rows(spec, out, ref),

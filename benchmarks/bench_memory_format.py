@@ -3,7 +3,9 @@ channels_last (NHWC), and bf16 autocast, for the demo's network (EfficientNet-Li
 batch 64) on this machine's CPU. Prints the CPU model and the instruction-set flags that decide
 which kernels oneDNN picks (these machines differ between sessions), then one markdown table:
 images/s of a training step (forward, backward, SGD step) and of an inference forward, per form,
-the forms interleaved round by round so that a busy neighbour slows each alike.
+the forms interleaved round by round so that a busy neighbour slows each alike; then the inference
+forward of the workflow's inference form in channels_last (BatchNorms folded, same-padding in the
+kernel: what prediction and factor extraction run).
 
     .venv/bin/python benchmarks/bench_memory_format.py            # 5 rounds, about 2 min on 2 cores
     .venv/bin/python benchmarks/bench_memory_format.py --rounds 3 --threads 1
@@ -15,13 +17,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import platform
 import statistics
 import time
 
 import torch
 
+from tracinflow._util.device import in_memory_format, inference_form
 from tracinflow.train.model import build_model, make_arch
+
+#: the workflow's inference form in channels_last (prediction and factor extraction): inference only
+INFERENCE_FORM = "channels_last, inference form (BatchNorms folded, same-padding in the kernel)"
 
 #: the flags of /proc/cpuinfo that say which vector units oneDNN may use
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
@@ -88,12 +95,19 @@ def main() -> None:
     for memory_format, bf16 in chosen.values():  # warm-up: oneDNN builds its kernels
         for task in ("train", "infer"):
             images_per_second(model, x, y, memory_format, bf16, task == "train", 1)
+    # a copy: the forms above keep converting the same model between formats
+    folded = inference_form(in_memory_format(copy.deepcopy(model).eval(), "channels_last"))
+    rates[INFERENCE_FORM, "infer"] = []
+    images_per_second(folded, x, y, torch.channels_last, False, False, 1)
     for _ in range(args.rounds):
         for name, (memory_format, bf16) in chosen.items():
             for task, steps in (("train", 3), ("infer", 6)):
                 rates[name, task].append(
                     images_per_second(model, x, y, memory_format, bf16, task == "train", steps)
                 )
+        rates[INFERENCE_FORM, "infer"].append(
+            images_per_second(folded, x, y, torch.channels_last, False, False, 6)
+        )
     print(f"CPU: {cpu_description()}")
     print(
         f"torch {torch.__version__}, {args.threads} threads, EfficientNet-Lite0 at {args.size} px, "
@@ -104,10 +118,13 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: |")
     base = {task: statistics.median(rates["contiguous", task]) for task in ("train", "infer")}
-    for name in chosen:
+    for name in [*chosen, INFERENCE_FORM]:
         cells = []
         for task in ("train", "infer"):
-            values = rates[name, task]
+            values = rates.get((name, task))
+            if values is None:  # the inference form does not train
+                cells += ["", ""]
+                continue
             median = statistics.median(values)
             cells += [
                 f"{median:.0f} ({min(values):.0f}-{max(values):.0f})",
