@@ -1,4 +1,6 @@
-"""The one device helper: every rule that runs a model picks its device from ``training.device``."""
+"""The device and the form of the forward: every rule that runs a model picks its device from
+``training.device`` and its memory format from ``training.memory_format``; prediction and factor
+extraction run the checkpoint's inference form (:func:`inference_form`)."""
 
 from __future__ import annotations
 
@@ -108,9 +110,9 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     directly has been folded into that convolution (weight ``w * g / sqrt(v + eps)``, bias
     ``b - m * g / sqrt(v + eps)``, computed in float64), or ``model`` itself when nothing folds.
 
-    The same function, one elementwise pass fewer per convolution: a float32 forward of
-    EfficientNet-Lite0 at 64 px in channels_last runs about 1.4x faster on the 2-core CPUs
-    measured (benchmarks/bench_memory_format.py), rounded differently. Which BatchNorm reads which
+    The same function, rounded differently, one elementwise pass fewer per convolution (with
+    :func:`pad_statically`, EfficientNet-Lite0's inference forward at 64 px runs 1.34x plain
+    channels_last's on the AMD EPYC VM: benchmarks/bench_memory_format.py). Which BatchNorm reads which
     convolution is seen, not assumed: one forward of ``probe`` (a small image batch) with hooks
     records them, and a folded copy whose output on ``probe`` differs from the model's by more
     than rounding is not used (the model is returned as it is). BatchNorm2d folds to nothing,
@@ -239,8 +241,8 @@ class StaticSameConvolution(nn.Conv2d):
         self.input_size = tuple(input_size)
         weight = torch.zeros_like(self.weight)
         weight[:, :, extra[0] :, extra[1] :] = conv.weight.detach()
-        like = torch.empty_like(conv.weight)  # the source weight's memory format
-        if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        source = conv.weight  # keep its memory format
+        if source.is_contiguous(memory_format=torch.channels_last) and not source.is_contiguous():
             weight = weight.contiguous(memory_format=torch.channels_last)
         self.weight = nn.Parameter(weight, requires_grad=conv.weight.requires_grad)
         if conv.bias is not None:
