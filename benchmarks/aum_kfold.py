@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from aum_by_stage import print_detection, study_config, study_detection
+from aum_by_stage import REPO, print_detection, study_config, study_detection
 
 from tracinflow.analysis.rankings import percentile_rank_mean, random_scores
 from tracinflow.analysis.trajectory import area_under_margin, trajectory_matrices
@@ -95,8 +95,8 @@ def kfold_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray], 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", nargs="+", default=["config/study.yaml"])
-    parser.add_argument("--results", default="results")
+    parser.add_argument("--config", nargs="+", default=[str(REPO / "config/study.yaml")])
+    parser.add_argument("--results", default=str(REPO / "results"))
     args = parser.parse_args()
     study = study_config(args.config)
     found = study_detection(study, lambda version: kfold_rankings(Path(args.results), version))
