@@ -127,14 +127,20 @@ def print_detection(found: pd.DataFrame, study: dict, candidates, references=("a
                 print(f"- `{name}`: {text}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_main(description: str, score, candidates, references=("aum",)) -> None:
+    """An experiment's command line: ``--config`` (the study's files) and ``--results``, then
+    the detection table of ``score(results, version)``'s rankings (:func:`print_detection`)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", nargs="+", default=[str(REPO / "config/study.yaml")])
     parser.add_argument("--results", default=str(REPO / "results"))
     args = parser.parse_args()
     study = study_config(args.config)
-    found = study_detection(study, lambda version: stage_rankings(Path(args.results), version))
-    print_detection(found, study, CANDIDATES)
+    found = study_detection(study, lambda version: score(Path(args.results), version))
+    print_detection(found, study, candidates, references)
+
+
+def main() -> None:
+    study_main(__doc__.splitlines()[0], stage_rankings, CANDIDATES)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,11 @@ seeds 3-5 chose nothing and report. It changes no file the workflow reads.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from aum_by_stage import REPO, print_detection, study_config, study_detection
+from aum_by_stage import study_main
 
 from tracinflow.analysis.rankings import percentile_rank_mean, random_scores
 from tracinflow.analysis.trajectory import area_under_margin, trajectory_matrices
@@ -94,13 +93,7 @@ def kfold_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray], 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", nargs="+", default=[str(REPO / "config/study.yaml")])
-    parser.add_argument("--results", default=str(REPO / "results"))
-    args = parser.parse_args()
-    study = study_config(args.config)
-    found = study_detection(study, lambda version: kfold_rankings(Path(args.results), version))
-    print_detection(found, study, CANDIDATES, references=("aum", "loss"))
+    study_main(__doc__.splitlines()[0], kfold_rankings, CANDIDATES, references=("aum", "loss"))
 
 
 if __name__ == "__main__":

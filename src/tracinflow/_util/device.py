@@ -123,12 +123,30 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     pairs = _convolution_batchnorm_pairs(folded, probe)
     if not pairs:
         return model
-    names = {module: name for name, module in folded.named_modules()}
+    _replace_modules(folded, {norm: _what_is_left_of(norm) for _, norm in pairs})
     for conv, norm in pairs:
         _fold_into_convolution(conv, norm)
-        parent, _, attribute = names[norm].rpartition(".")
-        setattr(folded.get_submodule(parent), attribute, _what_is_left_of(norm))
     return folded if _same_as(model, folded, probe) else model
+
+
+def _run_with_hooks(model: nn.Module, probe: torch.Tensor, hooks: dict) -> None:
+    """One no-grad forward of ``probe`` with the forward hook ``hooks[module]`` on each module,
+    every hook removed afterwards."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _replace_modules(model: nn.Module, replacements: dict) -> None:
+    """Each submodule of ``model`` that is a key of ``replacements`` swapped for its value."""
+    names = {module: name for name, module in model.named_modules()}
+    for module, replacement in replacements.items():
+        parent, _, attribute = names[module].rpartition(".")
+        setattr(model.get_submodule(parent), attribute, replacement)
 
 
 def _what_is_left_of(norm: nn.Module) -> nn.Module | None:
@@ -156,18 +174,13 @@ def _convolution_batchnorm_pairs(model: nn.Module, probe: torch.Tensor) -> list:
         if conv is not None:
             pairs.append((conv, module))
 
-    hooks = []
+    hooks = {}
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
-            hooks.append(module.register_forward_hook(convolution_ran))
+            hooks[module] = convolution_ran
         elif isinstance(module, nn.BatchNorm2d):
-            hooks.append(module.register_forward_hook(norm_ran))
-    try:
-        with torch.no_grad():
-            model(probe)
-    finally:
-        for hook in hooks:
-            hook.remove()
+            hooks[module] = norm_ran
+    _run_with_hooks(model, probe, hooks)
     return [
         (conv, norm)
         for conv, norm in pairs
@@ -265,28 +278,25 @@ def pad_statically(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     when there is none or the copy's output on ``probe`` differs by more than rounding. The pad's
     copy of each input was a sixth of EfficientNet-Lite0's forward at 64 px (2 threads)."""
     copied = copy.deepcopy(model)
-    sizes, hooks = {}, []
-    for module in copied.modules():
-        if type(module).__name__ == "Conv2dSame" and module.dilation == (1, 1):
-            hooks.append(
-                module.register_forward_hook(
-                    lambda m, args, out: sizes.setdefault(m, []).append(tuple(args[0].shape[-2:]))
-                )
-            )
-    try:
-        with torch.no_grad():
-            copied(probe)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    names = {module: name for name, module in copied.named_modules()}
-    replaced = 0
-    for conv, seen in sizes.items():
-        if len(seen) == 1:
-            parent, _, attribute = names[conv].rpartition(".")
-            setattr(copied.get_submodule(parent), attribute, StaticSameConvolution(conv, seen[0]))
-            replaced += 1
-    return copied if replaced and _same_as(model, copied, probe) else model
+    sizes = {}
+
+    def convolution_ran(module, args, output):
+        sizes.setdefault(module, []).append(tuple(args[0].shape[-2:]))
+
+    _run_with_hooks(
+        copied,
+        probe,
+        {
+            module: convolution_ran
+            for module in copied.modules()
+            if type(module).__name__ == "Conv2dSame" and module.dilation == (1, 1)
+        },
+    )
+    replacements = {
+        conv: StaticSameConvolution(conv, seen[0]) for conv, seen in sizes.items() if len(seen) == 1
+    }
+    _replace_modules(copied, replacements)
+    return copied if replacements and _same_as(model, copied, probe) else model
 
 
 @contextlib.contextmanager
