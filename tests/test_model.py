@@ -308,6 +308,35 @@ def test_a_same_convolution_padded_inside_its_kernel_computes_what_timms_does(ke
         static(torch.randn(2, 4, size + 2, size + 2, dtype=torch.float64))
 
 
+def test_the_pretrained_features_cleanlab_fits_on_come_from_the_inference_form(monkeypatch):
+    """cleanlab's logistic regression reads the frozen backbone's features in channels_last from
+    its inference form (BatchNorms folded): the float64 features of the backbone to 1e-4."""
+    import tracinflow.train.trainer as trainer
+
+    backbone = _with_running_statistics(
+        build_model(make_arch("efficientnet_lite0", 10, image_size=(64, 64)))
+    )
+    forms = []
+    real = trainer.inference_form
+    monkeypatch.setattr(
+        trainer, "inference_form", lambda model: forms.append(real(model)) or forms[-1]
+    )
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    settings = {
+        "model": {"arch": "efficientnet_lite0", "pretrained": "imagenet"},
+        "training": {"memory_format": "channels_last", "batch_size": 4},
+    }
+    got = trainer.pretrained_features(
+        settings, 10, images, backbone.state_dict(), torch.device("cpu"), log=lambda _: None
+    )
+    assert len(forms) == 1 and not any(isinstance(m, nn.BatchNorm2d) for m in forms[0].modules())
+    with torch.no_grad():
+        x = to_input(torch.from_numpy(images), backbone.arch, "cpu").double()
+        want = features(backbone.double(), x).numpy()
+    assert got.dtype == np.float32 and got.shape == want.shape == (6, 1280)
+    assert float(np.abs(got - want).max() / np.abs(want).max()) < 1e-4
+
+
 def test_the_inference_form_of_efficientnet_pads_inside_its_kernels():
     from tracinflow._util.device import StaticSameConvolution, in_memory_format, inference_form
 

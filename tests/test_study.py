@@ -198,6 +198,29 @@ def test_out_of_fold_probabilities_never_come_from_a_model_that_saw_the_row():
     assert (probs.argmax(1) == labels).mean() < 0.40
 
 
+def test_out_of_fold_probabilities_are_each_folds_own_fit_whatever_the_workers():
+    """Folds fitted on several threads give the very numbers of fitting each fold alone with
+    one BLAS thread (each row from the model of the folds it is not in)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 300)
+    features = rng.normal(size=(300, 40)) + labels[:, None] * 0.3
+    fold = fold_assignment(labels, 4, seed=5)
+    want = np.zeros((300, 3))
+    with threadpool_limits(limits=1):
+        for f in range(4):
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+            model.fit(features[fold != f], labels[fold != f])
+            want[fold == f] = model.predict_proba(features[fold == f])
+    for workers in (1, 3):
+        got = logistic_out_of_fold(features, labels, 4, seed=5, num_classes=3, workers=workers)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_label_quality_ranks_and_flags_the_labels_the_probabilities_contradict():
     rng = np.random.default_rng(1)
     truth = np.repeat(np.arange(3), 30)

@@ -40,25 +40,38 @@ def fold_assignment(labels, folds: int, seed: int) -> np.ndarray:
 
 
 def logistic_out_of_fold(
-    features, labels, folds: int, seed: int, num_classes: int | None = None
+    features, labels, folds: int, seed: int, num_classes: int | None = None, workers: int = 1
 ) -> np.ndarray:
     """Out-of-fold class probabilities (N, K) of a standardised multinomial logistic regression on
     ``features``: row ``i``'s probabilities come from the model fitted on the other folds of
-    :func:`fold_assignment`, never on row ``i``."""
+    :func:`fold_assignment`, never on row ``i``.
+
+    Each fit runs its BLAS on one thread: its products are thin (N x d times d x K), which one
+    thread does faster than several, and the optimizer's path (so the probabilities' last
+    digits) would otherwise depend on how many cores the machine has. ``workers`` folds are
+    fitted at once, on threads of their own; the result is the same for any ``workers``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
 
     features = np.asarray(features, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     num_classes = int(num_classes or labels.max() + 1)
     fold = fold_assignment(labels, folds, seed)
-    probs = np.zeros((len(labels), num_classes))
-    for f in range(int(folds)):
+
+    def fitted(f: int):
         held_out = fold == f
         model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         model.fit(features[~held_out], labels[~held_out])
-        probs[np.ix_(held_out, model.classes_)] = model.predict_proba(features[held_out])
+        return held_out, model.classes_, model.predict_proba(features[held_out])
+
+    probs = np.zeros((len(labels), num_classes))
+    with threadpool_limits(limits=1), ThreadPoolExecutor(max(1, int(workers))) as pool:
+        for held_out, classes, fold_probs in pool.map(fitted, range(int(folds))):
+            probs[np.ix_(held_out, classes)] = fold_probs
     return probs
 
 

@@ -57,7 +57,7 @@ def cleanlab_logistic(inputs, outputs, params, threads=1, log=print) -> pd.DataF
     device = select_device(settings["training"]["device"])
     features = pretrained_features(settings, num_classes, images, state, device, log)
     folds, seed = int(params["folds"]), int(params["seed"])
-    probs = logistic_out_of_fold(features, labels, folds, seed, num_classes)
+    probs = logistic_out_of_fold(features, labels, folds, seed, num_classes, workers=threads)
     accuracy = float((probs.argmax(1) == labels).mean())
     log(
         f"logistic regression on {features.shape[1]} frozen features, {folds} folds: out-of-fold "

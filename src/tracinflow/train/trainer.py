@@ -36,6 +36,7 @@ from tracinflow._util.device import (
     describe_device,
     fast_cuda_math,
     in_memory_format,
+    inference_form,
 )
 from tracinflow._util.progress import Progress, format_duration
 from tracinflow.config import deep_merge
@@ -288,13 +289,15 @@ def pretrained_features(
     log: Callable[[str], None] = print,
 ) -> np.ndarray:
     """The frozen pretrained backbone's pooled features (N, d) of ``images``, normalised as the
-    version's model would see them; float32 on the CPU."""
+    version's model would see them, computed by its inference form (:func:`inference_form`:
+    BatchNorms folded in channels_last, as prediction runs); float32 on the CPU."""
     images = as_image_array(images)
     arch = arch_from_settings(settings, num_classes, images.shape[1:3])
     training = resolve_settings(settings)["training"]
     model = in_memory_format(
         create_model(arch, pretrained_state).to(device), training["memory_format"]
     )
+    model = inference_form(model.eval())
     batch_size = int(training["batch_size"])
     progress = Progress(len(images), "pretrained features", "images", log)
     return frozen_features(model, images, batch_size, device, progress).cpu().numpy()
