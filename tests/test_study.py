@@ -166,6 +166,26 @@ def test_the_holdout_config_read_over_the_study_config_plans_new_seeds_into_its_
     assert "results/u10_s3/" in dry.stdout and "_s0/" not in dry.stdout
 
 
+@pytest.mark.workflow
+def test_the_64px_config_plans_detection_alone_on_six_seeds_at_64_px(tmp_path):
+    config = yaml.safe_load((REPO / "config/study.yaml").read_text())
+    config["dataset"]["demo"]["raw_dir"] = str(REPO / config["dataset"]["demo"]["raw_dir"])
+    if not (REPO / "resources/datasets/fashion-mnist").is_dir():
+        pytest.skip("the Fashion-MNIST files are not here (make fetch-demo-data)")
+    study = write_config(tmp_path, config)
+    overlay = write_config(
+        tmp_path,
+        yaml.safe_load((REPO / "config/study_64px.yaml").read_text()),
+        "study_64px.yaml",
+    )
+    dry = run_snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(study), str(overlay))
+    jobs = planned_jobs(dry.stdout)
+    assert jobs["train_model"] == 6 + 24  # clean baselines and noisy versions, nothing cleaned
+    assert jobs["noise_detection"] == 24 and "train_fold" not in jobs
+    assert "results/study_64px/detection.csv" in dry.stdout
+    assert "_drop_" not in dry.stdout and "_relabel_" not in dry.stdout
+
+
 # --------------------------------------------------------------------------------------------------
 # confident learning
 
