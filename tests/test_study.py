@@ -142,48 +142,42 @@ def test_dry_run_of_the_study_config_plans_every_job(tmp_path):
     assert not {"influence_shard", "report_tables", "cross_version"} & set(jobs)
 
 
+def _plan_over_the_study(tmp_path, overlay: str) -> str:
+    """``snakemake -n`` of config/study.yaml with ``config/<overlay>`` read over it, as the
+    Makefile and the overlays' own comments run them (Snakemake merges the second file into the
+    first); its stdout."""
+    config = yaml.safe_load((REPO / "config/study.yaml").read_text())
+    config["dataset"]["demo"]["raw_dir"] = str(REPO / config["dataset"]["demo"]["raw_dir"])
+    if not (REPO / "resources/datasets/fashion-mnist").is_dir():
+        pytest.skip("the Fashion-MNIST files are not here (make fetch-demo-data)")
+    study = write_config(tmp_path, config)
+    over = write_config(tmp_path, yaml.safe_load((REPO / "config" / overlay).read_text()), overlay)
+    return run_snakemake(
+        tmp_path, "-n", "--cores", "2", "--configfile", str(study), str(over)
+    ).stdout
+
+
 @pytest.mark.workflow
 def test_the_holdout_config_read_over_the_study_config_plans_new_seeds_into_its_own_folder(
     tmp_path,
 ):
-    # as `make study-holdout` runs it: Snakemake merges the second config file into the first
-    config = yaml.safe_load((REPO / "config/study.yaml").read_text())
-    config["dataset"]["demo"]["raw_dir"] = str(REPO / config["dataset"]["demo"]["raw_dir"])
-    if not (REPO / "resources/datasets/fashion-mnist").is_dir():
-        pytest.skip("the Fashion-MNIST files are not here (make fetch-demo-data)")
-    study = write_config(tmp_path, config)
-    holdout = write_config(
-        tmp_path,
-        yaml.safe_load((REPO / "config/study_holdout.yaml").read_text()),
-        "study_holdout.yaml",
-    )
-    dry = run_snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(study), str(holdout))
-    jobs = planned_jobs(dry.stdout)
+    planned = _plan_over_the_study(tmp_path, "study_holdout.yaml")  # as `make study-holdout`
+    jobs = planned_jobs(planned)
     assert jobs["train_model"] == 3 + 12 + 12 * 3  # baselines, noisy, drop default/loss/random
     assert "train_fold" not in jobs
-    assert "results/study_holdout/detection.csv" in dry.stdout
-    assert "results/study/" not in dry.stdout
-    assert "results/u10_s3/" in dry.stdout and "_s0/" not in dry.stdout
+    assert "results/study_holdout/detection.csv" in planned
+    assert "results/study/" not in planned
+    assert "results/u10_s3/" in planned and "_s0/" not in planned
 
 
 @pytest.mark.workflow
-def test_the_64px_config_plans_detection_alone_on_six_seeds_at_64_px(tmp_path):
-    config = yaml.safe_load((REPO / "config/study.yaml").read_text())
-    config["dataset"]["demo"]["raw_dir"] = str(REPO / config["dataset"]["demo"]["raw_dir"])
-    if not (REPO / "resources/datasets/fashion-mnist").is_dir():
-        pytest.skip("the Fashion-MNIST files are not here (make fetch-demo-data)")
-    study = write_config(tmp_path, config)
-    overlay = write_config(
-        tmp_path,
-        yaml.safe_load((REPO / "config/study_64px.yaml").read_text()),
-        "study_64px.yaml",
-    )
-    dry = run_snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(study), str(overlay))
-    jobs = planned_jobs(dry.stdout)
+def test_the_64px_config_plans_detection_alone_on_six_seeds(tmp_path):
+    planned = _plan_over_the_study(tmp_path, "study_64px.yaml")
+    jobs = planned_jobs(planned)
     assert jobs["train_model"] == 6 + 24  # clean baselines and noisy versions, nothing cleaned
     assert jobs["noise_detection"] == 24 and "train_fold" not in jobs
-    assert "results/study_64px/detection.csv" in dry.stdout
-    assert "_drop_" not in dry.stdout and "_relabel_" not in dry.stdout
+    assert "results/study_64px/detection.csv" in planned
+    assert "_drop_" not in planned and "_relabel_" not in planned
 
 
 # --------------------------------------------------------------------------------------------------
