@@ -78,6 +78,7 @@ from tracinflow._util.device import (  # noqa: E402
     DEFAULT_MEMORY_FORMAT,
     MEMORY_FORMAT_SETTINGS,
     in_memory_format,
+    in_pieces,
     inference_form,
 )
 from tracinflow.influence.kernel import KINDS, score_block, topk_influence  # noqa: E402
@@ -242,6 +243,8 @@ def frozen_model(spec: dict):
     model, checkpoint = bench_model(spec)
     if spec["captum_model"] == "inference-form":
         model = inference_form(model)
+        body = model.body  # runs in the CPU's pieces, as our extraction does (state dict as is)
+        body.forward = lambda images, whole=body.forward: in_pieces(whole, images)
     for param in model.parameters():
         param.requires_grad_(False)
     return model, checkpoint
@@ -836,7 +839,8 @@ def main() -> None:
         choices=("as-saved", "inference-form"),
         default="as-saved",
         help="the network Captum runs: as the checkpoint saved it (%(default)s), or the inference "
-        "form ours extracts with (BatchNorms folded, same-padding in the kernel)",
+        "form ours extracts with (BatchNorms folded, same-padding in the kernel, the backbone run "
+        "in pieces of CPU_FORWARD_PIXELS)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)

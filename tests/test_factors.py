@@ -482,3 +482,38 @@ def test_float32_factors_in_either_memory_format_equal_the_float64_brute_force(
         for layer in HEAD_LAYERS
     )
     assert rel(got, dots) < 1e-4
+
+
+def test_factors_extracted_in_the_cpus_pieces_equal_the_float64_brute_force(
+    lite0_float64_reference, monkeypatch
+):
+    """On the CPU a loader's batch is cut into pieces of CPU_FORWARD_PIXELS input pixels, one
+    forward each: the pieces' factors, in order, equal the float64 brute force to 1e-4 relative
+    and the whole batch's forward to float32 rounding."""
+    import tracinflow._util.device as device
+    from tracinflow.io.checkpoints import load_for_inference
+
+    path, x, labels, loss_fn, act, err, _ = lite0_float64_reference
+    model, _, _, _ = load_for_inference(path, 2, "cpu", memory_format="channels_last")
+    sizes = []
+    model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+
+    def factors_in_pieces_of(rows: int):
+        monkeypatch.setattr(device, "CPU_FORWARD_PIXELS", rows * 32 * 32)
+        sizes.clear()
+        one_batch = [(x.float(), labels, torch.arange(len(labels)))]
+        return extract_factors(model, one_batch, loss_fn, layers=HEAD_LAYERS, device="cpu")
+
+    whole = factors_in_pieces_of(8)
+    assert sizes == [8]
+    pieces = factors_in_pieces_of(3)
+    assert sizes == [3, 3, 2]
+    assert pieces.idx.tolist() == list(range(8))
+    for layer in HEAD_LAYERS:
+        for got, want, single in (
+            (pieces.err[layer], err[layer], whole.err[layer]),
+            (pieces.act[layer], act[layer], whole.act[layer]),
+        ):
+            scale = np.abs(want).max()
+            assert np.abs(got - want).max() / scale < 1e-4, layer
+            assert np.abs(got - single).max() / scale < 1e-6, layer

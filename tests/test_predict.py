@@ -25,7 +25,9 @@ def test_margins_stay_finite_where_the_probability_rounds_to_one():
     assert margins[1].item() == pytest.approx(np.log(1 / 3) - np.log(2 / 3))
 
 
-def test_predictions_match_a_direct_forward_pass(tmp_path):
+@pytest.mark.parametrize("rows_per_forward", [None, 3])
+def test_predictions_match_a_direct_forward_pass(tmp_path, monkeypatch, rows_per_forward):
+    """Also when the CPU runs each batch of 4 in forwards of 3 rows and 1 (CPU_FORWARD_PIXELS)."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)
     np.save(tmp_path / "test.npy", images)
@@ -40,7 +42,15 @@ def test_predictions_match_a_direct_forward_pass(tmp_path):
         model(torch.randn(4, 3, 16, 16))  # non-trivial BatchNorm statistics: eval mode must be used
     loss_fn = WeightedSmoothedCrossEntropy(torch.tensor([0.5, 1.0, 1.5]), 3, 0.1)
 
+    if rows_per_forward:
+        import tracinflow._util.device as device
+
+        monkeypatch.setattr(device, "CPU_FORWARD_PIXELS", rows_per_forward * 16 * 16)
+    sizes = []
+    hook = model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
     frame = predict_split(model, cache, labels, idx, loss_fn, batch_size=4, device="cpu")
+    hook.remove()
+    assert sizes == ([3, 1, 3, 1, 3] if rows_per_forward else [4, 4, 3])
 
     assert list(frame.columns) == ["idx", "label", "pred", "confidence", "loss", "margin", "probs"]
     # by hand: normalise in numpy, one forward pass of the whole split in eval mode

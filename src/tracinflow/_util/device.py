@@ -32,6 +32,33 @@ def select_device(name: str | None = "auto") -> torch.device:
     return device
 
 
+# Input pixels (rows x H x W) per forward pass on the CPU. Eval forwards of EfficientNet-Lite0 in
+# channels_last, 2 threads, AMD EPYC: fastest at 64 rows of 64 px (1.42x the images/s of 256 rows),
+# 256 rows of 32 px and 4-8 rows of 224 px (1.6x 64 rows): about 2**18 pixels each, where a
+# forward's activations still fit the caches. A row's output does not depend on its batch.
+CPU_FORWARD_PIXELS = 1 << 18
+
+
+def forward_rows(images: torch.Tensor, device: torch.device | None = None) -> int:
+    """Rows of the image batch ``images`` (B, C, H, W) per forward pass on ``device`` (default:
+    where the images are): all of them off the CPU; on the CPU, :data:`CPU_FORWARD_PIXELS` worth
+    (at least one)."""
+    if device is None:
+        device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
+    if torch.device(device).type != "cpu" or getattr(images, "ndim", 0) != 4:
+        return max(len(images), 1)
+    return max(CPU_FORWARD_PIXELS // (images.shape[-2] * images.shape[-1]), 1)
+
+
+def in_pieces(forward, images: torch.Tensor) -> torch.Tensor:
+    """``forward(images)`` run on pieces of :func:`forward_rows` rows, concatenated: the same rows,
+    computed at the CPU's faster size (an eval forward, in which rows never mix)."""
+    rows = forward_rows(images)
+    if len(images) <= rows:
+        return forward(images)
+    return torch.cat([forward(piece) for piece in images.split(rows)])
+
+
 def describe_device(
     device: torch.device, fast_cuda: bool = False, memory_format: str | None = None
 ) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tracinflow._util.device import select_device
+from tracinflow._util.device import forward_rows, select_device
 from tracinflow._util.progress import Log, Progress
 from tracinflow.train.loss import PerSampleLoss, per_sample_loss
 
@@ -321,13 +321,21 @@ def factor_batches(
     """The factors of one batch at a time: a dict of tensors ``act`` and ``err`` (per layer),
     ``labels``, ``logits`` and ``idx`` (None when the loader yields none); see
     :func:`extract_factors` for the arguments. The model runs in eval mode (restored afterwards).
+    On the CPU a loader's batch comes as pieces of
+    :func:`~tracinflow._util.device.forward_rows` rows, the forward's fastest size there.
     """
     extractor = _Extractor(model, loss_fn, layers, head, target, device, autocast)
     try:
         for batch in loader:
             images, labels, idx = _split_batch(batch)
-            act, err, labels, logits = extractor(images, labels)
-            yield {"act": act, "err": err, "labels": labels, "logits": logits, "idx": idx}
+            rows = forward_rows(images, extractor.device)
+            for start in range(0, len(images), rows):
+                part = slice(start, start + rows)
+                act, err, part_labels, logits = extractor(images[part], labels[part])
+                part_idx = None if idx is None else idx[part]
+                yield {
+                    "act": act, "err": err, "labels": part_labels, "logits": logits, "idx": part_idx
+                }  # fmt: skip
     finally:
         extractor.close()
 

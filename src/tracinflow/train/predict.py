@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from tracinflow._util.device import in_pieces
 from tracinflow.train.batches import as_image_array, iter_batches
 from tracinflow.train.loss import PerSampleLoss
 from tracinflow.train.model import to_input
@@ -57,7 +58,7 @@ def predict_split(
     loss_fn = loss_fn.to(device)
     chunks_logits, chunks_loss = [], []
     for batch, y in iter_batches(images, labels, np.arange(len(labels)), batch_size):
-        logits = model(to_input(batch, arch, device)).float()
+        logits = in_pieces(model, to_input(batch, arch, device)).float()
         chunks_logits.append(logits.cpu())
         chunks_loss.append(loss_fn(logits, y.to(device), reduction="none").cpu())
     logits = torch.cat(chunks_logits) if chunks_logits else torch.zeros(0, arch["num_classes"])

@@ -36,6 +36,7 @@ from tracinflow._util.device import (
     describe_device,
     fast_cuda_math,
     in_memory_format,
+    in_pieces,
     inference_form,
 )
 from tracinflow._util.progress import Progress, format_duration
@@ -259,7 +260,8 @@ def frozen_features(
     chunks = []
     for batch, _ in iter_batches(images, rows, rows, batch_size, pin=device.type == "cuda"):
         with autocast(device):
-            chunks.append(features(model, to_input(batch, model.arch, device)).float())
+            inputs = to_input(batch, model.arch, device)
+            chunks.append(in_pieces(lambda x: features(model, x), inputs).float())
         if progress is not None:
             progress.update(len(batch))
     return torch.cat(chunks)
@@ -408,7 +410,7 @@ def evaluate(
     for batch, y in iter_batches(images, labels, order, batch_size, pin=device.type == "cuda"):
         y = y.to(device, non_blocking=True)
         with autocast(device):
-            logits = model(to_input(batch, model.arch, device))
+            logits = in_pieces(model, to_input(batch, model.arch, device))
         total_loss += loss_fn(logits.float(), y, reduction="none").sum()
         correct += (logits.argmax(1) == y).sum()
     n = len(labels)
