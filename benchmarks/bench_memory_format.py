@@ -5,9 +5,11 @@ which kernels oneDNN picks (these machines differ between sessions), then one ma
 images/s of a training step (forward, backward, SGD step) and of an inference forward, per form,
 the forms interleaved round by round so that a busy neighbour slows each alike; then the inference
 forward of the workflow's inference form in channels_last (BatchNorms folded, same-padding in the
-kernel: what prediction and factor extraction run).
+kernel: what prediction and factor extraction run); then that inference form by rows per forward
+pass at 32, 64 and 224 px: the rows the CPU runs (``forward_rows``, CPU_FORWARD_PIXELS worth of
+input pixels), half and twice as many, and the whole batch of 256 (``influence.batch_size``).
 
-    .venv/bin/python benchmarks/bench_memory_format.py            # 5 rounds, about 2 min on 2 cores
+    .venv/bin/python benchmarks/bench_memory_format.py            # 5 rounds, about 3 min on 2 cores
     .venv/bin/python benchmarks/bench_memory_format.py --rounds 3 --threads 1
 
 Random weights: speed does not depend on their values, and nothing is downloaded.
@@ -24,7 +26,7 @@ import time
 
 import torch
 
-from tracinflow._util.device import in_memory_format, inference_form
+from tracinflow._util.device import forward_rows, in_memory_format, inference_form
 from tracinflow.train.model import build_model, make_arch
 
 #: the workflow's inference form in channels_last (prediction and factor extraction): inference only
@@ -131,6 +133,39 @@ def main() -> None:
                 f"{median / base[task]:.2f}x",
             ]
         print(f"| {name} | {' | '.join(cells)} |")
+    rows_per_forward_table(args.rounds)
+
+
+def rows_per_forward_table(rounds: int, batch: int = 256) -> None:
+    """Images/s of the inference form on one batch of ``batch`` random images, run in forwards of
+    ``rows`` rows each, the row counts interleaved round by round."""
+    print(
+        f"\nThe inference form (channels_last) on a batch of {batch}, by rows per forward pass "
+        f"(median images/s of {rounds} interleaved rounds; vs the whole batch at once)\n"
+    )
+    print("| image size | rows per forward | images/s | vs one forward of the batch |")
+    print("| --- | ---: | ---: | ---: |")
+    for size in (32, 64, 224):
+        torch.manual_seed(0)
+        arch = make_arch("efficientnet_lite0", 10, image_size=(size, size))
+        model = inference_form(in_memory_format(build_model(arch).eval(), "channels_last"))
+        x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+        chosen = forward_rows(x)
+        candidates = sorted({max(chosen // 2, 1), chosen, min(2 * chosen, batch), batch})
+        rates = {rows: [] for rows in candidates}
+        with torch.inference_mode():
+            model(x[:chosen])  # warm-up: oneDNN builds its kernels
+            for _ in range(rounds):
+                for rows in candidates:
+                    start = time.perf_counter()
+                    for piece in x.split(rows):
+                        model(piece)
+                    rates[rows].append(batch / (time.perf_counter() - start))
+        whole = statistics.median(rates[batch])
+        for rows in candidates:
+            median = statistics.median(rates[rows])
+            mark = " (the CPU's pieces)" if rows == chosen else ""
+            print(f"| {size} px | {rows}{mark} | {median:.0f} | {median / whole:.2f}x |")
 
 
 if __name__ == "__main__":
