@@ -35,7 +35,9 @@ def select_device(name: str | None = "auto") -> torch.device:
 # Input pixels (rows x H x W) per forward pass on the CPU. Eval forwards of EfficientNet-Lite0 in
 # channels_last, 2 threads, AMD EPYC: fastest at 64 rows of 64 px (1.42x the images/s of 256 rows),
 # 256 rows of 32 px and 4-8 rows of 224 px (1.6x 64 rows): about 2**18 pixels each, where a
-# forward's activations still fit the caches. A row's output does not depend on its batch.
+# forward's activations still fit the caches. Under OMP_WAIT_POLICY=PASSIVE (as `make` runs jobs)
+# the best piece is about twice as large and gains less (1.18x at 64 px; bench_memory_format.py).
+# A row's output does not depend on its batch.
 CPU_FORWARD_PIXELS = 1 << 18
 
 
