@@ -45,9 +45,8 @@ def forward_rows(images: torch.Tensor, device: torch.device | None = None) -> in
     """Rows of the image batch ``images`` (B, C, H, W) per forward pass on ``device`` (default:
     where the images are): all of them off the CPU; on the CPU, :data:`CPU_FORWARD_PIXELS` worth
     (at least one)."""
-    if device is None:
-        device = images.device if isinstance(images, torch.Tensor) else torch.device("cpu")
-    if torch.device(device).type != "cpu" or getattr(images, "ndim", 0) != 4:
+    device = images.device if device is None else torch.device(device)
+    if device.type != "cpu" or images.dim() != 4:
         return max(len(images), 1)
     return max(CPU_FORWARD_PIXELS // (images.shape[-2] * images.shape[-1]), 1)
 
