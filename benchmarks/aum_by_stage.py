@@ -133,8 +133,16 @@ def study_main(description: str, score, candidates, references=("aum",)) -> None
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", nargs="+", default=[str(REPO / "config/study.yaml")])
     parser.add_argument("--results", default=str(REPO / "results"))
+    parser.add_argument(
+        "--seeds", nargs="+", type=int, help="these of the study's seeds (default: all of them)"
+    )
     args = parser.parse_args()
     study = study_config(args.config)
+    if args.seeds:
+        unknown = set(args.seeds) - set(study["seeds"])
+        if unknown:
+            parser.error(f"seeds {sorted(unknown)} are not the study's {study['seeds']}")
+        study["seeds"] = args.seeds
     found = study_detection(study, lambda version: score(Path(args.results), version))
     print_detection(found, study, candidates, references)
 

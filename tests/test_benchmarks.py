@@ -1,10 +1,11 @@
 """The prepared GPU check runs its every step (on the CPU, at toy sizes): the script a short GPU rental
 depends on cannot rot unseen on machines without CUDA. The scale benchmark's DAG (the workflow's own
 shard entry point over generated factors) runs at a toy size, so `make bench` cannot break unseen
-when the shard stage's inputs change. The k-fold experiment's margin is checked by hand."""
+when the shard stage's inputs change. The k-fold and kNN experiments' scores are checked by hand."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,15 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def benchmark_module(name: str):
+    """Import ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
 
 
 def test_gpu_check_runs_every_step_on_the_cpu_at_toy_sizes():
@@ -36,11 +46,7 @@ def test_gpu_check_runs_every_step_on_the_cpu_at_toy_sizes():
 
 @pytest.mark.workflow
 def test_the_scale_benchmarks_dag_runs_the_workflows_shard_stage_and_merges_exactly(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import bench_scale
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    bench_scale = benchmark_module("bench_scale")
     bench_scale.generate(tmp_path / "factors", 300, 40, np.random.default_rng(0))
     bench_scale.run_dag(tmp_path, 2, 2)
     assert len(list((tmp_path / "shards").glob("*.parquet"))) == 4
@@ -48,11 +54,7 @@ def test_the_scale_benchmarks_dag_runs_the_workflows_shard_stage_and_merges_exac
 
 
 def test_the_kfold_experiments_held_out_margin_is_the_logit_margin_of_the_given_label(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import aum_kfold
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    aum_kfold = benchmark_module("aum_kfold")
     logits = np.array([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0], [1.0, 1.0, 0.0]])
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     labels = np.array([0, 2, 1])
@@ -71,3 +73,40 @@ def test_the_kfold_experiments_held_out_margin_is_the_logit_margin_of_the_given_
     np.testing.assert_array_equal(got_labels, labels)
     with pytest.raises(ValueError, match="exactly once"):
         aum_kfold.out_of_fold_probs(tmp_path, "v", np.array([10, 11, 12, 13]))
+
+
+def test_the_knn_experiments_votes_and_density_margins_by_hand(tmp_path):
+    aum_knn = benchmark_module("aum_knn")
+    # two tight pairs on the axes; image 3 sits with images 2 (label 1) but carries label 0
+    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.8, 0.3]])
+    labels = np.array([0, 0, 1, 0, 1])
+    similarity = aum_knn.cosine_without_self(features)
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    cos = unit @ unit.T
+    assert np.isneginf(np.diag(similarity)).all()
+    np.testing.assert_allclose(similarity[~np.eye(5, dtype=bool)], cos[~np.eye(5, dtype=bool)])
+    # k = 2: image 3's nearest are 2 (label 1, cos .994) and 4 (label 1): no neighbour agrees
+    vote = aum_knn.knn_vote(similarity, labels, k=2)
+    assert vote[3] == pytest.approx(1.0)
+    # image 0's nearest are 1 (label 0) and 4 (label 1): one minus its weighted share
+    assert vote[0] == pytest.approx(1 - cos[0, 1] / (cos[0, 1] + cos[0, 4]))
+    # k = 1, densities: image 3's own class (0) best is image 1, the other class's is image 2
+    margin = aum_knn.knn_margin(similarity, labels, num_classes=2, k=1)
+    assert margin[3] == pytest.approx(-(cos[3, 1] - cos[3, 2]))
+    assert margin[0] == pytest.approx(-(cos[0, 1] - cos[0, 4]))
+    # k = 2 for class 1 (images 2, 4): image 2 has one other member, so its own mean is of one
+    margin2 = aum_knn.knn_margin(similarity, labels, num_classes=2, k=2)
+    assert margin2[2] == pytest.approx(-(cos[2, 4] - (cos[2, 3] + cos[2, 1]) / 2))
+    # a label no other image carries gets the lowest cosine, -1, as its own density
+    alone = aum_knn.knn_margin(similarity, np.array([0, 0, 1, 0, 0]), num_classes=2, k=1)
+    assert alone[2] == pytest.approx(-(-1.0 - cos[2, 3]))
+    # the factors' rows come back in the training set's order, whatever order they were saved in
+    train_dir = tmp_path / "v/factors/epoch_001/train"
+    train_dir.mkdir(parents=True)
+    (train_dir / "meta.json").write_text('{"layers": ["fc.1", "fc.4"]}')
+    np.save(train_dir / "fc.4.act.npy", features[[4, 2, 0, 1, 3]].astype(np.float32))
+    np.save(train_dir / "idx.npy", np.array([14, 12, 10, 11, 13]))
+    (got,) = aum_knn.checkpoint_features(tmp_path / "v", np.arange(10, 15))
+    np.testing.assert_allclose(got, features, rtol=1e-7)
+    with pytest.raises(ValueError, match="not the training set"):
+        aum_knn.checkpoint_features(tmp_path / "v", np.arange(10, 16))
