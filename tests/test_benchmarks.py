@@ -110,3 +110,53 @@ def test_the_knn_experiments_votes_and_density_margins_by_hand(tmp_path):
     np.testing.assert_allclose(got, features, rtol=1e-7)
     with pytest.raises(ValueError, match="not the training set"):
         aum_knn.checkpoint_features(tmp_path / "v", np.arange(10, 16))
+
+
+def test_the_ensemble_experiments_members_share_the_flips_and_average_the_runs_margins(tmp_path):
+    aum_ensemble = benchmark_module("aum_ensemble")
+    study = {
+        "seeds": [3],
+        "noise": [{"rate": 0.3, "mode": "confusing"}],
+        "drop": ["default"],
+        "relabel": [],
+        "kfold": None,
+    }
+    members = aum_ensemble.member_versions(study)
+    noise = {"rate": 0.3, "seed": 3, "mode": "confusing", "reference": "baseline_s3"}
+    # the noisy version's flips, other training seeds; no member of the clean or cleaned versions
+    assert members == {
+        "c30_s3_m1": {"seed": 103, "label_noise": noise},
+        "c30_s3_m2": {"seed": 203, "label_noise": noise},
+    }
+    train_set = pd.DataFrame(
+        {"idx": [5, 7, 9], "label": [0, 1, 1], "noisy": [False, True, False], "dropped": False}
+    )
+    # margins by run (rows: images 5, 7, 9; columns: epochs), and their areas by hand
+    margins = {
+        "v": [[2.0, 4.0], [-1.0, 1.0], [0.0, 0.5]],
+        "v_m1": [[1.0, 3.0], [-2.0, -2.0], [1.0, 1.5]],
+        "v_m2": [[0.0, 0.0], [0.0, 0.0], [3.0, 3.0]],
+    }
+    for name, rows in margins.items():
+        (tmp_path / name / "model").mkdir(parents=True)
+        train_set.to_parquet(tmp_path / name / "train_set.parquet")
+        frame = [
+            {"train_idx": i, "stage": 2, "epoch": e + 1, "loss": 0.0, "margin": m, "correct": True}
+            for i, row in zip([5, 7, 9], rows, strict=True)
+            for e, m in enumerate(row)
+        ]
+        pd.DataFrame(frame).to_parquet(tmp_path / name / "model/trajectory.parquet")
+    (tmp_path / "v/predictions").mkdir()
+    pd.DataFrame({"idx": [9, 7, 5], "loss": [0.3, 0.2, 0.1]}).to_parquet(
+        tmp_path / "v/predictions/train.parquet"
+    )
+    scores, flipped = aum_ensemble.ensemble_rankings(tmp_path, "v")
+    np.testing.assert_allclose(scores["aum"], [-3.0, 0.0, -0.25])
+    np.testing.assert_allclose(scores["aum_ens2"], [-2.5, 1.0, -0.75])
+    np.testing.assert_allclose(scores["aum_ens3"], [-5 / 3, 2 / 3, -1.5])
+    np.testing.assert_allclose(scores["loss"], [0.1, 0.2, 0.3])
+    np.testing.assert_array_equal(flipped, [False, True, False])
+    # a member trained on other labels is refused, not averaged
+    train_set.assign(label=[0, 0, 1]).to_parquet(tmp_path / "v_m2/train_set.parquet")
+    with pytest.raises(ValueError, match="not the noisy version's"):
+        aum_ensemble.ensemble_rankings(tmp_path, "v")
