@@ -36,54 +36,52 @@ import yaml
 from aum_by_stage import REPO, study_config, study_main
 
 from tracinflow.analysis.rankings import random_scores
-from tracinflow.analysis.trajectory import area_under_margin, trajectory_matrices
+from tracinflow.analysis.trajectory import trajectory_signals
 from tracinflow.config import study_versions
+from tracinflow.stages.rankings import RUN_SEED_STEP
 
 CANDIDATES = ("aum_ens3", "aum_ens2", "aum", "loss", "random")
 MEMBERS = 2
-SEED_STEP = 100
 
 
 def member_versions(study: dict) -> dict[str, dict]:
     """``<v>_m<k>`` for every noisy version ``<v>`` of the study: its label noise, training seed
-    ``seed + k * SEED_STEP``."""
+    ``seed + k * RUN_SEED_STEP`` (``train_run``'s seeds)."""
     members = {}
     for name, version in study_versions(study).items():
         if "label_noise" not in version:
             continue
         for k in range(1, MEMBERS + 1):
             members[f"{name}_m{k}"] = {
-                "seed": version["seed"] + k * SEED_STEP,
+                "seed": version["seed"] + k * RUN_SEED_STEP,
                 "label_noise": dict(version["label_noise"]),
             }
     return members
 
 
-def run_aum(results: Path, version: str, idx: np.ndarray, train_set: pd.DataFrame) -> np.ndarray:
-    """One training's area under the margin of the images ``idx`` (checked to be trained on the
-    same labels as ``train_set``)."""
+def run_trajectory(results: Path, version: str, train_set: pd.DataFrame) -> pd.DataFrame:
+    """One training's trajectory, checked to be trained on the same labels as ``train_set``."""
     own = pd.read_parquet(results / version / "train_set.parquet")
     if not own.equals(train_set):
         raise ValueError(f"{results / version}: its training set is not the noisy version's")
-    frame = pd.read_parquet(results / version / "model/trajectory.parquet")
-    return area_under_margin(trajectory_matrices(frame, idx)["margin"])
+    return pd.read_parquet(results / version / "model/trajectory.parquet")
 
 
 def ensemble_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The candidates' and controls' suspicion scores (higher = more suspect) of one noisy
-    version's training images, and which of them were flipped."""
+    version's training images, and which of them were flipped; the averages over the runs are
+    the workflow's own (``trajectory_signals`` of several runs, rankings.trajectory_runs)."""
     out = results / version
     full = pd.read_parquet(out / "train_set.parquet")
     train_set = full.loc[~full["dropped"].to_numpy(bool)]
     idx = train_set["idx"].to_numpy(np.int64)
-    runs = [
-        run_aum(results, name, idx, full) for name in (version, f"{version}_m1", f"{version}_m2")
-    ]
+    names = (version, f"{version}_m1", f"{version}_m2")
+    runs = [run_trajectory(results, name, full) for name in names]
     loss = pd.read_parquet(out / "predictions/train.parquet").set_index("idx").loc[idx, "loss"]
     scores = {
-        "aum_ens3": -np.mean(runs, axis=0),
-        "aum_ens2": -np.mean(runs[:2], axis=0),
-        "aum": -runs[0],
+        "aum_ens3": trajectory_signals(runs, idx)["aum"],
+        "aum_ens2": trajectory_signals(runs[:2], idx)["aum"],
+        "aum": trajectory_signals(runs[0], idx)["aum"],
         "loss": loss.to_numpy(np.float64),
         "random": random_scores(len(idx), 0),
     }

@@ -52,6 +52,27 @@ def test_signals_of_a_hand_computed_trajectory():
     np.testing.assert_array_equal(forgetting_events([[True, False, True, False]]), [2.0])
 
 
+def test_signals_of_several_runs_are_the_means_of_each_runs_signals():
+    idx, epochs = [7, 3], [(1, 1), (2, 1), (2, 2)]
+    one = {"margin": np.array([[1.0, 2.0, 3.0], [-1.0, 1.0, -1.0]]),
+           "loss": np.array([[0.5, 0.25, 0.25], [1.0, 1.0, 2.0]])}  # fmt: skip
+    two = {"margin": np.array([[-1.0, 0.5, 3.5], [0.0, -2.0, -1.0]]),
+           "loss": np.array([[2.0, 1.0, 0.0], [1.0, 3.0, 4.0]])}  # fmt: skip
+    runs = [_long(m | {"correct": m["margin"] > 0}, idx, epochs) for m in (one, two)]
+    # the rows asked for in another order than the tables hold them
+    got = trajectory_signals(runs, [3, 7])
+    # by hand: areas -1/3 and -1 (image 3), 2 and 1 (image 7); forgetting: image 3 forgets once in
+    # run one and never learns in run two (1, 3); image 7 is learned in both, late in run two (0, 0)
+    np.testing.assert_allclose(got["aum"], [-(-1 / 3 - 1) / 2, -(2 + 1) / 2])
+    np.testing.assert_allclose(got["loss_sum"], [(4.0 + 8.0) / 2, (1.0 + 3.0) / 2])
+    np.testing.assert_array_equal(got["forgetting"], [2.0, 0.0])
+    # one run, alone or in a list, is that run's signals to the bit
+    for name, values in trajectory_signals(runs[:1], [3, 7]).items():
+        np.testing.assert_array_equal(values, trajectory_signals(runs[0], [3, 7])[name])
+    with pytest.raises(ValueError, match="no training trajectory"):
+        trajectory_signals([], [3, 7])
+
+
 def _long(matrix_by_key: dict[str, np.ndarray], idx, epochs) -> pd.DataFrame:
     rows = []
     for j, (stage, epoch) in enumerate(epochs):

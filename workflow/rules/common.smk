@@ -443,6 +443,21 @@ def get_cleanlab_inputs(wildcards):
     return inputs
 
 
+def get_trajectory_runs(wildcards):
+    """The trajectories of the version's other trainings (rankings.trajectory_runs - 1 of them),
+    which the trajectory rankings average with its own."""
+    runs = VERSIONS[wildcards.version]["rankings"]["trajectory_runs"]
+    if runs < 2:
+        return {}
+    return {
+        "runs": expand(
+            rules.train_run.output.trajectory,
+            version=wildcards.version,
+            run=range(1, runs),
+        )
+    }
+
+
 def shard_files(version):
     """Every (test tile, train tile) shard of a version; counts come from config, so the whole
     fan-out is known when the workflow is parsed."""

@@ -59,6 +59,36 @@ rule train_fold:
         "../scripts/train_fold.py"
 
 
+# another training of the version's labels (rankings.trajectory_runs), for its trajectory alone
+rule train_run:
+    input:
+        manifest=rules.split_dataset.output.manifest,
+        train_set=rules.build_train_set.output.train_set,
+        train=one(rules.cache_images.output.cache, split="train"),
+        val=one(rules.cache_images.output.cache, split="val"),
+        weights=get_pretrained_weights,
+    output:
+        trajectory="results/{version}/rankings/runs/run_{run}.parquet",
+    log:
+        "logs/train_run/{version}_run_{run}.log",
+    benchmark:
+        "results/benchmarks/train_run/{version}_run_{run}.tsv"
+    wildcard_constraints:
+        run=r"[1-9]\d*",
+    conda:
+        "../envs/tracinflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=memory_mb(8000),
+        runtime=720,
+        gpu=GPU,
+    params:
+        settings=get_training_settings,
+        run="{run}",
+    script:
+        "../scripts/train_run.py"
+
+
 rule validation_influence:
     input:
         unpack(get_validation_factors),
@@ -83,6 +113,7 @@ rule validation_influence:
 rule suspicion_scores:
     input:
         unpack(get_cleanlab_inputs),
+        unpack(get_trajectory_runs),
         train_set=rules.build_train_set.output.train_set,
         self_influence=rules.self_influence.output.self_influence,
         error_self_influence=rules.self_influence.output.error_self_influence,

@@ -143,7 +143,7 @@ def suspicion_table(
     *,
     validation: pd.DataFrame | None = None,
     curvature: pd.DataFrame | None = None,
-    trajectory: pd.DataFrame | None = None,
+    trajectory: pd.DataFrame | list[pd.DataFrame] | None = None,
     cleanlab: dict[str, pd.DataFrame] | None = None,
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -159,9 +159,11 @@ def suspicion_table(
       (error self-influence, loss);
     - with ``curvature`` (``train_idx`` and the :data:`CURVATURE_RANKINGS` it has, from
       :func:`tracinflow.stages.influence.curvature_self_influence_frame`): those;
-    - with ``trajectory`` (the trainer's per-epoch table, ``model/trajectory.parquet``):
+    - with ``trajectory`` (the trainer's per-epoch table, ``model/trajectory.parquet``, or a list
+      of them, the version's own and its other runs'):
       :func:`tracinflow.analysis.trajectory.trajectory_signals` (``aum``, ``loss_sum``,
-      ``forgetting``) and ``aum_combined``, :func:`percentile_rank_mean` of (``aum``, ``loss``);
+      ``forgetting``, each the mean over the runs) and ``aum_combined``,
+      :func:`percentile_rank_mean` of (``aum``, ``loss``);
     - with ``validation`` (``train_idx, val_harm, val_opponent``, from
       :func:`tracinflow.influence.validation.validation_signals`): those two;
     - with ``cleanlab`` (``{ranking: frame of train_idx, label_quality, label_issue}``, from

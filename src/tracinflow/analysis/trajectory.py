@@ -64,12 +64,19 @@ def forgetting_events(correct: np.ndarray) -> np.ndarray:
     return forgotten
 
 
-def trajectory_signals(frame: pd.DataFrame, train_idx) -> dict[str, np.ndarray]:
-    """The suspicion scores (higher = more suspect) of ``train_idx`` from a trajectory table:
-    ``aum`` (minus the area under the margin), ``loss_sum`` and ``forgetting``."""
-    m = trajectory_matrices(frame, train_idx)
-    return {
-        "aum": -area_under_margin(m["margin"]),
-        "loss_sum": summed_loss(m["loss"]),
-        "forgetting": forgetting_events(m["correct"]),
-    }
+def trajectory_signals(frames, train_idx) -> dict[str, np.ndarray]:
+    """The suspicion scores (higher = more suspect) of ``train_idx`` from a trajectory table, or
+    from several (independent trainings of the same labels, rankings.trajectory_runs; each score
+    the mean of the runs' scores): ``aum`` (minus the area under the margin), ``loss_sum`` and
+    ``forgetting``."""
+    runs = [frames] if isinstance(frames, pd.DataFrame) else list(frames)
+    if not runs:
+        raise ValueError("no training trajectory given")
+    signals = {"aum": [], "loss_sum": [], "forgetting": []}
+    for frame in runs:
+        m = trajectory_matrices(frame, train_idx)
+        signals["aum"].append(-area_under_margin(m["margin"]))
+        signals["loss_sum"].append(summed_loss(m["loss"]))
+        signals["forgetting"].append(forgetting_events(m["correct"]))
+    # one run's mean is that run's scores to the bit
+    return {name: np.mean(values, axis=0) for name, values in signals.items()}

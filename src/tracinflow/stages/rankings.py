@@ -1,4 +1,5 @@
-"""The ranking rules: cleanlab_logistic, train_fold, validation_influence, suspicion_scores.
+"""The ranking rules: cleanlab_logistic, train_fold, train_run, validation_influence,
+suspicion_scores.
 
 Each function takes its rule's ``inputs``, ``outputs`` and ``params`` (mappings by the names the
 rule gives them), its ``threads`` and a ``log`` function; it reads, calls the library, and writes
@@ -7,6 +8,7 @@ every output atomically.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -88,16 +90,9 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
         f"fold {fold + 1} of {folds}: training on {len(trained)} images, predicting {len(held_out)}"
     )
     val = split_rows(manifest, "val")
-    epochs = settings["training"]["stage2"]["checkpoint_epochs"]
     Path(outputs["probs"]).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(outputs["probs"]).parent) as work:
-        files = {name: f"{work}/{name}" for name in ("best", "history", "checkpoints", "curves")}
-        files["curves"] += ".png"
-        files["epochs"] = [f"{work}/{checkpoint_name(2, e)}.pt" for e in epochs]
-        files["stage1_epochs"] = [
-            f"{work}/{checkpoint_name(1, e)}.pt"
-            for e in settings["training"]["stage1"].get("checkpoint_epochs", [])
-        ]
+        files = _throwaway_model_files(work, settings)
         fit(
             _subset(images, trained),
             labels[trained],
@@ -125,6 +120,61 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     log(f"fold {fold + 1}: held-out agreement with the training labels {agreement:.4f}")
     write_parquet(outputs["probs"], frame)
     return frame
+
+
+def _throwaway_model_files(work, settings) -> dict:
+    """``fit``'s model files, all in the folder ``work``: a training kept for what it predicts or
+    records, not for its checkpoints."""
+    files = {name: f"{work}/{name}" for name in ("best", "history", "checkpoints", "curves")}
+    files["curves"] += ".png"
+    files["epochs"] = [
+        f"{work}/{checkpoint_name(2, e)}.pt"
+        for e in settings["training"]["stage2"]["checkpoint_epochs"]
+    ]
+    files["stage1_epochs"] = [
+        f"{work}/{checkpoint_name(1, e)}.pt"
+        for e in settings["training"]["stage1"].get("checkpoint_epochs", [])
+    ]
+    return files
+
+
+#: run k of rankings.trajectory_runs trains with the version's seed + RUN_SEED_STEP * k
+RUN_SEED_STEP = 100
+
+
+def train_run(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
+    """Run ``params["run"]`` (1, 2, ...) of rankings.trajectory_runs: the version's model trained
+    again on its whole training set, same settings and labels, with training seed ``seed +
+    RUN_SEED_STEP * run``; only its trajectory is kept, which the trajectory rankings average with
+    the version's own."""
+    manifest = pd.read_parquet(inputs["manifest"])
+    images, labels, idx = version_split(manifest, "train", inputs["train_set"], inputs["train"])
+    run = int(params["run"])
+    settings = params["settings"]
+    settings = {**settings, "seed": int(settings["seed"]) + RUN_SEED_STEP * run}
+    log(f"run {run}: training seed {settings['seed']}, {len(idx)} training images")
+    val = split_rows(manifest, "val")
+    out = Path(outputs["trajectory"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as work:
+        files = _throwaway_model_files(work, settings) | {"trajectory": f"{work}/trajectory"}
+        summary = fit(
+            images,
+            labels,
+            load_cache(inputs["val"]),
+            val["label"].to_numpy(),
+            num_classes=len(class_names_of(manifest)),
+            settings=settings,
+            files=files,
+            scratch=f"{work}/scratch",
+            threads=threads,
+            log=log,
+            pretrained_state=starting_weights(inputs, settings),
+            train_idx=idx,
+        )
+        os.replace(files["trajectory"], out)
+    log(f"run {run}: best epoch {summary['best_epoch']}, val loss {summary['best_val_loss']:.4f}")
+    return pd.read_parquet(out)
 
 
 def validation_influence(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
@@ -180,7 +230,10 @@ def suspicion_scores(inputs, outputs, params, threads=1, log=print) -> pd.DataFr
         pd.read_parquet(inputs["error_self_influence"]),
         validation=pd.read_parquet(inputs["validation"]),
         curvature=pd.read_parquet(inputs["curvature_self_influence"]),
-        trajectory=pd.read_parquet(inputs["trajectory"]),
+        # the version's own run, then its other runs' (rankings.trajectory_runs)
+        trajectory=[
+            pd.read_parquet(path) for path in [inputs["trajectory"], *(inputs.get("runs") or [])]
+        ],
         cleanlab=_cleanlab_inputs(inputs, log),
         seed=int(params["seed"]),
     )
