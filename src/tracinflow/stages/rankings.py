@@ -89,22 +89,17 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     log(
         f"fold {fold + 1} of {folds}: training on {len(trained)} images, predicting {len(held_out)}"
     )
-    val = split_rows(manifest, "val")
     Path(outputs["probs"]).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(outputs["probs"]).parent) as work:
-        files = _throwaway_model_files(work, settings)
-        fit(
+        files, _ = _fit_in(
+            work,
             _subset(images, trained),
             labels[trained],
-            load_cache(inputs["val"]),
-            val["label"].to_numpy(),
-            num_classes=len(class_names_of(manifest)),
-            settings=settings,
-            files=files,
-            scratch=f"{work}/scratch",
-            threads=threads,
-            log=log,
-            pretrained_state=starting_weights(inputs, settings),
+            manifest,
+            inputs,
+            settings,
+            threads,
+            log,
         )
         model, _, loss_fn, device = load_for_inference(
             files["best"], threads, settings["training"]["device"],
@@ -122,9 +117,11 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     return frame
 
 
-def _throwaway_model_files(work, settings) -> dict:
-    """``fit``'s model files, all in the folder ``work``: a training kept for what it predicts or
-    records, not for its checkpoints."""
+def _fit_in(work, images, labels, manifest, inputs, settings, threads, log, train_idx=None):
+    """The version's model trained (its settings, its val split) on ``images`` with every file
+    in the folder ``work``: a training kept for what it predicts or records, not for its
+    checkpoints. With ``train_idx`` it records the trajectory too (``files["trajectory"]``).
+    Returns ``fit``'s files and summary."""
     files = {name: f"{work}/{name}" for name in ("best", "history", "checkpoints", "curves")}
     files["curves"] += ".png"
     files["epochs"] = [
@@ -135,7 +132,24 @@ def _throwaway_model_files(work, settings) -> dict:
         f"{work}/{checkpoint_name(1, e)}.pt"
         for e in settings["training"]["stage1"].get("checkpoint_epochs", [])
     ]
-    return files
+    if train_idx is not None:
+        files["trajectory"] = f"{work}/trajectory"
+    val = split_rows(manifest, "val")
+    summary = fit(
+        images,
+        labels,
+        load_cache(inputs["val"]),
+        val["label"].to_numpy(),
+        num_classes=len(class_names_of(manifest)),
+        settings=settings,
+        files=files,
+        scratch=f"{work}/scratch",
+        threads=threads,
+        log=log,
+        pretrained_state=starting_weights(inputs, settings),
+        train_idx=train_idx,
+    )
+    return files, summary
 
 
 #: run k of rankings.trajectory_runs trains with the version's seed + RUN_SEED_STEP * k
@@ -153,24 +167,11 @@ def train_run(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     settings = params["settings"]
     settings = {**settings, "seed": int(settings["seed"]) + RUN_SEED_STEP * run}
     log(f"run {run}: training seed {settings['seed']}, {len(idx)} training images")
-    val = split_rows(manifest, "val")
     out = Path(outputs["trajectory"])
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as work:
-        files = _throwaway_model_files(work, settings) | {"trajectory": f"{work}/trajectory"}
-        summary = fit(
-            images,
-            labels,
-            load_cache(inputs["val"]),
-            val["label"].to_numpy(),
-            num_classes=len(class_names_of(manifest)),
-            settings=settings,
-            files=files,
-            scratch=f"{work}/scratch",
-            threads=threads,
-            log=log,
-            pretrained_state=starting_weights(inputs, settings),
-            train_idx=idx,
+        files, summary = _fit_in(
+            work, images, labels, manifest, inputs, settings, threads, log, idx
         )
         os.replace(files["trajectory"], out)
     log(f"run {run}: best epoch {summary['best_epoch']}, val loss {summary['best_val_loss']:.4f}")
