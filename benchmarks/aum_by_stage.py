@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,29 +47,53 @@ from tracinflow.config import (  # noqa: E402
 CANDIDATES = ("aum", "aum_stage1", "aum_stage2", "aum_rank", "loss")
 
 
+@dataclass(frozen=True)
+class NoisyVersion:
+    """What the study experiments read of one noisy version: its training set (every row), the
+    rows it trained on and their idx, its training trajectory, and the final model's training
+    loss of each row."""
+
+    train_set: pd.DataFrame
+    used: pd.DataFrame
+    idx: np.ndarray
+    trajectory: pd.DataFrame
+    loss: np.ndarray
+
+    @property
+    def flipped(self) -> np.ndarray:
+        return self.used["noisy"].to_numpy(bool)
+
+
+def noisy_version(results: Path, version: str) -> NoisyVersion:
+    """:class:`NoisyVersion` of ``results/<version>/``."""
+    out = results / version
+    train_set = pd.read_parquet(out / "train_set.parquet")
+    used = train_set.loc[~train_set["dropped"].to_numpy(bool)]
+    idx = used["idx"].to_numpy(np.int64)
+    loss = pd.read_parquet(out / "predictions/train.parquet").set_index("idx").loc[idx, "loss"]
+    trajectory = pd.read_parquet(out / "model/trajectory.parquet")
+    return NoisyVersion(train_set, used, idx, trajectory, loss.to_numpy(np.float64))
+
+
 def stage_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The candidates' suspicion scores (higher = more suspect) of one noisy version's training
     images, and which of them were flipped."""
-    out = results / version
-    train_set = pd.read_parquet(out / "train_set.parquet")
-    train_set = train_set.loc[~train_set["dropped"].to_numpy(bool)]
-    idx = train_set["idx"].to_numpy(np.int64)
-    frame = pd.read_parquet(out / "model/trajectory.parquet")
+    noisy = noisy_version(results, version)
+    frame = noisy.trajectory
 
     def margins(rows: pd.DataFrame) -> np.ndarray:
-        return trajectory_matrices(rows, idx)["margin"]
+        return trajectory_matrices(rows, noisy.idx)["margin"]
 
     margin = margins(frame)
-    loss = pd.read_parquet(out / "predictions/train.parquet").set_index("idx").loc[idx, "loss"]
     scores = {
         "aum": -area_under_margin(margin),
         "aum_stage1": -area_under_margin(margins(frame.loc[frame["stage"] == 1])),
         "aum_stage2": -area_under_margin(margins(frame.loc[frame["stage"] == 2])),
         # every epoch weighs the same, whatever the spread of its margins
         "aum_rank": percentile_rank_mean(*(-margin).T),
-        "loss": loss.to_numpy(np.float64),
+        "loss": noisy.loss,
     }
-    return scores, train_set["noisy"].to_numpy(bool)
+    return scores, noisy.flipped
 
 
 def study_config(paths) -> dict:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from aum_by_stage import REPO, study_config, study_main
+from aum_by_stage import REPO, noisy_version, study_config, study_main
 
 from tracinflow.analysis.rankings import random_scores
 from tracinflow.analysis.trajectory import trajectory_signals
@@ -71,21 +71,19 @@ def ensemble_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray
     """The candidates' and controls' suspicion scores (higher = more suspect) of one noisy
     version's training images, and which of them were flipped; the averages over the runs are
     the workflow's own (``trajectory_signals`` of several runs, rankings.trajectory_runs)."""
-    out = results / version
-    full = pd.read_parquet(out / "train_set.parquet")
-    train_set = full.loc[~full["dropped"].to_numpy(bool)]
-    idx = train_set["idx"].to_numpy(np.int64)
-    names = (version, f"{version}_m1", f"{version}_m2")
-    runs = [run_trajectory(results, name, full) for name in names]
-    loss = pd.read_parquet(out / "predictions/train.parquet").set_index("idx").loc[idx, "loss"]
+    noisy = noisy_version(results, version)
+    members = [
+        run_trajectory(results, f"{version}_m{k}", noisy.train_set) for k in range(1, MEMBERS + 1)
+    ]
+    runs = [noisy.trajectory, *members]
     scores = {
-        "aum_ens3": trajectory_signals(runs, idx)["aum"],
-        "aum_ens2": trajectory_signals(runs[:2], idx)["aum"],
-        "aum": trajectory_signals(runs[0], idx)["aum"],
-        "loss": loss.to_numpy(np.float64),
-        "random": random_scores(len(idx), 0),
+        "aum_ens3": trajectory_signals(runs, noisy.idx)["aum"],
+        "aum_ens2": trajectory_signals(runs[:2], noisy.idx)["aum"],
+        "aum": trajectory_signals(runs[0], noisy.idx)["aum"],
+        "loss": noisy.loss,
+        "random": random_scores(len(noisy.idx), 0),
     }
-    return scores, train_set["noisy"].to_numpy(bool)
+    return scores, noisy.flipped
 
 
 def print_members_config(argv: list[str]) -> None:

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from aum_by_stage import study_main
+from aum_by_stage import noisy_version, study_main
 
 from tracinflow.analysis.rankings import percentile_rank_mean, random_scores
-from tracinflow.analysis.trajectory import area_under_margin, trajectory_matrices
+from tracinflow.analysis.trajectory import trajectory_signals
 
 CANDIDATES = ("aum_kfold", "kfold_margin", "aum", "loss", "cleanlab_kfold", "random")
 
@@ -69,27 +69,22 @@ def held_out_margin(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def kfold_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The candidates' and controls' suspicion scores (higher = more suspect) of one noisy
     version's training images, and which of them were flipped."""
-    out = results / version
-    train_set = pd.read_parquet(out / "train_set.parquet")
-    train_set = train_set.loc[~train_set["dropped"].to_numpy(bool)]
-    idx = train_set["idx"].to_numpy(np.int64)
-    labels = train_set["label"].to_numpy(np.int64)
-    margin = trajectory_matrices(pd.read_parquet(out / "model/trajectory.parquet"), idx)["margin"]
-    loss = pd.read_parquet(out / "predictions/train.parquet").set_index("idx").loc[idx, "loss"]
-    probs, fold_labels = out_of_fold_probs(results, version, idx)
+    noisy = noisy_version(results, version)
+    labels = noisy.used["label"].to_numpy(np.int64)
+    probs, fold_labels = out_of_fold_probs(results, version, noisy.idx)
     if not np.array_equal(fold_labels, labels):
         raise ValueError(f"{version}: the folds' labels are not the training set's")
-    aum = -area_under_margin(margin)
+    aum = trajectory_signals(noisy.trajectory, noisy.idx)["aum"]
     kfold_margin = -held_out_margin(probs, labels)
     scores = {
         "aum_kfold": percentile_rank_mean(aum, kfold_margin),
         "kfold_margin": kfold_margin,
         "aum": aum,
-        "loss": loss.to_numpy(np.float64),
+        "loss": noisy.loss,
         "cleanlab_kfold": -probs[np.arange(len(labels)), labels],
-        "random": random_scores(len(idx), 0),
+        "random": random_scores(len(noisy.idx), 0),
     }
-    return scores, train_set["noisy"].to_numpy(bool)
+    return scores, noisy.flipped
 
 
 def main() -> None:

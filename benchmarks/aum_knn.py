@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from aum_by_stage import study_main
+from aum_by_stage import noisy_version, study_main
 
 from tracinflow.analysis.rankings import percentile_rank_mean, random_scores
-from tracinflow.analysis.trajectory import area_under_margin, trajectory_matrices
+from tracinflow.analysis.trajectory import trajectory_signals
 
 CANDIDATES = ("aum_knn", "aum_knn_vote", "knn_margin", "knn_vote", "aum", "loss", "random")
 NEIGHBOURS = 10
@@ -110,20 +110,15 @@ def knn_margin(
 def knn_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The candidates' and controls' suspicion scores (higher = more suspect) of one noisy
     version's training images, and which of them were flipped."""
-    out = results / version
-    train_set = pd.read_parquet(out / "train_set.parquet")
-    train_set = train_set.loc[~train_set["dropped"].to_numpy(bool)]
-    idx = train_set["idx"].to_numpy(np.int64)
-    labels = train_set["label"].to_numpy(np.int64)
+    noisy = noisy_version(results, version)
+    labels = noisy.used["label"].to_numpy(np.int64)
     num_classes = int(labels.max()) + 1
-    margin = trajectory_matrices(pd.read_parquet(out / "model/trajectory.parquet"), idx)["margin"]
-    loss = pd.read_parquet(out / "predictions/train.parquet").set_index("idx").loc[idx, "loss"]
     votes, margins = [], []
-    for features in checkpoint_features(out, idx):
+    for features in checkpoint_features(results / version, noisy.idx):
         similarity = cosine_without_self(features)
         votes.append(knn_vote(similarity, labels))
         margins.append(knn_margin(similarity, labels, num_classes))
-    aum = -area_under_margin(margin)
+    aum = trajectory_signals(noisy.trajectory, noisy.idx)["aum"]
     vote, density_margin = np.mean(votes, axis=0), np.mean(margins, axis=0)
     scores = {
         "aum_knn": percentile_rank_mean(aum, density_margin),
@@ -131,10 +126,10 @@ def knn_rankings(results: Path, version: str) -> tuple[dict[str, np.ndarray], np
         "knn_margin": density_margin,
         "knn_vote": vote,
         "aum": aum,
-        "loss": loss.to_numpy(np.float64),
-        "random": random_scores(len(idx), 0),
+        "loss": noisy.loss,
+        "random": random_scores(len(noisy.idx), 0),
     }
-    return scores, train_set["noisy"].to_numpy(bool)
+    return scores, noisy.flipped
 
 
 def main() -> None:

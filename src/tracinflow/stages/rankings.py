@@ -156,11 +156,11 @@ def _fit_in(work, images, labels, manifest, inputs, settings, threads, log, trai
 RUN_SEED_STEP = 100
 
 
-def train_run(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
+def train_run(inputs, outputs, params, threads=1, log=print) -> dict:
     """Run ``params["run"]`` (1, 2, ...) of rankings.trajectory_runs: the version's model trained
     again on its whole training set, same settings and labels, with training seed ``seed +
     RUN_SEED_STEP * run``; only its trajectory is kept, which the trajectory rankings average with
-    the version's own."""
+    the version's own. Returns the training summary."""
     manifest = pd.read_parquet(inputs["manifest"])
     images, labels, idx = version_split(manifest, "train", inputs["train_set"], inputs["train"])
     run = int(params["run"])
@@ -175,7 +175,7 @@ def train_run(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
         )
         os.replace(files["trajectory"], out)
     log(f"run {run}: best epoch {summary['best_epoch']}, val loss {summary['best_val_loss']:.4f}")
-    return pd.read_parquet(out)
+    return summary
 
 
 def validation_influence(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
