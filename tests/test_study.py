@@ -142,19 +142,20 @@ def test_dry_run_of_the_study_config_plans_every_job(tmp_path):
     assert not {"influence_shard", "report_tables", "cross_version"} & set(jobs)
 
 
-def _plan_over_the_study(tmp_path, overlay: str) -> str:
-    """``snakemake -n`` of config/study.yaml with ``config/<overlay>`` read over it, as the
-    Makefile and the overlays' own comments run them (Snakemake merges the second file into the
-    first); its stdout."""
+def _plan_over_the_study(tmp_path, *overlays: str) -> str:
+    """``snakemake -n`` of config/study.yaml with ``config/<overlay>`` files read over it in
+    order, as the Makefile and the overlays' own comments run them (Snakemake merges each file
+    into the ones before); its stdout."""
     config = yaml.safe_load((REPO / "config/study.yaml").read_text())
     config["dataset"]["demo"]["raw_dir"] = str(REPO / config["dataset"]["demo"]["raw_dir"])
     if not (REPO / "resources/datasets/fashion-mnist").is_dir():
         pytest.skip("the Fashion-MNIST files are not here (make fetch-demo-data)")
     study = write_config(tmp_path, config)
-    over = write_config(tmp_path, yaml.safe_load((REPO / "config" / overlay).read_text()), overlay)
-    return run_snakemake(
-        tmp_path, "-n", "--cores", "2", "--configfile", str(study), str(over)
-    ).stdout
+    over = [
+        str(write_config(tmp_path, yaml.safe_load((REPO / "config" / name).read_text()), name))
+        for name in overlays
+    ]
+    return run_snakemake(tmp_path, "-n", "--cores", "2", "--configfile", str(study), *over).stdout
 
 
 @pytest.mark.workflow
@@ -178,6 +179,17 @@ def test_the_64px_config_plans_detection_alone_on_six_seeds(tmp_path):
     assert jobs["noise_detection"] == 24 and "train_fold" not in jobs
     assert "results/study_64px/detection.csv" in planned
     assert "_drop_" not in planned and "_relabel_" not in planned
+
+
+@pytest.mark.workflow
+def test_the_6_epoch_config_over_the_64px_one_trains_six_epochs_into_its_own_folder(tmp_path):
+    planned = _plan_over_the_study(tmp_path, "study_64px.yaml", "study_6ep.yaml")
+    jobs = planned_jobs(planned)
+    assert jobs["train_model"] == 6 + 24 and jobs["noise_detection"] == 24
+    assert "results/study_6ep/detection.csv" in planned
+    assert "results/study_64px/" not in planned
+    # the checkpoints traced are those of epochs 2, 4 and 6 of the longer fine-tuning
+    assert "model/epoch_006.pt" in planned and "model/epoch_003.pt" not in planned
 
 
 # --------------------------------------------------------------------------------------------------
