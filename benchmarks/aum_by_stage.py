@@ -127,6 +127,8 @@ def print_detection(found: pd.DataFrame, study: dict, candidates, references=("a
     print(f"seeds {', '.join(map(str, study['seeds']))}: share of the flips found in the top 10% /")
     print("20% (mean ± std over the seeds, %) and average precision\n")
     settings = list(dict.fromkeys(found["setting"]))
+    scored = set(found["ranking"])
+    candidates = [name for name in candidates if name in scored]  # e.g. epochs a run lacks
     print("| ranking | " + " | ".join(settings) + " | rule: mean top 10% |")
     print("| --- |" + " ---: |" * (len(settings) + 1))
     for name in candidates:

@@ -160,3 +160,28 @@ def test_the_ensemble_experiments_members_share_the_flips_and_average_the_runs_m
     train_set.assign(label=[0, 0, 1]).to_parquet(tmp_path / "v_m2/train_set.parquet")
     with pytest.raises(ValueError, match="not the noisy version's"):
         aum_ensemble.ensemble_rankings(tmp_path, "v")
+
+
+def test_aum_up_to_a_fine_tuning_epoch_averages_the_head_epochs_and_the_first_ones(tmp_path):
+    aum_upto = benchmark_module("aum_upto")
+    # images 4 and 8: two head epochs, then three fine-tuning epochs (rows out of order)
+    margins = {
+        4: {(1, 1): 1.0, (1, 2): 2.0, (2, 1): 3.0, (2, 2): 6.0, (2, 3): -9.0},
+        8: {(1, 1): -1.0, (1, 2): 0.0, (2, 1): 1.0, (2, 2): 4.0, (2, 3): 10.0},
+    }
+    frame = pd.DataFrame(
+        [
+            {"train_idx": i, "stage": s, "epoch": e, "loss": 0.0, "margin": m, "correct": m > 0}
+            for i, by_epoch in margins.items()
+            for (s, e), m in by_epoch.items()
+        ]
+    ).iloc[::-1]
+    idx = [8, 4]
+    np.testing.assert_allclose(aum_upto.aum_upto(frame, idx, 0), [0.5, -1.5])
+    np.testing.assert_allclose(aum_upto.aum_upto(frame, idx, 1), [0.0, -2.0])
+    np.testing.assert_allclose(aum_upto.aum_upto(frame, idx, 2), [-1.0, -3.0])
+    # every epoch: the whole run's aum
+    np.testing.assert_allclose(aum_upto.aum_upto(frame, idx, 3), [-14 / 5, -3 / 5])
+    assert aum_upto.fine_tuning_epochs(frame) == 3
+    with pytest.raises(ValueError, match="the run has 3"):
+        aum_upto.aum_upto(frame, idx, 4)
