@@ -185,3 +185,48 @@ def test_aum_up_to_a_fine_tuning_epoch_averages_the_head_epochs_and_the_first_on
     assert aum_upto.fine_tuning_epochs(frame) == 3
     with pytest.raises(ValueError, match="the run has 3"):
         aum_upto.aum_upto(frame, idx, 4)
+
+
+def test_the_missed_flips_are_described_against_the_clean_model_of_the_same_seed(tmp_path):
+    aum_upto = benchmark_module("aum_upto")
+    # ten images; image 7 (Shirt given, Coat true: look-alikes) and 9 (Bag given, Trouser
+    # true) are flipped; aum's top 10% is the one image with the lowest mean margin
+    labels = [0, 0, 1, 1, 2, 2, 3, 3, 2, 3]
+    original = [0, 0, 1, 1, 2, 2, 3, 0, 2, 1]
+    margin = [2.0, 3.0, 2.5, 4.0, -1.0, 5.0, 2.0, 0.5, 6.0, -0.5]
+    idx = np.arange(100, 110)
+    (tmp_path / "u10_s0/model").mkdir(parents=True)
+    (tmp_path / "u10_s0/predictions").mkdir()
+    (tmp_path / "baseline_s0/predictions").mkdir(parents=True)
+    (tmp_path / "data/ds").mkdir(parents=True)
+    noisy = np.array(labels) != np.array(original)
+    pd.DataFrame(
+        {"idx": idx, "label": labels, "original_label": original, "noisy": noisy, "dropped": False}
+    ).to_parquet(tmp_path / "u10_s0/train_set.parquet")
+    pd.DataFrame(
+        [
+            {"train_idx": i, "stage": s, "epoch": 1, "loss": 0.0, "margin": m, "correct": m > 0}
+            for i, m in zip(idx, margin, strict=True)
+            for s in (1, 2)
+        ]
+    ).to_parquet(tmp_path / "u10_s0/model/trajectory.parquet")
+    pd.DataFrame({"idx": idx, "loss": 0.0}).to_parquet(
+        tmp_path / "u10_s0/predictions/train.parquet"
+    )
+    probs = [np.full(4, 0.25) for _ in idx]
+    probs[7] = np.array([0.1, 0.0, 0.0, 0.9])  # the clean model finds image 7's wrong label likely
+    pred = list(original)
+    pred[4] = 1  # the clean model gets clean image 4 wrong
+    pd.DataFrame({"idx": idx, "pred": pred, "probs": probs}).to_parquet(
+        tmp_path / "baseline_s0/predictions/train.parquet"
+    )
+    pd.DataFrame({"label": [0, 1, 2, 3], "class": ["Coat", "Trouser", "Bag", "Shirt"]}).to_parquet(
+        tmp_path / "data/ds/manifest.parquet"
+    )
+    rows = aum_upto.missed_flips(tmp_path, "u10_s0", "baseline_s0", "ds")
+    np.testing.assert_array_equal(rows["flipped"], noisy)
+    np.testing.assert_array_equal(rows["top"], np.arange(10) == 4)  # margin -1.0, a clean image
+    np.testing.assert_allclose(rows["clean_p_given"].iloc[[7, 9]], [0.9, 0.25])
+    np.testing.assert_array_equal(rows["clean_wrong"], np.arange(10) == 4)
+    # Coat -> Shirt stays among the tops; Trouser -> Bag does not; clean rows are never counted
+    np.testing.assert_array_equal(rows["lookalike"], np.arange(10) == 7)
