@@ -75,9 +75,9 @@ def missed_flips(results: Path, version: str, reference: str, dataset: str) -> p
     train predictions) gives the image's given label, whether it predicts the true class wrong,
     and whether the flip stays among look-alike classes."""
     noisy = noisy_version(results, version)
-    aum = aum_upto(noisy.trajectory, noisy.idx, fine_tuning_epochs(noisy.trajectory))
-    top = np.zeros(len(aum), bool)
-    top[np.argsort(-aum, kind="stable")[: round(0.1 * len(aum))]] = True
+    suspicion = aum_upto(noisy.trajectory, noisy.idx, fine_tuning_epochs(noisy.trajectory))
+    top = np.zeros(len(suspicion), bool)
+    top[np.argsort(-suspicion, kind="stable")[: round(0.1 * len(suspicion))]] = True
     clean = pd.read_parquet(results / reference / "predictions/train.parquet").set_index("idx")
     clean = clean.loc[noisy.idx]
     given = noisy.used["label"].to_numpy()
