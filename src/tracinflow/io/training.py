@@ -15,6 +15,7 @@ import torch
 
 from tracinflow._util.device import select_device
 from tracinflow._util.files import save_figure, write_csv, write_json, write_parquet
+from tracinflow.data.split import class_names_of, split_rows
 from tracinflow.io.checkpoints import (
     file_sha256,
     read_backbone_weights,
@@ -22,7 +23,7 @@ from tracinflow.io.checkpoints import (
     save_checkpoint,
     save_train_state,
 )
-from tracinflow.io.common import optional_input
+from tracinflow.io.common import load_cache, optional_input
 from tracinflow.plots.training import plot_training_curves
 from tracinflow.train.trainer import HISTORY_COLUMNS, Trainer, resolve_settings
 
@@ -99,6 +100,39 @@ def fit(
             epoch_callback(done.stage, done.epoch)
     _finish(trainer, files, final, work, scratch, train_idx)
     return trainer.summary()
+
+
+def fit_version(
+    manifest: pd.DataFrame,
+    train_images,
+    train_labels,
+    inputs,
+    settings: dict,
+    files: Mapping,
+    scratch,
+    *,
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+    train_idx=None,
+) -> dict:
+    """:func:`fit` as a version trains: early-stopping on the manifest's val split (its cached
+    images, ``inputs["val"]``), as many classes as the manifest names, from the version's
+    starting weights (:func:`starting_weights`)."""
+    val = split_rows(manifest, "val")
+    return fit(
+        train_images,
+        train_labels,
+        load_cache(inputs["val"]),
+        val["label"].to_numpy(),
+        num_classes=len(class_names_of(manifest)),
+        settings=settings,
+        files=files,
+        scratch=scratch,
+        threads=threads,
+        log=log,
+        pretrained_state=starting_weights(inputs, settings),
+        train_idx=train_idx,
+    )
 
 
 def _finish(trainer: Trainer, files: Mapping, final: dict, work: dict, scratch, train_idx) -> None:

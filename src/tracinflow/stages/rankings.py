@@ -26,12 +26,12 @@ from tracinflow.analysis.confident_learning import (
 from tracinflow.analysis.rankings import suspicion_table
 from tracinflow.config import checkpoint_name
 from tracinflow.data.cache import CacheRows
-from tracinflow.data.split import class_names_of, split_rows
+from tracinflow.data.split import class_names_of
 from tracinflow.influence.validation import validation_signals
 from tracinflow.io.checkpoints import load_for_inference
-from tracinflow.io.common import load_cache, optional_input, version_split
+from tracinflow.io.common import optional_input, version_split
 from tracinflow.io.factor_store import load_checkpoints
-from tracinflow.io.training import fit, starting_weights
+from tracinflow.io.training import fit_version, starting_weights
 from tracinflow.train.predict import predict_split
 from tracinflow.train.trainer import pretrained_features
 
@@ -134,19 +134,16 @@ def _fit_in(work, images, labels, manifest, inputs, settings, threads, log, trai
     ]
     if train_idx is not None:
         files["trajectory"] = f"{work}/trajectory"
-    val = split_rows(manifest, "val")
-    summary = fit(
+    summary = fit_version(
+        manifest,
         images,
         labels,
-        load_cache(inputs["val"]),
-        val["label"].to_numpy(),
-        num_classes=len(class_names_of(manifest)),
-        settings=settings,
-        files=files,
-        scratch=f"{work}/scratch",
+        inputs,
+        settings,
+        files,
+        f"{work}/scratch",
         threads=threads,
         log=log,
-        pretrained_state=starting_weights(inputs, settings),
         train_idx=train_idx,
     )
     return files, summary

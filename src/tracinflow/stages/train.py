@@ -27,8 +27,8 @@ from tracinflow.data.train_set import (
 )
 from tracinflow.data.train_set import build_train_set as noisy_train_set
 from tracinflow.io.checkpoints import fetch_weights
-from tracinflow.io.common import load_cache, version_split
-from tracinflow.io.training import fit, starting_weights
+from tracinflow.io.common import version_split
+from tracinflow.io.training import fit_version
 
 # --- build_train_set ----------------------------------------------------------------------------
 
@@ -178,20 +178,16 @@ def train_model(inputs, outputs, params, threads=1, log=print) -> dict:
     train_images, train_labels, train_idx = version_split(
         manifest, "train", inputs["train_set"], inputs["train"]
     )
-    val = split_rows(manifest, "val")
-    settings = params["settings"]
-    summary = fit(
+    summary = fit_version(
+        manifest,
         train_images,
         train_labels,
-        load_cache(inputs["val"]),
-        val["label"].to_numpy(),
-        num_classes=len(class_names_of(manifest)),
-        settings=settings,
-        files=outputs,
-        scratch=params["scratch"],
+        inputs,
+        params["settings"],
+        outputs,
+        params["scratch"],
         threads=threads,
         log=log,
-        pretrained_state=starting_weights(inputs, settings),
         train_idx=train_idx,
     )
     log(f"best epoch {summary['best_epoch']}, val loss {summary['best_val_loss']:.4f}")
