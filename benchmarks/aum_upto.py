@@ -2,8 +2,7 @@
 epochs and only the first k fine-tuning epochs, before the network has fitted its wrong labels,
 against the whole run's (`aum`, the default ranking) and the final model's loss.
 
-    .venv/bin/python benchmarks/aum_upto.py --config config/study.yaml config/study_64px.yaml \\
-        config/study_6ep.yaml --results ../study_6ep/results --seeds 0 1 2
+    .venv/bin/python benchmarks/aum_upto.py --seeds 0 1 2          # after `make study`
 
 It reads, per noisy version, `model/trajectory.parquet`, `predictions/train.parquet` and
 `train_set.parquet`: no training beyond the study's, and it changes no file the workflow reads.

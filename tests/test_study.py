@@ -138,6 +138,8 @@ def test_dry_run_of_the_study_config_plans_every_job(tmp_path):
     assert jobs["noise_detection"] == jobs["suspicion_scores"] == jobs["cleanlab_logistic"] == 12
     assert jobs["extract_factors"] == 12 * 2  # noisy versions x (train, val), 3 checkpoints each
     assert jobs["study"] == 1
+    # the study's model fine-tunes 6 epochs and traces the checkpoints of epochs 2, 4 and 6
+    assert "model/epoch_006.pt" in dry.stdout and "model/epoch_003.pt" not in dry.stdout
     # the study needs no per-version reports or test-set influence
     assert not {"influence_shard", "report_tables", "cross_version"} & set(jobs)
 
@@ -172,24 +174,28 @@ def test_the_holdout_config_read_over_the_study_config_plans_new_seeds_into_its_
 
 
 @pytest.mark.workflow
-def test_the_64px_config_plans_detection_alone_on_six_seeds(tmp_path):
+def test_the_64px_config_plans_the_3_epoch_model_s_detection_alone_on_six_seeds(tmp_path):
     planned = _plan_over_the_study(tmp_path, "study_64px.yaml")
     jobs = planned_jobs(planned)
     assert jobs["train_model"] == 6 + 24  # clean baselines and noisy versions, nothing cleaned
     assert jobs["noise_detection"] == 24 and "train_fold" not in jobs
     assert "results/study_64px/detection.csv" in planned
     assert "_drop_" not in planned and "_relabel_" not in planned
+    # the checkpoints traced are those of its 3 fine-tuning epochs, not the study's 6
+    assert "model/epoch_003.pt" in planned and "model/epoch_006.pt" not in planned
 
 
 @pytest.mark.workflow
-def test_the_6_epoch_config_over_the_64px_one_trains_six_epochs_into_its_own_folder(tmp_path):
-    planned = _plan_over_the_study(tmp_path, "study_64px.yaml", "study_6ep.yaml")
+def test_the_32px_config_plans_the_earlier_study_into_its_own_folder(tmp_path):
+    planned = _plan_over_the_study(tmp_path, "study_32px.yaml")
     jobs = planned_jobs(planned)
-    assert jobs["train_model"] == 6 + 24 and jobs["noise_detection"] == 24
-    assert "results/study_6ep/detection.csv" in planned
-    assert "results/study_64px/" not in planned
-    # the checkpoints traced are those of epochs 2, 4 and 6 of the longer fine-tuning
-    assert "model/epoch_006.pt" in planned and "model/epoch_003.pt" not in planned
+    assert jobs["train_model"] == 3 + 12 + 12 * 7 and jobs["train_fold"] == 3 * 4
+    assert "results/study_32px/cleaning.csv" in planned and "results/study/" not in planned
+    assert "model/epoch_003.pt" in planned and "model/epoch_006.pt" not in planned
+    # read before the holdout overlay, it gives the earlier model's seeds 3-5
+    planned = _plan_over_the_study(tmp_path, "study_32px.yaml", "study_holdout.yaml")
+    assert "results/study_holdout/detection.csv" in planned and "results/u10_s3/" in planned
+    assert "model/epoch_006.pt" not in planned
 
 
 # --------------------------------------------------------------------------------------------------
