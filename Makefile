@@ -13,15 +13,15 @@ export OMP_WAIT_POLICY := PASSIVE
 demo: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
 
-# The noise study (config/study.yaml, about two hours on 2 cores): one thread per job, so two small
+# The noise study (config/study.yaml, about 95 minutes on 2 cores): one thread per job, so two small
 # jobs share the 2 cores instead of each waiting for both.
 STUDY_THREADS := train_model=1 train_fold=1 predict=1 extract_factors=1 cleanlab_logistic=1
 
 study: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --set-threads $(STUDY_THREADS) --configfile config/study.yaml
 
-# The study on seeds that chose nothing (config/study_holdout.yaml over study.yaml, about half an
-# hour on 2 cores): results/study_holdout/.
+# The study on seeds that chose nothing (config/study_holdout.yaml over study.yaml, about 45
+# minutes on 2 cores): results/study_holdout/.
 study-holdout: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --set-threads $(STUDY_THREADS) \
 		--configfile config/study.yaml config/study_holdout.yaml
