@@ -13,7 +13,7 @@ export OMP_WAIT_POLICY := PASSIVE
 demo: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
 
-# The noise study (config/study.yaml, about 95 minutes on 2 cores): one thread per job, so two small
+# The noise study (config/study.yaml, about 100 minutes on 2 cores): one thread per job, so two small
 # jobs share the 2 cores instead of each waiting for both.
 STUDY_THREADS := train_model=1 train_fold=1 predict=1 extract_factors=1 cleanlab_logistic=1
 
