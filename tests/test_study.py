@@ -200,6 +200,8 @@ def test_the_32px_config_plans_the_earlier_study_into_its_own_folder(tmp_path):
 
 def test_the_4x_data_config_plans_six_noisy_trainings_on_its_own_images(tmp_path):
     planned = _plan_over_the_study(tmp_path, "study_4x_data.yaml")
+    # the six noisy versions and the clean versions of their seeds (the study's clean accuracy)
+    assert planned_jobs(planned)["train_model"] == 6 + 6
     assert "results/u10_s5/" in planned and "results/u30_s0/" not in planned
     assert "results/c10_s0/" not in planned and "_drop_" not in planned
     assert "fashion_mnist_study_4x" in planned and "fashion_mnist_study/" not in planned
