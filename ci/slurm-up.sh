@@ -197,9 +197,15 @@ fi
 # --- slurmctld and slurmd --------------------------------------------------------------------
 if alive "$SLURM_DIR/run/slurmctld.pid"; then
     say "slurmctld already runs"
-else
-    say "starting slurmctld"
+elif alive "$SLURM_DIR/run/slurmd.pid"; then
+    say "starting slurmctld (slurmd runs: the jobs it saved are kept)"
     slurmctld
+else
+    # Neither daemon runs, so no job of an earlier start (a killed test run, a machine image taken
+    # mid-run) can still be running. slurmctld would recover those jobs from its saved state as
+    # running and hold the node allocated long past the wait below; -c starts it without them.
+    say "starting slurmctld (no daemon runs: the jobs of an earlier start are cleared)"
+    slurmctld -c
 fi
 wait_for "answer from slurmctld (scontrol ping)" sh -c 'scontrol ping | grep -q UP'
 if alive "$SLURM_DIR/run/slurmd.pid"; then
@@ -208,6 +214,16 @@ else
     say "starting slurmd"
     slurmd
 fi
-wait_for "idle node (sinfo -h -o %t)" sh -c '[ "$(sinfo -h -o %t)" = idle ]'
+deadline=$((SECONDS + TIMEOUT))
+until [ "$(sinfo -h -o %t 2>/dev/null)" = idle ]; do
+    if ((SECONDS >= deadline)); then
+        # What holds the node, for whoever reads the CI log: its state and reason, the queue, the logs.
+        sinfo -h -o 'node state: %t, reason: %E' >&2 || true
+        squeue >&2 || true
+        tail -n 20 "$SLURM_DIR/log/slurmd.log" "$SLURM_DIR/log/slurmctld.log" >&2 || true
+        die "no idle node after ${TIMEOUT}s (above: its state, the queue and the logs' ends)"
+    fi
+    sleep 1
+done
 wait_for "answer from sacct" sacct -n -X -S now-1minutes
 say "ready: $(sinfo -h -o '%P %D node(s) %t, %c CPUs, %m MB') on cluster $CLUSTER"
