@@ -198,6 +198,7 @@ def test_the_32px_config_plans_the_earlier_study_into_its_own_folder(tmp_path):
     assert "model/epoch_006.pt" not in planned
 
 
+@pytest.mark.workflow
 def test_the_4x_data_config_plans_six_noisy_trainings_on_its_own_images(tmp_path):
     planned = _plan_over_the_study(tmp_path, "study_4x_data.yaml")
     # the six noisy versions and the clean versions of their seeds (the study's clean accuracy)
@@ -206,6 +207,20 @@ def test_the_4x_data_config_plans_six_noisy_trainings_on_its_own_images(tmp_path
     assert "results/c10_s0/" not in planned and "_drop_" not in planned
     assert "fashion_mnist_study_4x" in planned and "fashion_mnist_study/" not in planned
     assert "results/study_4x_data/detection.csv" in planned and "results/study/" not in planned
+
+
+@pytest.mark.workflow
+def test_the_4x_cleaning_config_plans_the_two_removals_at_30_percent_confusing_noise(tmp_path):
+    planned = _plan_over_the_study(tmp_path, "study_4x_data.yaml", "study_4x_cleaning.yaml")
+    # per seed 0-2: the clean version, the noisy one, and the noisy one without its default
+    # suspects and without as many random images
+    assert planned_jobs(planned)["train_model"] == 3 * 4
+    for seed in range(3):
+        for version in ("baseline_s{}", "c30_s{}", "c30_s{}_drop_default", "c30_s{}_drop_random"):
+            assert f"results/{version.format(seed)}/" in planned
+    assert "results/c30_s3/" not in planned and "results/u10_s0/" not in planned
+    assert "fashion_mnist_study_4x" in planned and "fashion_mnist_study/" not in planned
+    assert "results/study_4x_cleaning/cleaning.csv" in planned
 
 
 # --------------------------------------------------------------------------------------------------
