@@ -210,7 +210,7 @@ def test_the_4x_data_config_plans_six_noisy_trainings_on_its_own_images(tmp_path
 
 
 @pytest.mark.workflow
-def test_the_4x_cleaning_config_plans_the_two_removals_at_30_percent_confusing_noise(tmp_path):
+def test_the_4x_cleaning_configs_plan_the_two_removals_at_30_percent_confusing_noise(tmp_path):
     planned = _plan_over_the_study(tmp_path, "study_4x_data.yaml", "study_4x_cleaning.yaml")
     # per seed 0-2: the clean version, the noisy one, and the noisy one without its default
     # suspects and without as many random images
@@ -221,6 +221,13 @@ def test_the_4x_cleaning_config_plans_the_two_removals_at_30_percent_confusing_n
     assert "results/c30_s3/" not in planned and "results/u10_s0/" not in planned
     assert "fashion_mnist_study_4x" in planned and "fashion_mnist_study/" not in planned
     assert "results/study_4x_cleaning/cleaning.csv" in planned
+
+    planned = _plan_over_the_study(
+        tmp_path, "study_4x_data.yaml", "study_4x_cleaning.yaml", "study_4x_cleaning_holdout.yaml"
+    )
+    assert planned_jobs(planned)["train_model"] == 3 * 4
+    assert "results/c30_s5_drop_random/" in planned and "results/c30_s0/" not in planned
+    assert "results/study_4x_cleaning_holdout/cleaning.csv" in planned
 
 
 # --------------------------------------------------------------------------------------------------
