@@ -24,6 +24,14 @@ die() {
     exit 1
 }
 
+# show_state: what the cluster looks like, for whoever reads a failed CI log: the node's state and
+# reason and the queue (when slurmctld answers), and the ends of the daemons' logs.
+show_state() {
+    sinfo -h -o 'node state: %t, reason: %E' >&2 2>/dev/null || true
+    squeue >&2 2>/dev/null || true
+    tail -n 20 "$SLURM_DIR"/log/{slurmdbd,slurmctld,slurmd}.log >&2 2>/dev/null || true
+}
+
 # wait_for DESCRIPTION COMMAND...: retry COMMAND every second until it succeeds or TIMEOUT passes.
 wait_for() {
     local what=$1
@@ -31,7 +39,8 @@ wait_for() {
     local deadline=$((SECONDS + TIMEOUT))
     until "$@" >/dev/null 2>&1; do
         if ((SECONDS >= deadline)); then
-            die "no $what after ${TIMEOUT}s; see the logs in $SLURM_DIR/log"
+            show_state
+            die "no $what after ${TIMEOUT}s (above: the cluster's state and the ends of the logs in $SLURM_DIR/log)"
         fi
         sleep 1
     done
@@ -214,16 +223,6 @@ else
     say "starting slurmd"
     slurmd
 fi
-deadline=$((SECONDS + TIMEOUT))
-until [ "$(sinfo -h -o %t 2>/dev/null)" = idle ]; do
-    if ((SECONDS >= deadline)); then
-        # What holds the node, for whoever reads the CI log: its state and reason, the queue, the logs.
-        sinfo -h -o 'node state: %t, reason: %E' >&2 || true
-        squeue >&2 || true
-        tail -n 20 "$SLURM_DIR/log/slurmd.log" "$SLURM_DIR/log/slurmctld.log" >&2 || true
-        die "no idle node after ${TIMEOUT}s (above: its state, the queue and the logs' ends)"
-    fi
-    sleep 1
-done
+wait_for "idle node (sinfo -h -o %t)" sh -c '[ "$(sinfo -h -o %t)" = idle ]'
 wait_for "answer from sacct" sacct -n -X -S now-1minutes
 say "ready: $(sinfo -h -o '%P %D node(s) %t, %c CPUs, %m MB') on cluster $CLUSTER"
