@@ -372,6 +372,18 @@ def test_a_version_cleaned_by_a_marks_file_is_the_list_variant_of_its_action():
     assert (row["role"], row["variant"], row["source"]) == ("cleaned", "relabel_list", "u30")
 
 
+def test_cleanings_that_act_on_other_shares_than_the_noise_rate_are_variants_of_their_own():
+    settings = {"u30": {"seed": 0, "label_noise": {"rate": 0.3, "mode": "uniform"}, "clean": None}}
+    for name, amount in [("same", {"fraction": 0.3}), ("more", {"fraction": 0.45}),
+                         ("fewer", {"fraction": 0.15}), ("counted", {"count": 100})]:  # fmt: skip
+        clean = {"from": "u30", "ranking": None, "action": "drop"} | amount
+        settings[name] = {"seed": 0, "label_noise": None, "clean": clean}
+    variant = study_roles(settings).set_index("version")["variant"]
+    assert variant["same"] == "drop_default"
+    assert (variant["more"], variant["fewer"]) == ("drop_default_0.45", "drop_default_0.15")
+    assert variant["counted"] == "drop_default_n100"
+
+
 def test_cleaning_over_seeds_gives_the_share_of_the_noise_cost_each_variant_recovers():
     roles = roles_and_tables()
     accuracy = {

@@ -22,8 +22,9 @@ ROLE_COLUMNS = ["version", "role", "rate", "mode", "seed", "variant", "source"]
 def study_roles(settings: Mapping[str, dict]) -> pd.DataFrame:
     """One row per version (``ROLE_COLUMNS``): its role, noise setting (rate, mode; the source's
     for a cleaned version), seed, variant (``baseline``, ``noisy`` or ``<action>_<ranking>``, a
-    null ranking read as ``default``, a marks file's as ``list``) and source (the noisy version a
-    cleaned one cleans)."""
+    null ranking read as ``default``, a marks file's as ``list``; a cleaning that acts on another
+    share than the noise rate, or on a count, says so: ``drop_default_0.45``,
+    ``drop_default_n100``) and source (the noisy version a cleaned one cleans)."""
     rows = []
     for name, s in settings.items():
         noise, clean = s.get("label_noise"), s.get("clean")
@@ -32,7 +33,8 @@ def study_roles(settings: Mapping[str, dict]) -> pd.DataFrame:
             source = settings[clean["from"]]["label_noise"]
             ranking = "list" if clean.get("list") else clean.get("ranking") or "default"
             row |= {"role": "cleaned", "rate": source["rate"], "mode": source["mode"]}
-            row |= {"variant": f"{clean['action']}_{ranking}", "source": clean["from"]}
+            variant = f"{clean['action']}_{ranking}{_amount_suffix(clean, source['rate'])}"
+            row |= {"variant": variant, "source": clean["from"]}
         elif noise and noise["rate"] > 0:
             row |= {"role": "noisy", "rate": noise["rate"], "mode": noise["mode"]}
             row["variant"] = "noisy"
@@ -40,6 +42,18 @@ def study_roles(settings: Mapping[str, dict]) -> pd.DataFrame:
             row |= {"role": "baseline", "rate": np.nan, "mode": None, "variant": "baseline"}
         rows.append(row)
     return pd.DataFrame(rows, columns=ROLE_COLUMNS)
+
+
+def _amount_suffix(clean: dict, rate: float) -> str:
+    """How much a cleaning acts on, where it is not the study's own (as many as were flipped):
+    without it, versions that drop different shares by one ranking would share a variant and be
+    averaged together."""
+    if clean.get("count") is not None:
+        return f"_n{int(clean['count'])}"
+    fraction = clean.get("fraction")
+    if fraction is not None and not np.isclose(fraction, rate):
+        return f"_{fraction:g}"
+    return ""
 
 
 def _mean_std(frame: pd.DataFrame, keys: list[str], metrics: list[str]) -> pd.DataFrame:
