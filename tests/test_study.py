@@ -230,6 +230,22 @@ def test_the_4x_cleaning_configs_plan_the_two_removals_at_30_percent_confusing_n
     assert "results/study_4x_cleaning_holdout/cleaning.csv" in planned
 
 
+@pytest.mark.workflow
+def test_the_drop_share_config_plans_five_shares_of_the_default_s_suspects_on_seeds_6_to_8(
+    tmp_path,
+):
+    planned = _plan_over_the_study(tmp_path, "study_drop_share.yaml")
+    # per seed: the clean and noisy versions, dropping 0.5-1.5 times the noise rate's share by the
+    # default ranking (1.0 the study's own cleaning) and as many random images as were flipped
+    assert planned_jobs(planned)["train_model"] == 3 * (2 + 5 + 1)
+    for seed in (6, 7, 8):
+        for suffix in ("", "_x050", "_x075", "_x125", "_x150"):
+            assert f"results/c30_s{seed}_drop_default{suffix}/" in planned
+        assert f"results/c30_s{seed}_drop_random/" in planned
+    assert "results/c30_s0/" not in planned and "results/u30_s6/" not in planned
+    assert "results/study_drop_share/cleaning.csv" in planned
+
+
 # --------------------------------------------------------------------------------------------------
 # confident learning
 
