@@ -15,7 +15,7 @@ demo: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 
 # The noise study (config/study.yaml, about 100 minutes on 2 cores): one thread per job, so two small
 # jobs share the 2 cores instead of each waiting for both.
-STUDY_THREADS := train_model=1 train_fold=1 predict=1 extract_factors=1 cleanlab_logistic=1
+STUDY_THREADS := train_model=1 train_run=1 train_fold=1 predict=1 extract_factors=1 cleanlab_logistic=1
 
 study: $(STAMP) $(DEMO_DATA)/train-images-idx3-ubyte.gz
 	$(BIN)/snakemake --cores $(CORES) --set-threads $(STUDY_THREADS) --configfile config/study.yaml
