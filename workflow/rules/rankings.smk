@@ -55,6 +55,8 @@ rule train_fold:
         settings=get_training_settings,
         fold="{fold}",
         folds=setting("rankings", "kfold"),
+        # not an output: the fold's training in progress, from which a killed job resumes
+        scratch="results/{version}/rankings/kfold/.fold_{fold}",
     script:
         "../scripts/train_fold.py"
 
@@ -85,6 +87,8 @@ rule train_run:
     params:
         settings=get_training_settings,
         run="{run}",
+        # not an output: the run's training in progress, from which a killed job resumes
+        scratch="results/{version}/rankings/runs/.run_{run}",
     script:
         "../scripts/train_run.py"
 

@@ -9,7 +9,7 @@ every output atomically.
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -89,31 +89,29 @@ def train_fold(inputs, outputs, params, threads=1, log=print) -> pd.DataFrame:
     log(
         f"fold {fold + 1} of {folds}: training on {len(trained)} images, predicting {len(held_out)}"
     )
-    Path(outputs["probs"]).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=Path(outputs["probs"]).parent) as work:
-        files, _ = _fit_in(
-            work,
-            _subset(images, trained),
-            labels[trained],
-            manifest,
-            inputs,
-            settings,
-            threads,
-            log,
-        )
-        model, _, loss_fn, device = load_for_inference(
-            files["best"], threads, settings["training"]["device"],
-            memory_format=settings["training"]["memory_format"],
-        )  # fmt: skip
-        predicted = predict_split(
-            model, _subset(images, held_out), labels[held_out], idx[held_out], loss_fn,
-            device=device,
-        )  # fmt: skip
+    files, _ = _fit_in(
+        params["scratch"],
+        _subset(images, trained),
+        labels[trained],
+        manifest,
+        inputs,
+        settings,
+        threads,
+        log,
+    )
+    model, _, loss_fn, device = load_for_inference(
+        files["best"], threads, settings["training"]["device"],
+        memory_format=settings["training"]["memory_format"],
+    )  # fmt: skip
+    predicted = predict_split(
+        model, _subset(images, held_out), labels[held_out], idx[held_out], loss_fn, device=device
+    )
     probs = np.stack(predicted["probs"].to_numpy())
     frame = _out_of_fold_frame(idx[held_out], labels[held_out], assigned[held_out], probs)
     agreement = float((probs.argmax(1) == labels[held_out]).mean())
     log(f"fold {fold + 1}: held-out agreement with the training labels {agreement:.4f}")
     write_parquet(outputs["probs"], frame)
+    shutil.rmtree(params["scratch"])
     return frame
 
 
@@ -121,7 +119,9 @@ def _fit_in(work, images, labels, manifest, inputs, settings, threads, log, trai
     """The version's model trained (its settings, its val split) on ``images`` with every file
     in the folder ``work``: a training kept for what it predicts or records, not for its
     checkpoints. With ``train_idx`` it records the trajectory too (``files["trajectory"]``).
-    Returns ``fit``'s files and summary."""
+    Returns ``fit``'s files and summary. ``work`` outlives a killed job: started again with the
+    same settings and data, the training resumes after its last completed epoch (as
+    ``train_model`` does); the caller removes it once its output is in place."""
     files = {name: f"{work}/{name}" for name in ("best", "history", "checkpoints", "curves")}
     files["curves"] += ".png"
     files["epochs"] = [
@@ -164,13 +164,12 @@ def train_run(inputs, outputs, params, threads=1, log=print) -> dict:
     settings = params["settings"]
     settings = {**settings, "seed": int(settings["seed"]) + RUN_SEED_STEP * run}
     log(f"run {run}: training seed {settings['seed']}, {len(idx)} training images")
-    out = Path(outputs["trajectory"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as work:
-        files, summary = _fit_in(
-            work, images, labels, manifest, inputs, settings, threads, log, idx
-        )
-        os.replace(files["trajectory"], out)
+    files, summary = _fit_in(
+        params["scratch"], images, labels, manifest, inputs, settings, threads, log, idx
+    )
+    Path(outputs["trajectory"]).parent.mkdir(parents=True, exist_ok=True)
+    os.replace(files["trajectory"], outputs["trajectory"])
+    shutil.rmtree(params["scratch"])
     log(f"run {run}: best epoch {summary['best_epoch']}, val loss {summary['best_val_loss']:.4f}")
     return summary
 
