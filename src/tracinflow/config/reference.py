@@ -21,7 +21,10 @@ def schema_reference(schema: dict) -> str:
     def default(node) -> str:
         if "default" not in node:
             return "required"
-        return f"`{json.dumps(node['default'])}`" if node["default"] != {} else "see below"
+        # an object whose keys are listed below it takes their defaults; a free mapping is empty
+        if node["default"] == {} and "properties" in node:
+            return "see below"
+        return f"`{json.dumps(node['default'])}`"
 
     lines = ["| key | type | default | description |", "| --- | --- | --- | --- |"]
 
