@@ -19,9 +19,10 @@ from tracinflow.analysis.confident_learning import (
     logistic_out_of_fold,
 )
 from tracinflow.analysis.study import cleaning_over_seeds, detection_summary, study_roles
-from tracinflow.analysis.study_text import detection_markdown
+from tracinflow.analysis.study_text import cleaning_markdown, detection_markdown
 from tracinflow.config import (
     ConfigError,
+    check_against_schema,
     check_version_links,
     load_schema,
     plants_noise,
@@ -106,6 +107,54 @@ def test_rankings_a_version_cannot_compute_stop_the_config():
         "bad": {"clean": {"from": "baseline_s0", "count": 2, "ranking": "oracle"}}
     }
     with pytest.raises(ConfigError, match="oracle drops the planted flips"):
+        resolved(config, own_versions=True)
+
+
+def test_drop_shares_add_cleanings_of_other_multiples_of_the_noise_rate():
+    shares = {"default": [0.5, 1.5], "random": [1.5]}
+    config = study_config(seeds=[0], noise=[{"rate": 0.3}], drop=["default"], relabel=[],
+                          drop_shares=shares)  # fmt: skip
+    versions = resolved(config)
+    assert sorted(versions) == [
+        "baseline_s0", "u30_s0", "u30_s0_drop_default", "u30_s0_drop_default_x050",
+        "u30_s0_drop_default_x150", "u30_s0_drop_random_x150",
+    ]  # fmt: skip
+    more = versions["u30_s0_drop_default_x150"]
+    # 1.5 x 0.3 is 0.44999999999999996 in floating point; the version says 0.45, as a config would
+    assert more["clean"]["fraction"] == 0.45 and more["clean"]["ranking"] is None
+    assert more["seed"] == 0 and more["clean"]["from"] == "u30_s0"
+    assert versions["u30_s0_drop_default_x050"]["clean"]["fraction"] == 0.15
+    assert versions["u30_s0_drop_random_x150"]["clean"]["ranking"] == "random"
+    # their variants in the tables name the share, beside the study's own cleaning
+    variant = study_roles(versions).set_index("version")["variant"]
+    assert variant["u30_s0_drop_default_x150"] == "drop_default_0.45"
+    assert variant["u30_s0_drop_default"] == "drop_default"
+    check_against_schema(config, SCHEMA)
+
+
+def test_drop_shares_that_repeat_the_study_s_cleaning_or_each_other_or_name_no_ranking_stop():
+    config = study_config(seeds=[0], noise=[{"rate": 0.3}], drop=["default"], relabel=[])
+    with pytest.raises(ConfigError, match=r"drop_shares.default: 1 is the study's own cleaning"):
+        resolved(config | {"study": config["study"] | {"drop_shares": {"default": [1.0]}}})
+    # a ranking the study does not drop by may act on the noise rate's share too
+    assert "u30_s0_drop_loss_x100" in resolved(
+        config | {"study": config["study"] | {"drop_shares": {"loss": [1.0]}}}
+    )
+    with pytest.raises(ConfigError, match=r"two multiples name u30_s0_drop_default_x050"):
+        resolved(config | {"study": config["study"] | {"drop_shares": {"default": [0.5, 0.501]}}})
+    # oracle drops exactly the planted flips: it has no other share
+    oracle = config | {"study": config["study"] | {"drop_shares": {"oracle": [0.5]}}}
+    with pytest.raises(ConfigError, match=r"study.drop_shares"):
+        check_against_schema(oracle, SCHEMA)
+
+
+def test_a_study_config_cannot_clean_a_cleaned_version():
+    config = study_config(seeds=[0], noise=[{"rate": 0.3}], drop=["default"], relabel=[])
+    config["versions"] = {
+        "twice": {"seed": 0, "clean": {"from": "u30_s0_drop_default", "fraction": 0.1,
+                                       "action": "drop"}},
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match=r"versions.twice: cleans u30_s0_drop_default, itself"):
         resolved(config, own_versions=True)
 
 
@@ -425,6 +474,32 @@ def test_cleaning_over_seeds_gives_the_share_of_the_noise_cost_each_variant_reco
     assert by_version.loc["u30_s1_drop_default", "recovered"] == pytest.approx(0.10 / 0.06)
     fixed = by_version["flips_fixed"]
     assert fixed["u30_s0_drop_oracle"] == 1.0 and fixed["u30_s1_drop_oracle"] == 0.0
+
+
+def test_a_cleaning_of_a_clean_version_sits_with_the_baselines_and_says_what_it_cost():
+    settings = {
+        "baseline_s0": {"seed": 0, "label_noise": None, "clean": None},
+        "u30_s0": {"seed": 0, "label_noise": {"rate": 0.3, "mode": "uniform"}, "clean": None},
+        "baseline_s0_drop_default": {
+            "seed": 0, "label_noise": None,
+            "clean": {"from": "baseline_s0", "fraction": 0.1, "action": "drop", "ranking": None},
+        },
+    }  # fmt: skip
+    roles = study_roles(settings)
+    row = roles.set_index("version").loc["baseline_s0_drop_default"]
+    assert (row["role"], row["rate"], row["mode"]) == ("cleaned", 0.0, "none")
+    assert (row["variant"], row["source"]) == ("drop_default_0.1", "baseline_s0")
+    accuracy = {"baseline_s0": 0.90, "u30_s0": 0.80, "baseline_s0_drop_default": 0.88}
+    clean = pd.DataFrame({"noisy": False, "dropped": [True] + [False] * 9})
+    train_sets = {"baseline_s0": clean, "u30_s0": clean.assign(noisy=True),
+                  "baseline_s0_drop_default": clean}  # fmt: skip
+    _, summary = cleaning_over_seeds(roles, accuracy, train_sets)
+    cleaned = summary.set_index("variant").loc["drop_default_0.1"]
+    assert (cleaned["rate"], cleaned["mode"]) == (0.0, "none")
+    # the cost of cleaning where nothing was flipped; no noise cost to win back, no flips to fix
+    assert cleaned["gain_mean"] == pytest.approx(-0.02)
+    assert np.isnan(cleaned["recovered"]) and np.isnan(cleaned["flips_fixed_mean"])
+    assert "drop_default_0.1" in cleaning_markdown(summary)
 
 
 def detection_tables(rankings=("loss", "random")) -> dict:

@@ -30,10 +30,10 @@ def study_roles(settings: Mapping[str, dict]) -> pd.DataFrame:
         noise, clean = s.get("label_noise"), s.get("clean")
         row = {"version": name, "seed": int(s["seed"]), "source": None}
         if clean:
-            source = settings[clean["from"]]["label_noise"]
+            rate, mode = _source_noise(settings, clean["from"])
             ranking = "list" if clean.get("list") else clean.get("ranking") or "default"
-            row |= {"role": "cleaned", "rate": source["rate"], "mode": source["mode"]}
-            variant = f"{clean['action']}_{ranking}{_amount_suffix(clean, source['rate'])}"
+            row |= {"role": "cleaned", "rate": rate, "mode": mode}
+            variant = f"{clean['action']}_{ranking}{_amount_suffix(clean, rate)}"
             row |= {"variant": variant, "source": clean["from"]}
         elif noise and noise["rate"] > 0:
             row |= {"role": "noisy", "rate": noise["rate"], "mode": noise["mode"]}
@@ -42,6 +42,16 @@ def study_roles(settings: Mapping[str, dict]) -> pd.DataFrame:
             row |= {"role": "baseline", "rate": np.nan, "mode": None, "variant": "baseline"}
         rows.append(row)
     return pd.DataFrame(rows, columns=ROLE_COLUMNS)
+
+
+def _source_noise(settings: Mapping[str, dict], source: str) -> tuple[float, str]:
+    """The noise setting (rate, mode) of the version a cleaned one cleans; a clean version's is
+    ``(0.0, "none")``, the baselines' row of the tables: what cleaning costs where nothing was
+    flipped. (A study config cannot clean a cleaned version: :func:`with_study_versions`.)"""
+    noise = settings[source].get("label_noise")
+    if noise and noise["rate"] > 0:
+        return noise["rate"], noise["mode"]
+    return 0.0, "none"
 
 
 def _amount_suffix(clean: dict, rate: float) -> str:
@@ -140,7 +150,10 @@ def cleaning_over_seeds(
         for v in per_seed.loc[per_seed["role"] == "noisy", "version"]
     }
     per_seed["flips_fixed"] = [
-        flips_fixed(train_sets[r.version], planted[r.source if r.role == "cleaned" else r.version])
+        # a cleaning of a clean version fixes no flips (NaN)
+        flips_fixed(
+            train_sets[r.version], planted.get(r.source if r.role == "cleaned" else r.version, 0)
+        )
         if r.role != "baseline"
         else np.nan
         for r in per_seed.itertuples(index=False)
