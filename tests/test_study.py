@@ -248,14 +248,16 @@ def test_the_32px_config_plans_the_earlier_study_into_its_own_folder(tmp_path):
 
 
 @pytest.mark.workflow
-def test_the_4x_data_config_plans_six_noisy_trainings_on_its_own_images(tmp_path):
-    planned = _plan_over_the_study(tmp_path, "study_4x_data.yaml")
+@pytest.mark.parametrize("times", ["2x", "4x"])
+def test_the_more_data_configs_plan_six_noisy_trainings_on_their_own_images(tmp_path, times):
+    planned = _plan_over_the_study(tmp_path, f"study_{times}_data.yaml")
     # the six noisy versions and the clean versions of their seeds (the study's clean accuracy)
     assert planned_jobs(planned)["train_model"] == 6 + 6
     assert "results/u10_s5/" in planned and "results/u30_s0/" not in planned
     assert "results/c10_s0/" not in planned and "_drop_" not in planned
-    assert "fashion_mnist_study_4x" in planned and "fashion_mnist_study/" not in planned
-    assert "results/study_4x_data/detection.csv" in planned and "results/study/" not in planned
+    assert f"fashion_mnist_study_{times}" in planned and "fashion_mnist_study/" not in planned
+    assert f"results/study_{times}_data/detection.csv" in planned
+    assert "results/study/" not in planned
 
 
 @pytest.mark.workflow
