@@ -24,6 +24,7 @@ from tracinflow.config import (
     ConfigError,
     check_against_schema,
     check_version_links,
+    deep_merge,
     load_schema,
     plants_noise,
     version_settings,
@@ -258,6 +259,17 @@ def test_the_more_data_configs_plan_six_noisy_trainings_on_their_own_images(tmp_
     assert f"fashion_mnist_study_{times}" in planned and "fashion_mnist_study/" not in planned
     assert f"results/study_{times}_data/detection.csv" in planned
     assert "results/study/" not in planned
+
+
+@pytest.mark.workflow
+def test_the_4x_steps_config_plans_six_longer_noisy_trainings_on_the_study_s_images(tmp_path):
+    planned = _plan_over_the_study(tmp_path, "study_4x_steps.yaml")
+    assert planned_jobs(planned)["train_model"] == 6 + 6
+    assert "results/u10_s5/" in planned and "_drop_" not in planned
+    assert "fashion_mnist_study/" in planned and "results/study_4x_steps/detection.csv" in planned
+    overlay = yaml.safe_load((REPO / "config/study_4x_steps.yaml").read_text())
+    training = resolved(deep_merge(study_config(), overlay))["u10_s0"]["training"]
+    assert training["stage1"]["epochs"] == 4 * 5 and training["stage2"]["max_epochs"] == 4 * 6
 
 
 @pytest.mark.workflow
