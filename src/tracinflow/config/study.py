@@ -48,8 +48,7 @@ def study_versions(study: dict) -> dict[str, dict]:
             versions[noisy] |= _study_kfold(study, rate, mode)
             for action in ("drop", "relabel"):
                 for ranking in study[action]:
-                    clean = {"from": noisy, "fraction": rate, "action": action}
-                    clean["ranking"] = None if ranking == DEFAULT_RANKING else ranking
+                    clean = _cleaning(noisy, rate, action, ranking)
                     versions[f"{noisy}_{action}_{ranking}"] = {"seed": seed, "clean": clean}
             for name, clean in _other_shares(study, noisy, rate).items():
                 versions[name] = {"seed": seed, "clean": clean}
@@ -74,10 +73,14 @@ def _other_shares(study: dict, noisy: str, rate: float) -> dict[str, dict]:
                     f"study.drop_shares.{ranking}: two multiples name {name}; give multiples "
                     "that differ by at least 0.01"
                 )
-            clean = {"from": noisy, "fraction": round(rate * multiple, 10), "action": "drop"}
-            clean["ranking"] = None if ranking == DEFAULT_RANKING else ranking
-            cleanings[name] = clean
+            cleanings[name] = _cleaning(noisy, round(rate * multiple, 10), "drop", ranking)
     return cleanings
+
+
+def _cleaning(noisy: str, fraction: float, action: str, ranking: str) -> dict:
+    """The clean block of a study's cleaned version (``default``: the noisy version's ranking)."""
+    ranking = None if ranking == DEFAULT_RANKING else ranking
+    return {"from": noisy, "fraction": fraction, "action": action, "ranking": ranking}
 
 
 def with_study_versions(config: dict, schema: dict, own_versions: bool) -> dict:
